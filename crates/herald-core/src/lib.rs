@@ -1,0 +1,1 @@
+//! Core types (being written).

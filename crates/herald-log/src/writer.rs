@@ -1,0 +1,398 @@
+//! The single writer of a file log: a dedicated thread that owns the active segment.
+//!
+//! Appenders send requests over a bounded queue. The writer takes the first request, then drains
+//! whatever else is already queued (up to `GROUP_COMMIT_RECORDS_MAX` / `GROUP_COMMIT_BYTES_MAX`),
+//! encodes all of it into one buffer, issues one `pwrite` and, under `fsync = always`, one
+//! `fdatasync` — so many concurrent appenders share one fsync (group commit). Only then are the
+//! new records made visible to readers and the appenders answered.
+//!
+//! A failed write or fsync poisons the log: after an fsync error the kernel may have dropped the
+//! dirty pages, so the only safe continuation is to reopen and let recovery find what is on disk.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, error};
+
+use crate::config::{FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX, RETENTION_CHECK_INTERVAL};
+use crate::error::{IoContext, LogError};
+use crate::file_log::Shared;
+use crate::index::{self, IndexEntry};
+use crate::record::{self, RECORD_HEADER_BYTES};
+use crate::recovery::{self, Recovered};
+use crate::segment::{SEGMENT_HEADER_BYTES, SegmentPaths};
+use crate::state::SegmentInfo;
+
+/// What an acknowledged append got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendAck {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The timestamp given to every record of the batch.
+    pub timestamp_us: u64,
+}
+
+pub(crate) type Reply<T> = flume::Sender<Result<T, LogError>>;
+
+pub(crate) enum Request {
+    Append {
+        payloads: Vec<Bytes>,
+        reply: Reply<AppendAck>,
+    },
+    Sync {
+        reply: Reply<()>,
+    },
+    EnforceRetention {
+        reply: Reply<()>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// Requests drained from the queue for one group commit.
+#[derive(Default)]
+struct Gathered {
+    appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>,
+    controls: Vec<Request>,
+    records: usize,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn add(&mut self, request: Request) {
+        match request {
+            Request::Append { payloads, reply } => {
+                self.records += payloads.len();
+                self.bytes += payloads.iter().map(Bytes::len).sum::<usize>();
+                self.appends.push((payloads, reply));
+            }
+            control => self.controls.push(control),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    requests: flume::Receiver<Request>,
+    file: File,
+    buffer: Vec<u8>,
+    /// Bytes of the active segment on disk (written, maybe not synced).
+    position: u64,
+    base_seq: u64,
+    next_seq: u64,
+    first_timestamp_us: Option<u64>,
+    last_timestamp_us: u64,
+    last_indexed_position: Option<u64>,
+    pending_index: Vec<IndexEntry>,
+    unsynced: bool,
+    last_sync: Instant,
+    next_retention_check: Instant,
+    poisoned: Option<String>,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, requests: flume::Receiver<Request>, recovered: Recovered) -> Writer {
+        let active = &recovered.set.active;
+        Writer {
+            position: active.bytes,
+            base_seq: active.base_seq,
+            next_seq: active.next_seq,
+            first_timestamp_us: active.first_timestamp_us,
+            last_timestamp_us: recovered
+                .set
+                .segments()
+                .map(|segment| segment.last_timestamp_us)
+                .max()
+                .unwrap_or(0),
+            last_indexed_position: recovered.last_indexed_position,
+            file: recovered.active_file,
+            shared,
+            requests,
+            buffer: Vec::with_capacity(1024 * 1024),
+            pending_index: Vec::new(),
+            unsynced: false,
+            last_sync: Instant::now(),
+            next_retention_check: Instant::now(),
+            poisoned: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let first = match self.requests.recv_deadline(self.next_deadline()) {
+                Ok(request) => request,
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.on_timer();
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    let _ = self.sync();
+                    return;
+                }
+            };
+            let mut batch = Gathered::default();
+            batch.add(first);
+            while batch.records < GROUP_COMMIT_RECORDS_MAX && batch.bytes < GROUP_COMMIT_BYTES_MAX {
+                match self.requests.try_recv() {
+                    Ok(request) => batch.add(request),
+                    Err(_) => break,
+                }
+            }
+            let Gathered {
+                appends, controls, ..
+            } = batch;
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+            for control in controls {
+                if self.handle_control(control) {
+                    return;
+                }
+            }
+            if Instant::now() >= self.next_deadline() {
+                self.on_timer();
+            }
+        }
+    }
+
+    /// Handles a control request; true when the writer must stop.
+    fn handle_control(&mut self, control: Request) -> bool {
+        match control {
+            Request::Sync { reply } => {
+                let _ = reply.send(self.sync());
+            }
+            Request::EnforceRetention { reply } => {
+                let _ = reply.send(self.enforce_retention());
+            }
+            Request::Close { reply } => {
+                let _ = reply.send(self.sync());
+                return true;
+            }
+            Request::Append { .. } => unreachable!("appends are sorted out before controls"),
+        }
+        false
+    }
+
+    fn commit(&mut self, appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>) {
+        if let Some(reason) = &self.poisoned {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        let timestamp_us = self.shared.config.now_us().max(self.last_timestamp_us);
+        let mut acks = Vec::with_capacity(appends.len());
+        let written = self.write_all(&appends, timestamp_us, &mut acks);
+        let durable = written.and_then(|()| self.sync_by_policy());
+        match durable {
+            Ok(()) => {
+                self.shared.visible.send_replace(self.next_seq - 1);
+                for ((_, reply), ack) in appends.into_iter().zip(acks) {
+                    let _ = reply.send(Ok(ack));
+                }
+            }
+            Err(failure) => {
+                error!(error = %failure, "log write failed; the log refuses writes until reopened");
+                let reason = failure.to_string();
+                self.poisoned = Some(reason.clone());
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+                }
+            }
+        }
+    }
+
+    fn write_all(
+        &mut self,
+        appends: &[(Vec<Bytes>, Reply<AppendAck>)],
+        timestamp_us: u64,
+        acks: &mut Vec<AppendAck>,
+    ) -> Result<(), LogError> {
+        let segment_bytes_max = self.shared.config.segment_bytes_max;
+        let index_interval_bytes = self.shared.config.index_interval_bytes;
+        self.last_timestamp_us = timestamp_us;
+        for (payloads, _) in appends {
+            let first_seq = self.next_seq;
+            for payload in payloads {
+                let frame_bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
+                let segment_has_records = self.next_seq > self.base_seq;
+                if segment_has_records
+                    && self.position + self.buffer.len() as u64 + frame_bytes > segment_bytes_max
+                {
+                    self.write_buffer()?;
+                    self.roll()?;
+                }
+                let position = self.position + self.buffer.len() as u64;
+                if self
+                    .last_indexed_position
+                    .is_none_or(|indexed| position - indexed >= index_interval_bytes)
+                {
+                    self.pending_index.push(IndexEntry::new(
+                        self.base_seq,
+                        self.next_seq,
+                        position,
+                        timestamp_us,
+                    ));
+                    self.last_indexed_position = Some(position);
+                }
+                record::encode_into(&mut self.buffer, self.next_seq, timestamp_us, payload);
+                self.first_timestamp_us.get_or_insert(timestamp_us);
+                self.next_seq += 1;
+            }
+            acks.push(AppendAck {
+                first_seq,
+                last_seq: self.next_seq - 1,
+                timestamp_us,
+            });
+        }
+        self.write_buffer()
+    }
+
+    /// Writes the buffer at the end of the active segment and publishes the new extent to
+    /// readers (who still stop at the visible seq).
+    fn write_buffer(&mut self) -> Result<(), LogError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let path = self.active_paths().log;
+        self.file
+            .write_all_at(&self.buffer, self.position)
+            .at(&path)?;
+        self.position += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.unsynced = true;
+        let mut set = self.shared.segments.write();
+        let active = &mut set.active;
+        debug_assert_eq!(active.base_seq, self.base_seq);
+        active.bytes = self.position;
+        active.next_seq = self.next_seq;
+        active.first_timestamp_us = self.first_timestamp_us;
+        active.last_timestamp_us = self.last_timestamp_us;
+        set.active_index.append(&mut self.pending_index);
+        Ok(())
+    }
+
+    fn sync_by_policy(&mut self) -> Result<(), LogError> {
+        match self.shared.config.fsync {
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => self.sync(),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        if self.unsynced {
+            let path = self.active_paths().log;
+            self.file.sync_data().at(&path)?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment (fsync, index file) and starts a new one at `next_seq`.
+    fn roll(&mut self) -> Result<(), LogError> {
+        assert!(self.buffer.is_empty(), "roll only after the buffer is written");
+        self.sync()?;
+        let sealed_paths = self.active_paths();
+        let entries = self.shared.segments.read().active_index.clone();
+        index::write_index_file(&sealed_paths.index, &entries)?;
+        self.file = recovery::create_segment_file(&self.shared.dir, self.next_seq)?;
+        debug!(sealed = %sealed_paths.log.display(), next_seq = self.next_seq, "rolled segment");
+        self.base_seq = self.next_seq;
+        self.position = SEGMENT_HEADER_BYTES;
+        self.first_timestamp_us = None;
+        self.last_indexed_position = None;
+        self.unsynced = false;
+        let mut set = self.shared.segments.write();
+        let fresh = SegmentInfo::empty(self.base_seq, self.active_paths());
+        let sealed = std::mem::replace(&mut set.active, fresh);
+        debug_assert_eq!(sealed.next_seq, self.base_seq, "segments are contiguous");
+        set.sealed.push_back(sealed);
+        set.active_index.clear();
+        Ok(())
+    }
+
+    fn active_paths(&self) -> SegmentPaths {
+        SegmentPaths::new(&self.shared.dir, self.base_seq)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_retention_check;
+        if let FsyncPolicy::Interval(interval) = self.shared.config.fsync
+            && self.unsynced
+        {
+            deadline = deadline.min(self.last_sync + interval);
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let FsyncPolicy::Interval(interval) = self.shared.config.fsync
+            && self.unsynced
+            && now >= self.last_sync + interval
+            && let Err(failure) = self.sync()
+        {
+            error!(error = %failure, "interval fsync failed; the log refuses writes until reopened");
+            self.poisoned = Some(failure.to_string());
+        }
+        if now >= self.next_retention_check {
+            self.next_retention_check = now + RETENTION_CHECK_INTERVAL;
+            if let Err(failure) = self.enforce_retention() {
+                error!(error = %failure, "retention failed");
+            }
+        }
+    }
+
+    /// Seals an old active segment when age retention needs it, then drops sealed segments from
+    /// the head while any retention limit says so. Limits are floors: a segment is dropped only
+    /// if what remains still meets the limit, so a log never holds fewer events than asked.
+    fn enforce_retention(&mut self) -> Result<(), LogError> {
+        if self.poisoned.is_some() {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        let retention = config.retention;
+        let now_us = config.now_us();
+        if let (Some(age), Some(first)) = (config.effective_segment_age_max(), self.first_timestamp_us)
+            && first.saturating_add(age.as_micros() as u64) <= now_us
+        {
+            self.roll()?;
+        }
+        let mut dropped = Vec::new();
+        loop {
+            let mut set = self.shared.segments.write();
+            let Some(oldest) = set.sealed.front() else { break };
+            let events = set.next_seq() - set.first_seq();
+            let bytes = set.bytes();
+            let over_events = retention
+                .events_max
+                .is_some_and(|max| events - oldest.records() >= max);
+            let over_bytes = retention
+                .bytes_max
+                .is_some_and(|max| bytes - oldest.bytes >= max);
+            let over_age = retention.age_max.is_some_and(|age: Duration| {
+                oldest.last_timestamp_us.saturating_add(age.as_micros() as u64) < now_us
+            });
+            if !(over_events || over_bytes || over_age) {
+                break;
+            }
+            if let Some(segment) = set.sealed.pop_front() {
+                dropped.push(segment.base_seq);
+            }
+        }
+        if !dropped.is_empty() {
+            debug!(segments = dropped.len(), "retention dropped segments");
+            recovery::delete_segments(&self.shared.dir, &dropped)?;
+        }
+        Ok(())
+    }
+}
