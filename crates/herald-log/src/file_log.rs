@@ -9,13 +9,13 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use crate::LogStats;
 use crate::config::{APPEND_QUEUE_REQUESTS_MAX, LogConfig, payload_bytes_max};
 use crate::error::{IoContext, LogError};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
 use crate::writer::{AppendAck, Reply, Request, Writer};
-use crate::LogStats;
 
 /// State shared by the writer thread and every reader.
 #[derive(Debug)]
@@ -155,7 +155,9 @@ impl FileLog {
             events: (last_seq + 1).saturating_sub(first_seq),
             bytes: set.bytes(),
             segments: set.sealed.len() + 1,
-            first_timestamp_us: set.segments().find_map(|segment| segment.first_timestamp_us),
+            first_timestamp_us: set
+                .segments()
+                .find_map(|segment| segment.first_timestamp_us),
             last_timestamp_us: set
                 .segments()
                 .filter(|segment| segment.records() > 0)
@@ -175,7 +177,10 @@ pub(crate) fn check_batch(payloads: &[Bytes], payload_bytes_max: usize) -> Resul
     if payloads.is_empty() {
         return Err(LogError::EmptyBatch);
     }
-    if let Some(payload) = payloads.iter().find(|payload| payload.len() > payload_bytes_max) {
+    if let Some(payload) = payloads
+        .iter()
+        .find(|payload| payload.len() > payload_bytes_max)
+    {
         return Err(LogError::PayloadTooLarge {
             bytes: payload.len(),
             max: payload_bytes_max,

@@ -24,6 +24,7 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 mod state;
+mod verify;
 mod writer;
 
 use std::path::Path;
@@ -32,12 +33,13 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use config::{
-    APPEND_QUEUE_REQUESTS_MAX, Clock, FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX,
-    INDEX_INTERVAL_BYTES_DEFAULT, LogConfig, MEMORY_LOG_BYTES_MAX_DEFAULT, Retention,
-    SEGMENT_BYTES_MAX_DEFAULT, system_clock,
+    APPEND_QUEUE_REQUESTS_MAX, Clock, FsyncPolicy, GROUP_COMMIT_BYTES_MAX,
+    GROUP_COMMIT_RECORDS_MAX, INDEX_INTERVAL_BYTES_DEFAULT, LogConfig,
+    MEMORY_LOG_BYTES_MAX_DEFAULT, Retention, SEGMENT_BYTES_MAX_DEFAULT, system_clock,
 };
 pub use error::{CorruptionReason, LogError};
 pub use record::Record;
+pub use verify::{SegmentReport, VerifyReport, verify};
 pub use writer::AppendAck;
 
 use file_log::FileLog;
@@ -114,7 +116,12 @@ impl Log {
     }
 
     /// One batch from `from_seq`; see [`Reader::next_batch`].
-    pub fn read(&self, from_seq: u64, records_max: usize, bytes_max: usize) -> Result<Vec<Record>, LogError> {
+    pub fn read(
+        &self,
+        from_seq: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError> {
         self.reader(from_seq).next_batch(records_max, bytes_max)
     }
 
@@ -190,7 +197,11 @@ enum ReaderBackend {
 impl Reader {
     /// Up to `records_max` records and roughly `bytes_max` payload bytes, in seq order; empty
     /// when the reader has caught up. Records trimmed by retention are skipped.
-    pub fn next_batch(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<Record>, LogError> {
+    pub fn next_batch(
+        &mut self,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError> {
         match &mut self.backend {
             ReaderBackend::File(reader) => reader.next_batch(records_max, bytes_max),
             ReaderBackend::Memory(reader) => Ok(reader.next_batch(records_max, bytes_max)),

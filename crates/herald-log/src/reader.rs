@@ -64,7 +64,11 @@ impl FileReader {
 
     /// Up to `records_max` records and about `bytes_max` payload bytes (at least one record if
     /// any is visible), in seq order. Empty when the reader has caught up.
-    pub fn next_batch(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<Record>, LogError> {
+    pub fn next_batch(
+        &mut self,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError> {
         let visible_last = *self.shared.visible.borrow();
         let mut records = Vec::new();
         let mut bytes = 0;
@@ -72,7 +76,9 @@ impl FileReader {
             if self.cursor.is_none() {
                 self.cursor = Some(self.open_cursor()?);
             }
-            let Some(cursor) = self.cursor.as_mut() else { break };
+            let Some(cursor) = self.cursor.as_mut() else {
+                break;
+            };
             let end = readable_end(&self.shared, cursor);
             if cursor.position >= end {
                 if cursor.sealed {
@@ -210,7 +216,13 @@ impl Cursor {
 
     fn refill(&mut self, end: u64) -> Result<(), LogError> {
         let mut chunk = Vec::new();
-        segment::read_chunk(&self.file, &self.segment.paths.log, self.position, end, &mut chunk)?;
+        segment::read_chunk(
+            &self.file,
+            &self.segment.paths.log,
+            self.position,
+            end,
+            &mut chunk,
+        )?;
         self.chunk = Bytes::from(chunk);
         self.chunk_position = self.position;
         Ok(())
@@ -258,18 +270,22 @@ pub(crate) fn seq_at_time(shared: &Arc<Shared>, timestamp_us: u64) -> Result<u64
     let base_seq = located.segment.base_seq;
     let hint = match located.sealed {
         false => located.hint,
-        true => sealed_index_lookup(&located.segment, |entry| {
-            entry.timestamp_us < timestamp_us
-        })?,
+        true => sealed_index_lookup(&located.segment, |entry| entry.timestamp_us < timestamp_us)?,
     };
     // The reader validates the hint itself, falling back to the segment start if it is wrong.
-    let mut reader = FileReader::new(shared.clone(), hint.map_or(base_seq, |entry| entry.seq(base_seq)));
+    let mut reader = FileReader::new(
+        shared.clone(),
+        hint.map_or(base_seq, |entry| entry.seq(base_seq)),
+    );
     loop {
         let batch = reader.next_batch(TIME_SCAN_RECORDS_MAX, TIME_SCAN_BYTES_MAX)?;
         if batch.is_empty() {
             return Ok(reader.next_seq().max(visible_last + 1));
         }
-        if let Some(found) = batch.iter().find(|record| record.timestamp_us >= timestamp_us) {
+        if let Some(found) = batch
+            .iter()
+            .find(|record| record.timestamp_us >= timestamp_us)
+        {
             return Ok(found.seq);
         }
     }

@@ -235,7 +235,9 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let name = entry.file_name();
-        if let Some(base_seq) = name.to_str().and_then(|name| segment::parse_file_name(name, "index"))
+        if let Some(base_seq) = name
+            .to_str()
+            .and_then(|name| segment::parse_file_name(name, "index"))
             && bases.binary_search(&base_seq).is_err()
         {
             fs::remove_file(entry.path()).at(&entry.path())?;
@@ -316,13 +318,8 @@ fn inspect(
         inspection.index = outcome.index;
     }
     if let Some((position, reason)) = outcome.failure {
-        let later = segment::valid_record_after(
-            &file,
-            &paths.log,
-            position,
-            file_bytes,
-            outcome.next_seq,
-        )?;
+        let later =
+            segment::valid_record_after(&file, &paths.log, position, file_bytes, outcome.next_seq)?;
         inspection.state = match later {
             Some(_) => SegmentState::CorruptWithin,
             None => SegmentState::TornTail,
@@ -391,9 +388,16 @@ pub fn entry_points_at_its_record(
         && record::read_u64(&header, 16) == entry.timestamp_us)
 }
 
-fn open_active(sealed: VecDeque<SegmentInfo>, inspection: Inspection) -> Result<Recovered, LogError> {
+fn open_active(
+    sealed: VecDeque<SegmentInfo>,
+    inspection: Inspection,
+) -> Result<Recovered, LogError> {
     let path = &inspection.info.paths.log;
-    let active_file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+    let active_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)?;
     // The active segment's index lives in memory; a file left by an earlier seal is stale.
     let index_path = &inspection.info.paths.index;
     if index_path.exists() {
@@ -508,7 +512,10 @@ mod tests {
         for &(role, state, repair, decision) in RECOVERY_CASES {
             if !repair {
                 assert!(
-                    !matches!(decision, Decision::RepairTruncate | Decision::RepairDropFromHere),
+                    !matches!(
+                        decision,
+                        Decision::RepairTruncate | Decision::RepairDropFromHere
+                    ),
                     "{role:?} {state:?}"
                 );
             }

@@ -282,7 +282,12 @@ mod tests {
             parse_file_name("00000000000000000042.index", "index"),
             Some(42)
         );
-        for name in ["42.log", "0000000000000000004x.log", "00000000000000000042.lo", "LOCK"] {
+        for name in [
+            "42.log",
+            "0000000000000000004x.log",
+            "00000000000000000042.lo",
+            "LOCK",
+        ] {
             assert_eq!(parse_file_name(name, "log"), None, "{name}");
         }
     }
@@ -297,6 +302,10 @@ mod tests {
         let mut bad_seq = header;
         bad_seq[16] ^= 1;
         assert!(decode_header(&bad_seq).unwrap_err().contains("checksum"));
-        assert!(decode_header(&header[..10]).unwrap_err().contains("shorter"));
+        assert!(
+            decode_header(&header[..10])
+                .unwrap_err()
+                .contains("shorter")
+        );
     }
 }

@@ -80,7 +80,9 @@ impl SegmentSet {
     /// The segment holding `seq`, or the first one after it when `seq` was trimmed.
     pub fn locate(&self, seq: u64) -> Located {
         let seq = seq.max(self.first_seq());
-        let sealed_at = self.sealed.partition_point(|segment| segment.next_seq <= seq);
+        let sealed_at = self
+            .sealed
+            .partition_point(|segment| segment.next_seq <= seq);
         if let Some(segment) = self.sealed.get(sealed_at) {
             return Located {
                 segment: segment.clone(),

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, error};
 
-use crate::config::{FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX, RETENTION_CHECK_INTERVAL};
+use crate::config::{
+    FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX, RETENTION_CHECK_INTERVAL,
+};
 use crate::error::{IoContext, LogError};
 use crate::file_log::Shared;
 use crate::index::{self, IndexEntry};
@@ -95,7 +97,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, requests: flume::Receiver<Request>, recovered: Recovered) -> Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        requests: flume::Receiver<Request>,
+        recovered: Recovered,
+    ) -> Writer {
         let active = &recovered.set.active;
         Writer {
             position: active.bytes,
@@ -299,7 +305,10 @@ impl Writer {
 
     /// Seals the active segment (fsync, index file) and starts a new one at `next_seq`.
     fn roll(&mut self) -> Result<(), LogError> {
-        assert!(self.buffer.is_empty(), "roll only after the buffer is written");
+        assert!(
+            self.buffer.is_empty(),
+            "roll only after the buffer is written"
+        );
         self.sync()?;
         let sealed_paths = self.active_paths();
         let entries = self.shared.segments.read().active_index.clone();
@@ -362,7 +371,8 @@ impl Writer {
         let config = &self.shared.config;
         let retention = config.retention;
         let now_us = config.now_us();
-        if let (Some(age), Some(first)) = (config.effective_segment_age_max(), self.first_timestamp_us)
+        if let (Some(age), Some(first)) =
+            (config.effective_segment_age_max(), self.first_timestamp_us)
             && first.saturating_add(age.as_micros() as u64) <= now_us
         {
             self.roll()?;
@@ -370,7 +380,9 @@ impl Writer {
         let mut dropped = Vec::new();
         loop {
             let mut set = self.shared.segments.write();
-            let Some(oldest) = set.sealed.front() else { break };
+            let Some(oldest) = set.sealed.front() else {
+                break;
+            };
             let events = set.next_seq() - set.first_seq();
             let bytes = set.bytes();
             let over_events = retention
@@ -380,7 +392,10 @@ impl Writer {
                 .bytes_max
                 .is_some_and(|max| bytes - oldest.bytes >= max);
             let over_age = retention.age_max.is_some_and(|age: Duration| {
-                oldest.last_timestamp_us.saturating_add(age.as_micros() as u64) < now_us
+                oldest
+                    .last_timestamp_us
+                    .saturating_add(age.as_micros() as u64)
+                    < now_us
             });
             if !(over_events || over_bytes || over_age) {
                 break;

@@ -25,7 +25,11 @@ fn reads_return_what_was_appended_in_order() {
         let limited = log.read(10, 5, usize::MAX).unwrap();
         assert_records(&limited, 10..=14);
         let stats = log.stats();
-        assert_eq!((stats.first_seq, stats.last_seq, stats.events), (1, 50, 50), "{backend}");
+        assert_eq!(
+            (stats.first_seq, stats.last_seq, stats.events),
+            (1, 50, 50),
+            "{backend}"
+        );
     }
 }
 
@@ -61,7 +65,10 @@ fn seqs_continue_across_segment_rolls_and_restarts() {
         log.close().unwrap();
     }
     let log = Log::open(dir.path(), small_segments(FsyncPolicy::Never)).unwrap();
-    assert!(log.stats().segments > 20, "the test must cross many segments");
+    assert!(
+        log.stats().segments > 20,
+        "the test must cross many segments"
+    );
     assert_records(&read_all(&log, 1), 1..=1000);
     // A read can start anywhere, including inside sealed segments, through their indexes.
     for from in [1, 2, 99, 500, 733, 999, 1000] {
@@ -76,21 +83,31 @@ fn a_closed_log_refuses_appends_and_a_second_opener_is_refused() {
     let second = Log::open(dir.path(), LogConfig::default());
     assert!(matches!(second, Err(LogError::Locked { .. })), "{second:?}");
     log.close().unwrap();
-    assert!(matches!(log.append_blocking(payloads(1..=1)), Err(LogError::Closed)));
+    assert!(matches!(
+        log.append_blocking(payloads(1..=1)),
+        Err(LogError::Closed)
+    ));
 }
 
 #[test]
 fn bad_appends_are_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     for (backend, log) in each_backend(dir.path(), small_segments(FsyncPolicy::Always)) {
-        assert!(matches!(log.append_blocking(vec![]), Err(LogError::EmptyBatch)), "{backend}");
+        assert!(
+            matches!(log.append_blocking(vec![]), Err(LogError::EmptyBatch)),
+            "{backend}"
+        );
         let too_big = Bytes::from(vec![0; 8192]);
         let refused = log.append_blocking(vec![payload_for(1), too_big]);
         assert!(
             matches!(refused, Err(LogError::PayloadTooLarge { bytes: 8192, .. })),
             "{backend}: {refused:?}"
         );
-        assert_eq!(log.stats().events, 0, "{backend}: nothing of a refused batch is stored");
+        assert_eq!(
+            log.stats().events,
+            0,
+            "{backend}: nothing of a refused batch is stored"
+        );
     }
 }
 
@@ -111,9 +128,17 @@ fn retention_by_count_drops_whole_segments_and_keeps_at_least_the_limit() {
         log.enforce_retention_blocking().unwrap();
         let stats = log.stats();
         assert_eq!(stats.last_seq, 1000, "{backend}");
-        assert!(stats.events >= 100, "{backend}: kept {} events", stats.events);
+        assert!(
+            stats.events >= 100,
+            "{backend}: kept {} events",
+            stats.events
+        );
         // A file log drops only whole segments (about 15 records each here).
-        assert!(stats.events < 130, "{backend}: kept {} events", stats.events);
+        assert!(
+            stats.events < 130,
+            "{backend}: kept {} events",
+            stats.events
+        );
         assert_records(&read_all(&log, 1), stats.first_seq..=1000);
     }
 }
@@ -134,7 +159,11 @@ fn retention_by_bytes_bounds_the_log() {
         }
         log.enforce_retention_blocking().unwrap();
         let stats = log.stats();
-        assert!(stats.bytes <= 20_000 + 4096, "{backend}: {} bytes", stats.bytes);
+        assert!(
+            stats.bytes <= 20_000 + 4096,
+            "{backend}: {} bytes",
+            stats.bytes
+        );
         assert!(stats.bytes >= 15_000, "{backend}: {} bytes", stats.bytes);
         assert_records(&read_all(&log, 1), stats.first_seq..=2000);
     }
@@ -158,7 +187,11 @@ fn retention_by_age_drops_old_segments_and_seals_an_idle_one() {
         clock.advance(30_000_000);
         log.append_blocking(payloads(101..=110)).unwrap();
         log.enforce_retention_blocking().unwrap();
-        assert_eq!(log.stats().first_seq, 1, "{backend}: nothing is old enough yet");
+        assert_eq!(
+            log.stats().first_seq,
+            1,
+            "{backend}: nothing is old enough yet"
+        );
         // 61 s after the first batch, it is past retention; the second is not.
         clock.advance(31_000_000);
         log.enforce_retention_blocking().unwrap();
@@ -247,9 +280,16 @@ fn concurrent_readers_see_every_record_in_order_while_the_writer_appends() {
                         let batch = reader.next_batch(64, 16 * 1024).unwrap();
                         if batch.is_empty() {
                             // Wait for the writer instead of spinning.
-                            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                            let runtime = tokio::runtime::Builder::new_current_thread()
+                                .enable_time()
+                                .build()
+                                .unwrap();
                             runtime.block_on(async {
-                                let _ = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+                                let _ = tokio::time::timeout(
+                                    Duration::from_millis(50),
+                                    watch.changed(),
+                                )
+                                .await;
                             });
                             continue;
                         }
@@ -304,7 +344,10 @@ async fn concurrent_appenders_get_disjoint_contiguous_seqs_under_group_commit() 
         assert_eq!(first_seq, at as u64 * 16 + 1);
         for item in 0..16u64 {
             let record = &records[(first_seq - 1 + item) as usize];
-            assert_eq!(record.payload, Bytes::from(format!("{writer}/{round}/{item}")));
+            assert_eq!(
+                record.payload,
+                Bytes::from(format!("{writer}/{round}/{item}"))
+            );
         }
     }
 }
@@ -318,7 +361,10 @@ fn a_missing_sealed_index_is_rebuilt_and_reads_stay_correct() {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|extension| extension == "index") {
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "index")
+        {
             if removed % 2 == 0 {
                 std::fs::remove_file(&path).unwrap();
             } else {

@@ -27,7 +27,8 @@ fn repair_config() -> LogConfig {
 fn build_log(dir: &Path, count: u64) {
     let log = Log::open(dir, config()).unwrap();
     for start in (1..=count).step_by(10) {
-        log.append_blocking(payloads(start..=(start + 9).min(count))).unwrap();
+        log.append_blocking(payloads(start..=(start + 9).min(count)))
+            .unwrap();
     }
     log.close().unwrap();
 }
@@ -47,7 +48,12 @@ fn file_len(path: &Path) -> u64 {
 }
 
 fn truncate(path: &Path, len: u64) {
-    OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 fn flip_byte(path: &Path, at: u64) {
@@ -86,7 +92,10 @@ fn corruption_inside_the_active_segment_stops_the_open_unless_repairing() {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 100);
     let active = segment_files(dir.path()).pop().unwrap();
-    assert!(file_len(&active) > 1000, "the active segment holds several records");
+    assert!(
+        file_len(&active) > 1000,
+        "the active segment holds several records"
+    );
     flip_byte(&active, 100);
     let error = Log::open(dir.path(), config()).unwrap_err();
     let message = error.to_string();
@@ -109,7 +118,10 @@ fn damage_to_a_sealed_segment_tail_stops_the_open_unless_repairing() {
     let sealed = &files[2];
     truncate(sealed, file_len(sealed) - 3);
     let error = Log::open(dir.path(), config()).unwrap_err();
-    assert!(matches!(error, LogError::Corrupt { ref path, .. } if path == sealed), "{error}");
+    assert!(
+        matches!(error, LogError::Corrupt { ref path, .. } if path == sealed),
+        "{error}"
+    );
 
     let log = Log::open(dir.path(), repair_config()).unwrap();
     let last = log.stats().last_seq;
@@ -128,7 +140,10 @@ fn a_bad_sealed_header_stops_the_open_with_a_clear_error() {
     flip_byte(&files[1], 3);
     let error = Log::open(dir.path(), config()).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, LogError::BadSegmentHeader { .. }), "{message}");
+    assert!(
+        matches!(error, LogError::BadSegmentHeader { .. }),
+        "{message}"
+    );
     assert!(message.contains("magic"), "{message}");
     let log = Log::open(dir.path(), repair_config()).unwrap();
     let last = log.stats().last_seq;
@@ -152,7 +167,10 @@ fn corruption_deep_inside_a_sealed_segment_is_reported_by_the_read_that_meets_it
             Err(error) => break error,
         }
     };
-    assert!(matches!(error, LogError::Corrupt { ref path, .. } if *path == files[1]), "{error}");
+    assert!(
+        matches!(error, LogError::Corrupt { ref path, .. } if *path == files[1]),
+        "{error}"
+    );
     assert_records(&good, 1..=good.len() as u64);
 }
 
@@ -166,7 +184,10 @@ fn a_segment_cut_inside_its_header_while_being_created_is_recreated() {
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(file_len(&partial), 32);
     assert_records(&read_all(&log, 1), 1..=300);
-    assert_eq!(log.append_blocking(payloads(301..=301)).unwrap().first_seq, 301);
+    assert_eq!(
+        log.append_blocking(payloads(301..=301)).unwrap().first_seq,
+        301
+    );
 }
 
 /// Flips bytes and truncates files at random; every open either recovers to valid records or
@@ -189,7 +210,9 @@ fn random_damage_never_yields_a_corrupt_record_or_a_panic() {
         for file in &files {
             fs::copy(file, work.path().join(file.file_name().unwrap())).unwrap();
         }
-        let victim = work.path().join(files[rng.random_range(0..files.len())].file_name().unwrap());
+        let victim = work
+            .path()
+            .join(files[rng.random_range(0..files.len())].file_name().unwrap());
         let len = file_len(&victim);
         let damages = rng.random_range(1..=3);
         for _ in 0..damages {
@@ -234,10 +257,53 @@ fn random_damage_never_yields_a_corrupt_record_or_a_panic() {
             }
             Err(error) => {
                 refused += 1;
-                assert!(!repair || matches!(error, LogError::Io { .. }), "seed {seed} round {round}: repair failed: {error}");
+                assert!(
+                    !repair || matches!(error, LogError::Io { .. }),
+                    "seed {seed} round {round}: repair failed: {error}"
+                );
                 assert!(!error.to_string().is_empty());
             }
         }
     }
-    assert!(recovered > 0 && refused > 0, "seed {seed}: {recovered} recovered, {refused} refused");
+    assert!(
+        recovered > 0 && refused > 0,
+        "seed {seed}: {recovered} recovered, {refused} refused"
+    );
+}
+
+#[test]
+fn verify_reads_everything_and_names_each_problem_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 300);
+    let interval = config().index_interval_bytes;
+    let report = herald_log::verify(dir.path(), interval).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.records(), 300);
+    assert!(report.segments.len() > 5);
+
+    let files = segment_files(dir.path());
+    flip_byte(&files[1], 400);
+    let before = fs::read(&files[1]).unwrap();
+    let report = herald_log::verify(dir.path(), interval).unwrap();
+    assert!(!report.is_clean());
+    let damaged: Vec<_> = report
+        .segments
+        .iter()
+        .filter(|segment| !segment.problems.is_empty())
+        .collect();
+    assert_eq!(
+        damaged.len(),
+        2,
+        "the damaged segment, and the next one's seq no longer follows: {damaged:?}"
+    );
+    assert!(
+        damaged[0].problems[0].contains("invalid record at byte"),
+        "{:?}",
+        damaged[0]
+    );
+    assert_eq!(
+        fs::read(&files[1]).unwrap(),
+        before,
+        "verify changes nothing"
+    );
 }

@@ -1,1 +1,37 @@
-fn main() {}
+//! `herald`: one binary for the event bus. The server and the client commands arrive with their
+//! issues; today it carries the operator tools for Herald's log directories.
+
+mod log_command;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald, the event bus in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect, check and repair a stream's log directory (offline).
+    #[command(subcommand)]
+    Log(log_command::LogCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Log(command) => log_command::run(command),
+    }
+}

@@ -68,7 +68,12 @@ pub fn assert_records(records: &[Record], seqs: std::ops::RangeInclusive<u64>) {
     let got: Vec<u64> = records.iter().map(|record| record.seq).collect();
     assert_eq!(got, expected, "seqs");
     for record in records {
-        assert_eq!(record.payload, payload_for(record.seq), "payload of seq {}", record.seq);
+        assert_eq!(
+            record.payload,
+            payload_for(record.seq),
+            "payload of seq {}",
+            record.seq
+        );
     }
 }
 
