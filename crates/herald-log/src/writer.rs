@@ -37,6 +37,15 @@ pub struct AppendAck {
     pub timestamp_us: u64,
 }
 
+/// Under `interval` and `never`, an fsync also runs once this many bytes are unsynced, so that
+/// dirty page cache (memory) stays bounded whatever the write rate.
+pub const UNSYNCED_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Synced bytes this far behind the head are dropped from the page cache: tail readers keep
+/// finding recent records in memory, while the cache does not grow with the log (on the test
+/// machine, a page cache that only grows cut sustained buffered writes from 1.2 GB/s to 0.4).
+pub const PAGE_CACHE_KEEP_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long the writer spins for the next request before it parks.
 const WRITER_SPIN: Duration = Duration::from_micros(50);
 
@@ -94,6 +103,10 @@ pub(crate) struct Writer {
     last_indexed_position: Option<u64>,
     pending_index: Vec<IndexEntry>,
     unsynced: bool,
+    /// Position of the active segment up to which data is fsynced.
+    synced_position: u64,
+    /// Position of the active segment below which the page cache was already dropped.
+    uncached_position: u64,
     last_sync: Instant,
     next_retention_check: Instant,
     poisoned: Option<String>,
@@ -124,6 +137,8 @@ impl Writer {
             buffer: Vec::with_capacity(1024 * 1024),
             pending_index: Vec::new(),
             unsynced: false,
+            synced_position: active.bytes,
+            uncached_position: SEGMENT_HEADER_BYTES,
             last_sync: Instant::now(),
             next_retention_check: Instant::now(),
             poisoned: None,
@@ -306,6 +321,11 @@ impl Writer {
         match self.shared.config.fsync {
             FsyncPolicy::Always => self.sync(),
             FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => self.sync(),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never
+                if self.position - self.synced_position >= UNSYNCED_BYTES_MAX =>
+            {
+                self.sync()
+            }
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
         }
     }
@@ -318,9 +338,31 @@ impl Writer {
             let path = self.active_paths().log;
             self.file.sync_data().at(&path)?;
             self.unsynced = false;
+            self.synced_position = self.position;
+            self.drop_cache_behind();
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// Advises the kernel to drop clean pages of the active segment that lie more than
+    /// `PAGE_CACHE_KEEP_BYTES` behind the synced position. Only advice: failure changes nothing.
+    fn drop_cache_behind(&mut self) {
+        const PAGE_BYTES: u64 = 4096;
+        let until =
+            self.synced_position.saturating_sub(PAGE_CACHE_KEEP_BYTES) / PAGE_BYTES * PAGE_BYTES;
+        if until <= self.uncached_position {
+            return;
+        }
+        if let Some(length) = std::num::NonZeroU64::new(until - self.uncached_position) {
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                self.uncached_position,
+                Some(length),
+                rustix::fs::Advice::DontNeed,
+            );
+        }
+        self.uncached_position = until;
     }
 
     /// Seals the active segment (fsync, index file) and starts a new one at `next_seq`.
@@ -337,6 +379,8 @@ impl Writer {
         debug!(sealed = %sealed_paths.log.display(), next_seq = self.next_seq, "rolled segment");
         self.base_seq = self.next_seq;
         self.position = SEGMENT_HEADER_BYTES;
+        self.synced_position = SEGMENT_HEADER_BYTES;
+        self.uncached_position = SEGMENT_HEADER_BYTES;
         self.first_timestamp_us = None;
         self.last_indexed_position = None;
         self.unsynced = false;
