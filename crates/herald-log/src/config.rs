@@ -31,8 +31,8 @@ pub const APPEND_QUEUE_REQUESTS_MAX: usize = 4096;
 /// A memory log with no byte retention is still capped, so a forgotten limit never eats the host.
 pub const MEMORY_LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
 
-/// How often the writer checks retention when no appends arrive.
-pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the writer checks retention by default.
+pub const RETENTION_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
 /// When an append counts as acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,9 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     pub fsync: FsyncPolicy,
     pub retention: Retention,
+    /// How often the writer applies retention on its own (besides
+    /// `Log::enforce_retention_blocking`).
+    pub retention_check_interval: Duration,
     /// On corruption inside the log, truncate to the last valid record (dropping everything after
     /// it) instead of refusing to open.
     pub repair: bool,
@@ -91,6 +94,7 @@ impl Default for LogConfig {
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             fsync: FsyncPolicy::Always,
             retention: Retention::default(),
+            retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
             repair: false,
             clock: system_clock(),
         }
@@ -105,6 +109,7 @@ impl fmt::Debug for LogConfig {
             .field("index_interval_bytes", &self.index_interval_bytes)
             .field("fsync", &self.fsync)
             .field("retention", &self.retention)
+            .field("retention_check_interval", &self.retention_check_interval)
             .field("repair", &self.repair)
             .finish_non_exhaustive()
     }

@@ -35,7 +35,8 @@ use tokio::sync::watch;
 pub use config::{
     APPEND_QUEUE_REQUESTS_MAX, Clock, FsyncPolicy, GROUP_COMMIT_BYTES_MAX,
     GROUP_COMMIT_RECORDS_MAX, INDEX_INTERVAL_BYTES_DEFAULT, LogConfig,
-    MEMORY_LOG_BYTES_MAX_DEFAULT, Retention, SEGMENT_BYTES_MAX_DEFAULT, system_clock,
+    MEMORY_LOG_BYTES_MAX_DEFAULT, RETENTION_CHECK_INTERVAL_DEFAULT, Retention,
+    SEGMENT_BYTES_MAX_DEFAULT, system_clock,
 };
 pub use error::{CorruptionReason, LogError};
 pub use record::Record;

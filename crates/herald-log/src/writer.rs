@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, error};
 
-use crate::config::{
-    FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX, RETENTION_CHECK_INTERVAL,
-};
+use crate::config::{FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX};
 use crate::error::{IoContext, LogError};
 use crate::file_log::Shared;
 use crate::index::{self, IndexEntry};
@@ -119,6 +117,7 @@ impl Writer {
         recovered: Recovered,
     ) -> Writer {
         let active = &recovered.set.active;
+        let retention_check_interval = shared.config.retention_check_interval;
         Writer {
             position: active.bytes,
             base_seq: active.base_seq,
@@ -140,7 +139,7 @@ impl Writer {
             synced_position: active.bytes,
             uncached_position: SEGMENT_HEADER_BYTES,
             last_sync: Instant::now(),
-            next_retention_check: Instant::now(),
+            next_retention_check: Instant::now() + retention_check_interval,
             poisoned: None,
         }
     }
@@ -418,7 +417,7 @@ impl Writer {
             self.poisoned = Some(failure.to_string());
         }
         if now >= self.next_retention_check {
-            self.next_retention_check = now + RETENTION_CHECK_INTERVAL;
+            self.next_retention_check = now + self.shared.config.retention_check_interval;
             if let Err(failure) = self.enforce_retention() {
                 error!(error = %failure, "retention failed");
             }
