@@ -194,7 +194,28 @@ fn open(c: &mut Criterion) {
             log.close().unwrap();
         })
     });
+    // Cold: the page cache is dropped before each open (needs root; skipped otherwise).
+    if drop_page_cache() {
+        group.bench_function(format!("{gib}GiB_log_cold_cache"), |b| {
+            b.iter_custom(|rounds| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..rounds {
+                    drop_page_cache();
+                    let started = Instant::now();
+                    let log = Log::open(dir.path(), config(FsyncPolicy::Never)).unwrap();
+                    elapsed += started.elapsed();
+                    log.close().unwrap();
+                }
+                elapsed
+            })
+        });
+    }
     group.finish();
+}
+
+fn drop_page_cache() -> bool {
+    std::process::Command::new("sync").status().is_ok()
+        && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
 criterion_group!(benches, disk, append, group_commit, read, open);

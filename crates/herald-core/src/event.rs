@@ -1,0 +1,806 @@
+//! The event envelope (PRODUCT.md section 1): the validated [`Event`] and its JSON form.
+//!
+//! Decoding walks the top-level object once, keeps `data` as raw JSON (never built into a tree),
+//! and gives every kind of bad input its own [`EventError`] naming the field, so that a publisher
+//! learns exactly what to fix.
+
+pub(crate) mod wire;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use uuid::timestamp::context::ContextV7;
+
+use crate::subject::{Subject, SubjectError, is_valid_token};
+use wire::{Members, Top};
+
+/// PRODUCT.md: "An event is at most 1 MiB encoded (configurable)".
+pub const EVENT_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// A request body holding a batch; bounded separately so one request cannot hold the server.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+pub const BATCH_EVENTS_MAX_DEFAULT: usize = 1000;
+/// Stored events carry `stream` and `seq`, and the id, timestamp and version the server filled
+/// in; this much is allowed on top of `event_bytes_max` when reading them back.
+pub const STORED_EVENT_OVERHEAD_BYTES_MAX: usize = 1024;
+
+pub const ID_BYTES_MAX: usize = 128;
+pub const VERSION_BYTES_MAX: usize = 64;
+pub const SOURCE_BYTES_MAX: usize = 256;
+pub const CORRELATION_ID_BYTES_MAX: usize = 256;
+/// Room for a W3C `traceparent` (55 bytes) and other tracers' ids.
+pub const TRACE_ID_BYTES_MAX: usize = 256;
+pub const USER_ID_BYTES_MAX: usize = 256;
+pub const KEY_BYTES_MAX: usize = 256;
+pub const METADATA_ENTRIES_MAX: usize = 64;
+pub const METADATA_KEY_BYTES_MAX: usize = 128;
+pub const METADATA_VALUE_BYTES_MAX: usize = 4096;
+pub const VERSION_DEFAULT: &str = "1.0";
+
+const _: () = assert!(ID_BYTES_MAX <= EVENT_BYTES_MAX_DEFAULT);
+const _: () = assert!(EVENT_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(METADATA_ENTRIES_MAX * METADATA_VALUE_BYTES_MAX <= EVENT_BYTES_MAX_DEFAULT);
+
+/// The configurable limits; the per-field limits are constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub event_bytes_max: usize,
+    pub batch_bytes_max: usize,
+    pub batch_events_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            event_bytes_max: EVENT_BYTES_MAX_DEFAULT,
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What decoding a published event needs from outside: the receive time (the default
+/// timestamp, and the time in generated ids) and the limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseContext {
+    pub now: OffsetDateTime,
+    pub limits: Limits,
+}
+
+impl ParseContext {
+    pub fn new(now: OffsetDateTime) -> ParseContext {
+        ParseContext {
+            now,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Every way an event can be rejected. Messages name the field and say what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event is not valid JSON: {message}")]
+    Json { message: String },
+    #[error("an event must be a JSON object, found {found}")]
+    NotAnObject { found: &'static str },
+    #[error("event of {bytes} bytes exceeds the limit of {max} bytes")]
+    TooLarge { bytes: usize, max: usize },
+    #[error(
+        "unknown field {name:?}{}; the fields are id, type, version, timestamp, source, \
+         correlationId, traceId, userId, key, data, metadata",
+        suggestion_text(*.suggestion)
+    )]
+    UnknownField {
+        name: String,
+        suggestion: Option<&'static str>,
+    },
+    #[error(
+        "field {name:?} is assigned by the server when the event is stored and cannot be published"
+    )]
+    ServerAssignedField { name: &'static str },
+    #[error("field {name:?} appears more than once")]
+    DuplicateField { name: String },
+    #[error("missing required field {name:?}")]
+    MissingField { name: &'static str },
+    #[error("field {field:?} must be {expected}, found {found}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("field {field:?} is empty; omit it instead")]
+    Empty { field: &'static str },
+    #[error("field {field:?} is {bytes} bytes long, more than the limit of {max} bytes")]
+    TooLong {
+        field: &'static str,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("field {field:?} contains a control character")]
+    ControlCharacter { field: &'static str },
+    #[error("invalid \"type\": {0}")]
+    InvalidType(#[source] SubjectError),
+    #[error("field {field:?} is not an RFC 3339 timestamp ({value:?}): {reason}")]
+    InvalidTimestamp {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    InvalidId(#[source] EventIdError),
+    #[error("metadata value of {key:?} must be a string, found {found}")]
+    MetadataNotString { key: String, found: &'static str },
+    #[error("metadata has {entries} entries, more than the limit of {max}")]
+    MetadataTooManyEntries { entries: usize, max: usize },
+    #[error("metadata has an empty key")]
+    MetadataKeyEmpty,
+    #[error("metadata key {key:?} is {bytes} bytes long, more than the limit of {max} bytes")]
+    MetadataKeyTooLong {
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("metadata value of {key:?} is {bytes} bytes long, more than the limit of {max} bytes")]
+    MetadataValueTooLong {
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("metadata key {key:?} appears more than once")]
+    DuplicateMetadataKey { key: String },
+    #[error("field \"stream\" must be a stream name ([A-Za-z0-9_-]+), found {value:?}")]
+    InvalidStream { value: String },
+    #[error("field \"seq\" must be an integer from 1, found {value}")]
+    InvalidSeq { value: String },
+    #[error("unsupported CloudEvents specversion {value:?}; Herald accepts \"1.0\"")]
+    UnsupportedSpecVersion { value: String },
+    #[error(
+        "unsupported datacontenttype {value:?}; structured mode accepts JSON data only \
+         (application/json or a +json type)"
+    )]
+    UnsupportedDataContentType { value: String },
+    #[error(
+        "\"data_base64\" is not supported: binary payloads are not accepted in structured mode; \
+         send JSON in \"data\""
+    )]
+    DataBase64NotSupported,
+    #[error(
+        "invalid CloudEvents attribute name {name:?}: names are 1 to 20 characters of a-z and 0-9"
+    )]
+    InvalidAttributeName { name: String },
+    #[error("CloudEvents extension {name:?} must be a string, number or boolean, found {found}")]
+    ExtensionNotScalar { name: String, found: &'static str },
+    #[error(
+        "CloudEvents extension \"heraldmetadata\" must be a JSON object of strings encoded as a string: {reason}"
+    )]
+    InvalidHeraldMetadata { reason: String },
+}
+
+fn suggestion_text(suggestion: Option<&'static str>) -> String {
+    suggestion.map_or_else(String::new, |name| format!(" (did you mean {name:?}?)"))
+}
+
+/// User-supplied text quoted in an error is cut short: errors travel back in responses and logs.
+pub(crate) fn excerpt(text: &str) -> String {
+    const EXCERPT_CHARS_MAX: usize = 64;
+    match text.char_indices().nth(EXCERPT_CHARS_MAX) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
+/// Why a string is not an event id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventIdError {
+    #[error("field \"id\" is empty; omit it and the server assigns one")]
+    Empty,
+    #[error("field \"id\" is {bytes} bytes long, more than the limit of {max} bytes")]
+    TooLong { bytes: usize, max: usize },
+    #[error("field \"id\" contains a control character")]
+    ControlCharacter,
+}
+
+/// An event's id: the publisher's (dedupe relies on it being stable across retries) or a UUIDv7.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Box<str>);
+
+/// Shared so that ids made within one millisecond still sort in creation order.
+static ID_CONTEXT: Mutex<AssertUnwindSafe<ContextV7>> =
+    Mutex::new(AssertUnwindSafe(ContextV7::new()));
+
+impl EventId {
+    pub fn parse(text: &str) -> Result<EventId, EventIdError> {
+        if text.is_empty() {
+            return Err(EventIdError::Empty);
+        }
+        if text.len() > ID_BYTES_MAX {
+            return Err(EventIdError::TooLong {
+                bytes: text.len(),
+                max: ID_BYTES_MAX,
+            });
+        }
+        if text.chars().any(char::is_control) {
+            return Err(EventIdError::ControlCharacter);
+        }
+        Ok(EventId(text.into()))
+    }
+
+    /// A UUIDv7 whose time part is `now` (the caller's clock, so that this crate reads none).
+    pub fn new_v7(now: OffsetDateTime) -> EventId {
+        let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        let timestamp = uuid::Timestamp::from_unix(&ID_CONTEXT, seconds, now.nanosecond());
+        let uuid = uuid::Uuid::new_v7(timestamp);
+        EventId(uuid.hyphenated().to_string().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EventId {
+    type Err = EventIdError;
+    fn from_str(text: &str) -> Result<EventId, EventIdError> {
+        EventId::parse(text)
+    }
+}
+
+impl AsRef<str> for EventId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({:?})", &*self.0)
+    }
+}
+
+/// A validated event. Events from [`Event::from_json`] and [`Event::from_cloudevent_json`] are
+/// valid; fields are public for the server (which sets `source` to the caller's identity), and
+/// [`Event::validate`] checks an event put together in code.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: EventId,
+    pub event_type: Subject,
+    pub version: String,
+    pub timestamp: OffsetDateTime,
+    pub source: Option<String>,
+    pub correlation_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub user_id: Option<String>,
+    pub key: Option<String>,
+    /// Any JSON value, kept byte for byte as published.
+    pub data: Box<RawValue>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.id == other.id
+            && self.event_type == other.event_type
+            && self.version == other.version
+            && self.timestamp == other.timestamp
+            && self.source == other.source
+            && self.correlation_id == other.correlation_id
+            && self.trace_id == other.trace_id
+            && self.user_id == other.user_id
+            && self.key == other.key
+            && self.data.get() == other.data.get()
+            && self.metadata == other.metadata
+    }
+}
+
+impl Eq for Event {}
+
+/// Herald's name for each optional text field, its limit, and its place in [`Event`].
+type TextField = (&'static str, usize, fn(&Event) -> &Option<String>);
+
+const TEXT_FIELDS: [TextField; 5] = [
+    ("source", SOURCE_BYTES_MAX, |event| &event.source),
+    ("correlationId", CORRELATION_ID_BYTES_MAX, |event| {
+        &event.correlation_id
+    }),
+    ("traceId", TRACE_ID_BYTES_MAX, |event| &event.trace_id),
+    ("userId", USER_ID_BYTES_MAX, |event| &event.user_id),
+    ("key", KEY_BYTES_MAX, |event| &event.key),
+];
+
+const FIELD_NAMES: [&str; 11] = [
+    "id",
+    "type",
+    "version",
+    "timestamp",
+    "source",
+    "correlationId",
+    "traceId",
+    "userId",
+    "key",
+    "data",
+    "metadata",
+];
+
+impl Event {
+    /// An event with the defaults a publisher may omit: version "1.0", `data` null, no metadata.
+    pub fn new(id: EventId, event_type: Subject, timestamp: OffsetDateTime) -> Event {
+        Event {
+            id,
+            event_type,
+            version: VERSION_DEFAULT.to_owned(),
+            timestamp,
+            source: None,
+            correlation_id: None,
+            trace_id: None,
+            user_id: None,
+            key: None,
+            data: RawValue::NULL.to_owned(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The stream an event goes to unless configuration says otherwise.
+    pub fn stream_name(&self) -> &str {
+        self.event_type.stream_name()
+    }
+
+    /// Decodes a published event, filling in id, timestamp, version and data when absent.
+    pub fn from_json(bytes: &[u8], context: &ParseContext) -> Result<Event, EventError> {
+        check_size(bytes, context.limits.event_bytes_max)?;
+        let members = parse_object(bytes)?;
+        let (event, _) = decode_members(members, Origin::Publish(context))?;
+        Ok(event)
+    }
+
+    /// The JSON form, camelCase, with absent optionals omitted and `data` verbatim.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.data.get().len());
+        out.push(b'{');
+        self.write_members(&mut out);
+        out.push(b'}');
+        out
+    }
+
+    /// Checks the limits that the field types do not enforce themselves.
+    pub fn validate(&self) -> Result<(), EventError> {
+        check_text("version", &self.version, VERSION_BYTES_MAX)?;
+        if !wire::is_timestamp_in_range(&self.timestamp) {
+            return Err(EventError::InvalidTimestamp {
+                field: "timestamp",
+                value: self.timestamp.to_string(),
+                reason: "out of range (years 0000 to 9999 in UTC)".to_owned(),
+            });
+        }
+        for (field, max, get) in TEXT_FIELDS {
+            if let Some(value) = get(self) {
+                check_text(field, value, max)?;
+            }
+        }
+        check_metadata(&self.metadata)
+    }
+
+    fn write_members(&self, out: &mut Vec<u8>) {
+        wire::write_key(out, "id");
+        wire::write_string(out, self.id.as_str());
+        out.push(b',');
+        wire::write_key(out, "type");
+        wire::write_string(out, self.event_type.as_str());
+        out.push(b',');
+        wire::write_key(out, "version");
+        wire::write_string(out, &self.version);
+        out.push(b',');
+        wire::write_key(out, "timestamp");
+        wire::write_timestamp(out, self.timestamp);
+        for (field, _, get) in TEXT_FIELDS {
+            if let Some(value) = get(self) {
+                out.push(b',');
+                wire::write_key(out, field);
+                wire::write_string(out, value);
+            }
+        }
+        out.push(b',');
+        wire::write_key(out, "data");
+        out.extend_from_slice(self.data.get().as_bytes());
+        if !self.metadata.is_empty() {
+            out.push(b',');
+            wire::write_key(out, "metadata");
+            write_string_map(out, &self.metadata);
+        }
+    }
+}
+
+pub(crate) fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+    out.push(b'{');
+    for (index, (key, value)) in map.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        wire::write_string(out, key);
+        out.push(b':');
+        wire::write_string(out, value);
+    }
+    out.push(b'}');
+}
+
+/// An event as stored and delivered: with the stream it lives in and its position there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub stream: String,
+    pub seq: u64,
+    pub event: Event,
+}
+
+impl StoredEvent {
+    /// `{"stream":…,"seq":…,` then the event's own fields.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(300 + self.event.data.get().len());
+        out.push(b'{');
+        wire::write_key(&mut out, "stream");
+        wire::write_string(&mut out, &self.stream);
+        out.push(b',');
+        wire::write_key(&mut out, "seq");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.push(b',');
+        self.event.write_members(&mut out);
+        out.push(b'}');
+        out
+    }
+
+    /// Reads a stored or delivered event back: every field the server fills in is required.
+    pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<StoredEvent, EventError> {
+        check_size(
+            bytes,
+            limits
+                .event_bytes_max
+                .saturating_add(STORED_EVENT_OVERHEAD_BYTES_MAX),
+        )?;
+        let members = parse_object(bytes)?;
+        let (event, position) = decode_members(members, Origin::Stored)?;
+        let (stream, seq) = position.ok_or(EventError::MissingField { name: "stream" })?;
+        Ok(StoredEvent { stream, seq, event })
+    }
+}
+
+pub(crate) fn check_size(bytes: &[u8], max: usize) -> Result<(), EventError> {
+    if bytes.len() > max {
+        return Err(EventError::TooLarge {
+            bytes: bytes.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn json_error(error: &serde_json::Error) -> EventError {
+    EventError::Json {
+        message: error.to_string(),
+    }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Members<'_>, EventError> {
+    match wire::parse(bytes).map_err(|error| json_error(&error))? {
+        Top::Object(members) => Ok(members),
+        Top::Array(_) => Err(EventError::NotAnObject { found: "an array" }),
+        Top::Other(found) => Err(EventError::NotAnObject { found }),
+    }
+}
+
+enum Origin<'a> {
+    Publish(&'a ParseContext),
+    /// Read back from storage: `stream` and `seq` are expected, and nothing is defaulted.
+    Stored,
+}
+
+/// Decodes Herald's JSON form; returns `(stream, seq)` as well when reading a stored event.
+fn decode_members(
+    members: Members<'_>,
+    origin: Origin<'_>,
+) -> Result<(Event, Option<(String, u64)>), EventError> {
+    let mut fields = EventFields::default();
+    let mut stream = None;
+    let mut seq = None;
+    let mut seen: Vec<Cow<'_, str>> = Vec::with_capacity(members.len());
+    for (name, raw) in members {
+        if seen.contains(&name) {
+            return Err(EventError::DuplicateField {
+                name: excerpt(&name),
+            });
+        }
+        match (&*name, &origin) {
+            ("id", _) => fields.id = decode_id(raw)?,
+            ("type", _) => fields.event_type = Some(decode_type(raw)?),
+            ("version", _) => fields.version = text_field("version", raw, VERSION_BYTES_MAX)?,
+            ("timestamp", _) => fields.timestamp = timestamp_field("timestamp", raw)?,
+            ("source", _) => fields.source = text_field("source", raw, SOURCE_BYTES_MAX)?,
+            ("correlationId", _) => {
+                fields.correlation_id = text_field("correlationId", raw, CORRELATION_ID_BYTES_MAX)?;
+            }
+            ("traceId", _) => fields.trace_id = text_field("traceId", raw, TRACE_ID_BYTES_MAX)?,
+            ("userId", _) => fields.user_id = text_field("userId", raw, USER_ID_BYTES_MAX)?,
+            ("key", _) => fields.key = text_field("key", raw, KEY_BYTES_MAX)?,
+            ("data", _) => fields.data = Some(raw.to_owned()),
+            ("metadata", _) => fields.metadata = decode_metadata(raw)?,
+            ("stream", Origin::Publish(_)) => {
+                return Err(EventError::ServerAssignedField { name: "stream" });
+            }
+            ("seq", Origin::Publish(_)) => {
+                return Err(EventError::ServerAssignedField { name: "seq" });
+            }
+            ("stream", Origin::Stored) => stream = Some(decode_stream(raw)?),
+            ("seq", Origin::Stored) => seq = Some(decode_seq(raw)?),
+            (other, _) => {
+                return Err(EventError::UnknownField {
+                    name: excerpt(other),
+                    suggestion: suggest_field(other),
+                });
+            }
+        }
+        seen.push(name);
+    }
+    match origin {
+        Origin::Publish(context) => Ok((fields.finish(context)?, None)),
+        Origin::Stored => {
+            let stream = stream.ok_or(EventError::MissingField { name: "stream" })?;
+            let seq = seq.ok_or(EventError::MissingField { name: "seq" })?;
+            if fields.id.is_none() {
+                return Err(EventError::MissingField { name: "id" });
+            }
+            let now = fields
+                .timestamp
+                .ok_or(EventError::MissingField { name: "timestamp" })?;
+            let context = ParseContext::new(now);
+            Ok((fields.finish(&context)?, Some((stream, seq))))
+        }
+    }
+}
+
+/// Catches the usual spelling slips: `correlation_id`, `CorrelationID`, `trace-id`.
+fn suggest_field(name: &str) -> Option<&'static str> {
+    let normalize = |text: &str| -> String {
+        text.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let wanted = normalize(name);
+    FIELD_NAMES
+        .into_iter()
+        .find(|field| normalize(field) == wanted)
+}
+
+/// Fields as decoded, before defaults; shared with the CloudEvents decoder.
+#[derive(Default)]
+pub(crate) struct EventFields {
+    pub(crate) id: Option<EventId>,
+    pub(crate) event_type: Option<Subject>,
+    pub(crate) version: Option<String>,
+    pub(crate) timestamp: Option<OffsetDateTime>,
+    pub(crate) source: Option<String>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) data: Option<Box<RawValue>>,
+    pub(crate) metadata: BTreeMap<String, String>,
+}
+
+impl EventFields {
+    pub(crate) fn finish(self, context: &ParseContext) -> Result<Event, EventError> {
+        let event_type = self
+            .event_type
+            .ok_or(EventError::MissingField { name: "type" })?;
+        Ok(Event {
+            id: self.id.unwrap_or_else(|| EventId::new_v7(context.now)),
+            event_type,
+            version: self.version.unwrap_or_else(|| VERSION_DEFAULT.to_owned()),
+            timestamp: self.timestamp.unwrap_or(context.now),
+            source: self.source,
+            correlation_id: self.correlation_id,
+            trace_id: self.trace_id,
+            user_id: self.user_id,
+            key: self.key,
+            data: self.data.unwrap_or_else(|| RawValue::NULL.to_owned()),
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// A JSON string, or `None` for null (an explicit null means "absent", as JavaScript's
+/// `undefined` often turns into it).
+pub(crate) fn string_field(
+    field: &'static str,
+    raw: &RawValue,
+) -> Result<Option<String>, EventError> {
+    match wire::kind(raw) {
+        "null" => Ok(None),
+        "a string" => wire::decode_string(raw)
+            .map(Some)
+            .map_err(|error| json_error(&error)),
+        found => Err(EventError::WrongType {
+            field,
+            expected: "a string",
+            found,
+        }),
+    }
+}
+
+pub(crate) fn text_field(
+    field: &'static str,
+    raw: &RawValue,
+    max: usize,
+) -> Result<Option<String>, EventError> {
+    let value = string_field(field, raw)?;
+    if let Some(text) = &value {
+        check_text(field, text, max)?;
+    }
+    Ok(value)
+}
+
+/// Envelope strings end up in HTTP headers and log lines, so they are single-line and bounded.
+pub(crate) fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), EventError> {
+    if text.is_empty() {
+        return Err(EventError::Empty { field });
+    }
+    if text.len() > max {
+        return Err(EventError::TooLong {
+            field,
+            bytes: text.len(),
+            max,
+        });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(EventError::ControlCharacter { field });
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_id(raw: &RawValue) -> Result<Option<EventId>, EventError> {
+    string_field("id", raw)?
+        .map(|text| EventId::parse(&text).map_err(EventError::InvalidId))
+        .transpose()
+}
+
+pub(crate) fn decode_type(raw: &RawValue) -> Result<Subject, EventError> {
+    if wire::kind(raw) == "null" {
+        return Err(EventError::WrongType {
+            field: "type",
+            expected: "a string",
+            found: "null",
+        });
+    }
+    let text = string_field("type", raw)?.unwrap_or_default();
+    Subject::new(&text).map_err(EventError::InvalidType)
+}
+
+pub(crate) fn timestamp_field(
+    field: &'static str,
+    raw: &RawValue,
+) -> Result<Option<OffsetDateTime>, EventError> {
+    let Some(text) = string_field(field, raw)? else {
+        return Ok(None);
+    };
+    wire::parse_timestamp(&text)
+        .map(Some)
+        .map_err(|reason| EventError::InvalidTimestamp {
+            field,
+            value: excerpt(&text),
+            reason,
+        })
+}
+
+fn decode_metadata(raw: &RawValue) -> Result<BTreeMap<String, String>, EventError> {
+    let mut metadata = BTreeMap::new();
+    let members = match wire::kind(raw) {
+        "null" => return Ok(metadata),
+        "an object" => match wire::parse(raw.get().as_bytes()) {
+            Ok(Top::Object(members)) => members,
+            Ok(_) => Vec::new(),
+            Err(error) => return Err(json_error(&error)),
+        },
+        found => {
+            return Err(EventError::WrongType {
+                field: "metadata",
+                expected: "an object of strings",
+                found,
+            });
+        }
+    };
+    if members.len() > METADATA_ENTRIES_MAX {
+        return Err(EventError::MetadataTooManyEntries {
+            entries: members.len(),
+            max: METADATA_ENTRIES_MAX,
+        });
+    }
+    for (key, value) in members {
+        let found = wire::kind(value);
+        if found != "a string" {
+            return Err(EventError::MetadataNotString {
+                key: excerpt(&key),
+                found,
+            });
+        }
+        let value = wire::decode_string(value).map_err(|error| json_error(&error))?;
+        insert_metadata(&mut metadata, key.into_owned(), value)?;
+    }
+    Ok(metadata)
+}
+
+/// Adds one entry, checking its key and value; the entry count is checked by [`check_metadata`].
+pub(crate) fn insert_metadata(
+    metadata: &mut BTreeMap<String, String>,
+    key: String,
+    value: String,
+) -> Result<(), EventError> {
+    check_metadata_entry(&key, &value)?;
+    if metadata.contains_key(&key) {
+        return Err(EventError::DuplicateMetadataKey { key: excerpt(&key) });
+    }
+    metadata.insert(key, value);
+    Ok(())
+}
+
+fn check_metadata_entry(key: &str, value: &str) -> Result<(), EventError> {
+    if key.is_empty() {
+        return Err(EventError::MetadataKeyEmpty);
+    }
+    if key.len() > METADATA_KEY_BYTES_MAX {
+        return Err(EventError::MetadataKeyTooLong {
+            key: excerpt(key),
+            bytes: key.len(),
+            max: METADATA_KEY_BYTES_MAX,
+        });
+    }
+    if value.len() > METADATA_VALUE_BYTES_MAX {
+        return Err(EventError::MetadataValueTooLong {
+            key: excerpt(key),
+            bytes: value.len(),
+            max: METADATA_VALUE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), EventError> {
+    if metadata.len() > METADATA_ENTRIES_MAX {
+        return Err(EventError::MetadataTooManyEntries {
+            entries: metadata.len(),
+            max: METADATA_ENTRIES_MAX,
+        });
+    }
+    metadata
+        .iter()
+        .try_for_each(|(key, value)| check_metadata_entry(key, value))
+}
+
+fn decode_stream(raw: &RawValue) -> Result<String, EventError> {
+    let text = string_field("stream", raw)?.unwrap_or_default();
+    if !is_valid_token(&text) {
+        return Err(EventError::InvalidStream {
+            value: excerpt(&text),
+        });
+    }
+    Ok(text)
+}
+
+fn decode_seq(raw: &RawValue) -> Result<u64, EventError> {
+    match raw.get().parse::<u64>() {
+        Ok(seq) if seq >= 1 => Ok(seq),
+        _ => Err(EventError::InvalidSeq {
+            value: excerpt(raw.get()),
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
