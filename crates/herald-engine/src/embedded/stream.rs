@@ -1,0 +1,436 @@
+//! One stream of the embedded engine: its log, its dedupe table, and its fan-out to live
+//! subscribers.
+//!
+//! Publishes to one stream run concurrently (their appends share group commit), so their acks
+//! can come back in any order. Fan-out restores seq order: acknowledged events wait in
+//! `pending` until every earlier seq has been dispatched. The last dispatched events stay in a
+//! bounded tail cache, from which subscribers near the head catch up without a disk read.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use herald_core::{Event, Limits, ParseContext, StoredEvent, SubjectIndex, SubscriptionId};
+use herald_log::{Log, Record};
+use parking_lot::Mutex;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::dedupe::{Dedupe, Seen};
+use super::live::{Offer, Subscriber};
+use crate::api::{Closed, EngineError, PublishOutcome, StartAt, StreamStats};
+use crate::config::{CATCH_UP_BATCH_EVENTS, TAIL_CACHE_BYTES_MAX, TAIL_CACHE_EVENTS_MAX};
+
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub name: String,
+    log: Log,
+    dedupe: Mutex<Dedupe>,
+    /// Woken whenever an in-flight id settles, for publishes waiting on a duplicate.
+    dedupe_settled: Notify,
+    fanout: Mutex<Fanout>,
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    slow_dropped: AtomicU64,
+}
+
+/// A live subscriber attached to this stream, with the first seq it wants from it.
+#[derive(Debug)]
+struct Attachment {
+    subscriber: Arc<Subscriber>,
+    seq_min: u64,
+}
+
+#[derive(Debug)]
+struct Fanout {
+    /// Every event below this seq has been dispatched.
+    next_seq: u64,
+    pending: BTreeMap<u64, Arc<StoredEvent>>,
+    subscribers: SubjectIndex<Arc<Attachment>>,
+    attached: HashMap<u64, SubscriptionId>,
+    tail: VecDeque<Arc<StoredEvent>>,
+    tail_bytes: usize,
+}
+
+impl Stream {
+    pub fn open(name: String, log: Log, dedupe_window_us: u64) -> Result<Stream, EngineError> {
+        let next_seq = log.stats().last_seq + 1;
+        let stream = Stream {
+            dedupe: Mutex::new(Dedupe::new(dedupe_window_us)),
+            dedupe_settled: Notify::new(),
+            fanout: Mutex::new(Fanout {
+                next_seq,
+                pending: BTreeMap::new(),
+                subscribers: SubjectIndex::new(),
+                attached: HashMap::new(),
+                tail: VecDeque::new(),
+                tail_bytes: 0,
+            }),
+            published: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            slow_dropped: AtomicU64::new(0),
+            name,
+            log,
+        };
+        stream.rebuild_dedupe(dedupe_window_us)?;
+        Ok(stream)
+    }
+
+    /// Reloads the ids stored within the dedupe window, so that dedupe survives a restart.
+    fn rebuild_dedupe(&self, window_us: u64) -> Result<(), EngineError> {
+        let Some(last_us) = self.log.stats().last_timestamp_us else {
+            return Ok(());
+        };
+        let from = self
+            .log
+            .seq_at_time(last_us.saturating_sub(window_us))
+            .map_err(|source| self.storage_error(source))?;
+        let mut reader = self.log.reader(from);
+        let mut dedupe = self.dedupe.lock();
+        loop {
+            let records = reader
+                .next_batch(CATCH_UP_BATCH_EVENTS, 1 << 20)
+                .map_err(|source| self.storage_error(source))?;
+            if records.is_empty() {
+                return Ok(());
+            }
+            for record in records {
+                let stored = self.decode(&record)?;
+                if let Seen::New = dedupe.check_and_claim(stored.event.id.as_str(), 0) {
+                    dedupe.stored(stored.event.id.as_str(), record.seq, record.timestamp_us);
+                }
+            }
+        }
+    }
+
+    /// Stores events (all routed to this stream, in publish order), answering each with its
+    /// position in `events`.
+    pub async fn publish(
+        self: Arc<Self>,
+        events: Vec<(usize, Event)>,
+        now_us: u64,
+    ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut to_store: Vec<(usize, Event)> = Vec::with_capacity(events.len());
+        // Ids claimed by this batch: a repeat inside the batch is a duplicate of its first.
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (index, event) in events {
+            if let Some(&first) = claimed.get(event.id.as_str()) {
+                repeats.push((index, first));
+                continue;
+            }
+            match self.claim(event.id.as_str(), now_us).await {
+                Some(seq) => {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                    outcomes.push((index, self.outcome(&event, seq, true)));
+                }
+                None => {
+                    claimed.insert(event.id.as_str().to_owned(), to_store.len());
+                    to_store.push((index, event));
+                }
+            }
+        }
+        if !to_store.is_empty() {
+            let stored = self.store(to_store).await?;
+            for &(index, first) in &repeats {
+                let original = &stored[first].1;
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                outcomes.push((index, self.outcome(&original.event, original.seq, true)));
+            }
+            for (index, event) in stored {
+                outcomes.push((index, self.outcome(&event.event, event.seq, false)));
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Claims an id for storing, or returns the seq it was stored with. Waits while another
+    /// publish is storing the same id.
+    async fn claim(&self, id: &str, now_us: u64) -> Option<u64> {
+        loop {
+            let settled = self.dedupe_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.dedupe.lock().check_and_claim(id, now_us) {
+                Seen::Stored(seq) => return Some(seq),
+                Seen::New => return None,
+                Seen::InFlight => {}
+            }
+            settled.await;
+        }
+    }
+
+    async fn store(
+        &self,
+        events: Vec<(usize, Event)>,
+    ) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
+        let payloads = events
+            .iter()
+            .map(|(_, event)| Bytes::from(event.to_json()))
+            .collect();
+        let appended = self.log.append(payloads).await;
+        let ack = match appended {
+            Ok(ack) => ack,
+            Err(source) => {
+                let mut dedupe = self.dedupe.lock();
+                for (_, event) in &events {
+                    dedupe.release(event.id.as_str());
+                }
+                drop(dedupe);
+                self.dedupe_settled.notify_waiters();
+                return Err(self.storage_error(source));
+            }
+        };
+        debug_assert_eq!(ack.last_seq - ack.first_seq + 1, events.len() as u64);
+        let stored: Vec<(usize, Arc<StoredEvent>)> = events
+            .into_iter()
+            .zip(ack.first_seq..)
+            .map(|((index, event), seq)| {
+                let stored = StoredEvent {
+                    stream: self.name.clone(),
+                    seq,
+                    event,
+                };
+                (index, Arc::new(stored))
+            })
+            .collect();
+        let mut dedupe = self.dedupe.lock();
+        for (_, event) in &stored {
+            dedupe.stored(event.event.id.as_str(), event.seq, ack.timestamp_us);
+        }
+        drop(dedupe);
+        self.dedupe_settled.notify_waiters();
+        self.published
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.dispatch(stored.iter().map(|(_, event)| event.clone()));
+        Ok(stored)
+    }
+
+    /// Feeds acknowledged events to live subscribers, in seq order across concurrent publishes.
+    fn dispatch(&self, events: impl Iterator<Item = Arc<StoredEvent>>) {
+        let mut fanout = self.fanout.lock();
+        for event in events {
+            fanout.pending.insert(event.seq, event);
+        }
+        let mut gone = Vec::new();
+        loop {
+            let next_seq = fanout.next_seq;
+            let Some(event) = fanout.pending.remove(&next_seq) else {
+                break;
+            };
+            for attachment in fanout.subscribers.matches(&event.event.event_type).iter() {
+                if event.seq < attachment.seq_min {
+                    continue;
+                }
+                match attachment.subscriber.offer(&event) {
+                    Offer::Delivered => {}
+                    Offer::DroppedSlow => {
+                        self.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                        gone.push(attachment.subscriber.id);
+                    }
+                    Offer::Gone => gone.push(attachment.subscriber.id),
+                }
+            }
+            fanout.next_seq += 1;
+            fanout.remember(event);
+        }
+        for subscriber_id in gone {
+            fanout.detach(subscriber_id);
+        }
+    }
+
+    /// Attaches a live subscriber. From `Latest` it is attached at once; otherwise a task
+    /// replays history (from the tail cache or the log) and attaches it once caught up, so that
+    /// it sees every event from its start exactly once and in order.
+    pub fn attach(self: &Arc<Self>, subscriber: Arc<Subscriber>) {
+        let seq_min = match subscriber.start {
+            StartAt::Latest => {
+                let mut fanout = self.fanout.lock();
+                let seq_min = fanout.next_seq;
+                fanout.attach(subscriber, seq_min);
+                return;
+            }
+            StartAt::Earliest => 1,
+            StartAt::Seq(seq) => seq.max(1),
+            StartAt::Time(time) => match self.log.seq_at_time(unix_us(time)) {
+                Ok(seq) => seq,
+                Err(error) => {
+                    subscriber.close(Closed::ReadFailed(error.to_string()));
+                    return;
+                }
+            },
+        };
+        tokio::spawn(self.clone().catch_up(subscriber, seq_min));
+    }
+
+    async fn catch_up(self: Arc<Self>, subscriber: Arc<Subscriber>, seq_min: u64) {
+        let mut from = seq_min;
+        loop {
+            if subscriber.is_dead() {
+                return;
+            }
+            let history = {
+                let mut fanout = self.fanout.lock();
+                if from >= fanout.next_seq {
+                    fanout.attach(subscriber, from);
+                    return;
+                }
+                fanout.tail_from(from)
+            };
+            let history = match history {
+                Some(cached) => cached,
+                None => match self.read(from, CATCH_UP_BATCH_EVENTS) {
+                    Ok(events) => events,
+                    Err(error) => {
+                        subscriber.close(Closed::ReadFailed(error.to_string()));
+                        return;
+                    }
+                },
+            };
+            let Some(last) = history.last() else {
+                // Nothing readable below the dispatched head: retention trimmed it meanwhile.
+                from = self.fanout.lock().next_seq;
+                continue;
+            };
+            from = last.seq + 1;
+            for event in history {
+                if !subscriber.send_history(event).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn detach(&self, subscriber_id: u64) {
+        self.fanout.lock().detach(subscriber_id);
+    }
+
+    /// Up to `limit` stored events from `from_seq`, read from the log.
+    pub fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
+        let records = self
+            .log
+            .read(from_seq, limit, 4 << 20)
+            .map_err(|source| self.storage_error(source))?;
+        records
+            .iter()
+            .map(|record| self.decode(record).map(Arc::new))
+            .collect()
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        let log = self.log.stats();
+        StreamStats {
+            name: self.name.clone(),
+            first_seq: log.first_seq,
+            last_seq: log.last_seq,
+            events: log.events,
+            bytes: log.bytes,
+            published: self.published.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            live_subscribers: self.fanout.lock().attached.len(),
+            slow_consumers_dropped: self.slow_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn close(&self) -> Result<(), EngineError> {
+        self.log
+            .close()
+            .map_err(|source| self.storage_error(source))
+    }
+
+    fn decode(&self, record: &Record) -> Result<StoredEvent, EngineError> {
+        let context = ParseContext {
+            now: OffsetDateTime::UNIX_EPOCH,
+            limits: STORED_LIMITS,
+        };
+        let event = Event::from_json(&record.payload, &context).map_err(|error| {
+            warn!(stream = %self.name, seq = record.seq, %error, "stored event does not decode");
+            EngineError::Corrupt {
+                stream: self.name.clone(),
+                seq: record.seq,
+                reason: error.to_string(),
+            }
+        })?;
+        Ok(StoredEvent {
+            stream: self.name.clone(),
+            seq: record.seq,
+            event,
+        })
+    }
+
+    fn outcome(&self, event: &Event, seq: u64, duplicate: bool) -> PublishOutcome {
+        PublishOutcome {
+            id: event.id.clone(),
+            stream: Some(self.name.clone()),
+            seq: Some(seq),
+            duplicate,
+        }
+    }
+
+    fn storage_error(&self, source: herald_log::LogError) -> EngineError {
+        EngineError::Storage {
+            stream: self.name.clone(),
+            source,
+        }
+    }
+}
+
+/// Stored events were valid when published; limits may have been lowered since, so reading them
+/// back applies none.
+const STORED_LIMITS: Limits = Limits {
+    event_bytes_max: usize::MAX / 2,
+    batch_bytes_max: usize::MAX / 2,
+    batch_events_max: usize::MAX / 2,
+};
+
+impl Fanout {
+    fn attach(&mut self, subscriber: Arc<Subscriber>, seq_min: u64) {
+        let pattern = subscriber.pattern.clone();
+        let subscriber_id = subscriber.id;
+        let attachment = Arc::new(Attachment {
+            subscriber,
+            seq_min,
+        });
+        let subscription = self.subscribers.insert(&pattern, attachment);
+        self.attached.insert(subscriber_id, subscription);
+    }
+
+    fn detach(&mut self, subscriber_id: u64) {
+        if let Some(subscription) = self.attached.remove(&subscriber_id) {
+            self.subscribers.remove(subscription);
+        }
+    }
+
+    fn remember(&mut self, event: Arc<StoredEvent>) {
+        self.tail_bytes += event.event.data.get().len();
+        self.tail.push_back(event);
+        while self.tail.len() > TAIL_CACHE_EVENTS_MAX || self.tail_bytes > TAIL_CACHE_BYTES_MAX {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_bytes -= old.event.data.get().len();
+            }
+        }
+    }
+
+    /// The cached events from `from` up to the head, if the cache reaches back that far.
+    fn tail_from(&self, from: u64) -> Option<Vec<Arc<StoredEvent>>> {
+        let first = self.tail.front()?.seq;
+        if from < first {
+            return None;
+        }
+        Some(
+            self.tail
+                .iter()
+                .skip((from - first) as usize)
+                .take(CATCH_UP_BATCH_EVENTS)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+pub(crate) fn unix_us(time: OffsetDateTime) -> u64 {
+    (time.unix_timestamp_nanos() / 1000).max(0) as u64
+}

@@ -1,0 +1,17 @@
+//! Herald's delivery engine: what turns logs into a bus.
+//!
+//! - [`api`]: the engine interface the server talks to, shaped so that Redis Streams and NATS
+//!   JetStream engines can implement it too.
+//! - [`embedded`]: the engine on Herald's own log, in this process.
+//! - [`conformance`]: the test suite every engine must pass, written against [`api`] alone.
+
+pub mod api;
+pub mod config;
+pub mod conformance;
+pub mod embedded;
+
+pub use api::{
+    Closed, Engine, EngineError, LiveSubscription, PublishOutcome, StartAt, StreamStats,
+};
+pub use config::{EngineConfig, Storage, StreamConfig};
+pub use embedded::EmbeddedEngine;

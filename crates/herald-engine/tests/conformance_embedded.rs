@@ -1,0 +1,22 @@
+//! The conformance suite on the embedded engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use herald_core::Pattern;
+use herald_engine::conformance::{EPHEMERAL_PATTERN, Fixture};
+use herald_engine::{EmbeddedEngine, EngineConfig};
+use herald_log::FsyncPolicy;
+
+async fn embedded() -> Fixture<EmbeddedEngine> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.fsync = FsyncPolicy::Interval(std::time::Duration::from_millis(10));
+    config.ephemeral = vec![Pattern::new(EPHEMERAL_PATTERN).unwrap()];
+    config.live_buffer_events = 256;
+    Fixture {
+        engine: EmbeddedEngine::open(config).unwrap(),
+        live_buffer_events: 256,
+        keep_alive: Box::new(dir),
+    }
+}
+
+herald_engine::conformance_tests!(embedded);
