@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use herald_core::{Event, EventId, Pattern, StoredEvent};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// An engine. Every method is safe to call concurrently.
 pub trait Engine: Send + Sync + 'static {
@@ -43,6 +43,33 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Counters of every stream.
     fn streams(&self) -> impl Future<Output = Vec<StreamStats>> + Send;
+
+    /// Joins a consumer group as a new member, creating the group if it does not exist.
+    /// `max_in_flight` overrides the policy's for this member.
+    fn join_group(
+        &self,
+        spec: GroupSpec,
+        max_in_flight: Option<u32>,
+    ) -> impl Future<Output = Result<GroupMember, EngineError>> + Send;
+
+    /// Counters of every group.
+    fn groups(&self) -> impl Future<Output = Vec<GroupStats>> + Send;
+
+    /// Up to `limit` of a group's dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, EngineError>> + Send;
+
+    /// Puts every dead letter back into the group, attempts reset; returns how many.
+    fn redrive(&self, group: &str) -> impl Future<Output = Result<u64, EngineError>> + Send;
+
+    /// Drops every dead letter; returns how many.
+    fn purge_dead_letters(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<u64, EngineError>> + Send;
 }
 
 /// What happened to one published event.
@@ -186,8 +213,263 @@ pub enum EngineError {
         seq: u64,
         reason: String,
     },
+    #[error("no group named {0:?}")]
+    UnknownGroup(String),
+    #[error(
+        "group {group:?} exists with pattern {existing:?}; it cannot be joined with {requested:?}"
+    )]
+    GroupConflict {
+        group: String,
+        existing: String,
+        requested: String,
+    },
     #[error("invalid engine configuration: {0}")]
     Config(String),
     #[error("the engine stopped")]
     Stopped,
+}
+
+/// A consumer group as a subscriber asks for it: created on first join, after which its pattern
+/// is fixed (joining with another pattern is [`EngineError::GroupConflict`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub pattern: Pattern,
+    pub policy: GroupPolicy,
+    /// Where a new group starts; ignored when the group exists.
+    pub start: StartAt,
+}
+
+/// How a group delivers and retries. Defaults are PRODUCT.md §4's (from seed 001).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupPolicy {
+    /// A delivery not acked, nacked or extended within this is retried.
+    pub ack_timeout: std::time::Duration,
+    /// Retries after the first delivery; so at most `max_retries + 1` deliveries.
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    /// Deliveries a member holds unacked at most (its prefetch).
+    pub max_in_flight: u32,
+}
+
+impl Default for GroupPolicy {
+    fn default() -> GroupPolicy {
+        GroupPolicy {
+            ack_timeout: std::time::Duration::from_secs(30),
+            max_retries: 3,
+            backoff: Backoff::default(),
+            max_in_flight: 100,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: retry `n` (from 1) waits `initial × factor^(n-1)`, capped at
+/// `max`, then multiplied by a random factor in `[1 - jitter, 1 + jitter]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub initial: std::time::Duration,
+    pub factor: f64,
+    pub max: std::time::Duration,
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            initial: std::time::Duration::from_secs(1),
+            factor: 2.0,
+            max: std::time::Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry `retry` (1 for the first retry) without jitter.
+    pub fn base_delay(&self, retry: u32) -> std::time::Duration {
+        let exponent = retry.saturating_sub(1).min(64) as i32;
+        let seconds = self.initial.as_secs_f64() * self.factor.powi(exponent);
+        std::time::Duration::from_secs_f64(seconds.min(self.max.as_secs_f64()))
+    }
+
+    /// The delay before retry `retry`, with `unit` drawn uniformly from `[0, 1)` for jitter.
+    pub fn delay(&self, retry: u32, unit: f64) -> std::time::Duration {
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        self.base_delay(retry).mul_f64(spread.max(0.0))
+    }
+
+    /// The range `delay(retry, _)` falls in.
+    pub fn bounds(&self, retry: u32) -> (std::time::Duration, std::time::Duration) {
+        let base = self.base_delay(retry);
+        (
+            base.mul_f64((1.0 - self.jitter).max(0.0)),
+            base.mul_f64(1.0 + self.jitter),
+        )
+    }
+}
+
+/// One event handed to one member of a group.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Names this delivery in `ack`, `nack`, `extend` and `reject`; never reused by the group.
+    pub delivery_id: u64,
+    /// 1 for the first delivery of the event to this group, 2 for the first retry, …
+    pub attempt: u32,
+    pub event: Arc<StoredEvent>,
+}
+
+/// An event a group gave up on, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub group: String,
+    pub event: Arc<StoredEvent>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub first_delivered_at: OffsetDateTime,
+    pub dead_at: OffsetDateTime,
+}
+
+/// Counters of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    pub name: String,
+    pub pattern: String,
+    pub members: usize,
+    /// Stored events matching the pattern that the group has not yet fetched.
+    pub lag: u64,
+    pub in_flight: u64,
+    /// Waiting for their retry time.
+    pub scheduled: u64,
+    pub dead_letters: u64,
+    /// Since the engine started.
+    pub delivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+/// What a member asks of its group.
+#[derive(Debug)]
+pub enum MemberCommand {
+    Ack {
+        delivery_id: u64,
+    },
+    Nack {
+        delivery_id: u64,
+        delay: Option<std::time::Duration>,
+        reason: Option<String>,
+    },
+    Extend {
+        delivery_id: u64,
+    },
+    Reject {
+        delivery_id: u64,
+        reason: Option<String>,
+    },
+}
+
+/// Why a member's verb was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerbError {
+    #[error(
+        "delivery {0} is not in flight to this member (already acked, nacked, timed out or \
+         redelivered)"
+    )]
+    UnknownDelivery(u64),
+    #[error("the group is gone")]
+    GroupGone,
+}
+
+/// The receiving end of a group membership. Dropping it leaves the group; the member's
+/// unacked deliveries are redelivered to other members at once.
+pub struct GroupMember {
+    deliveries: mpsc::Receiver<Delivery>,
+    commands: mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+    closed: watch::Receiver<Option<Closed>>,
+    _leave: Box<dyn Send + Sync>,
+}
+
+impl fmt::Debug for GroupMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupMember").finish_non_exhaustive()
+    }
+}
+
+impl GroupMember {
+    /// For engines: `leave` is dropped with the member (a guard whose `Drop` removes it).
+    pub fn new(
+        deliveries: mpsc::Receiver<Delivery>,
+        commands: mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+        closed: watch::Receiver<Option<Closed>>,
+        leave: Box<dyn Send + Sync>,
+    ) -> GroupMember {
+        GroupMember {
+            deliveries,
+            commands,
+            closed,
+            _leave: leave,
+        }
+    }
+
+    /// The next delivery, or why the membership ended.
+    pub async fn recv(&mut self) -> Result<Delivery, Closed> {
+        loop {
+            let reason = self.closed.borrow().clone();
+            if let Some(reason) = reason {
+                return self.deliveries.try_recv().map_err(|_| reason);
+            }
+            tokio::select! {
+                biased;
+                delivery = self.deliveries.recv() => return delivery.ok_or(Closed::EngineStopped),
+                changed = self.closed.changed() => {
+                    if changed.is_err() {
+                        return self.deliveries.try_recv().map_err(|_| Closed::EngineStopped);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command(&self, command: MemberCommand) -> Result<(), VerbError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send((command, reply))
+            .await
+            .map_err(|_| VerbError::GroupGone)?;
+        answer.await.map_err(|_| VerbError::GroupGone)?
+    }
+
+    pub async fn ack(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.command(MemberCommand::Ack { delivery_id }).await
+    }
+
+    /// Redelivers after `delay`, or after the group's backoff when `None`.
+    pub async fn nack(
+        &self,
+        delivery_id: u64,
+        delay: Option<std::time::Duration>,
+        reason: Option<String>,
+    ) -> Result<(), VerbError> {
+        self.command(MemberCommand::Nack {
+            delivery_id,
+            delay,
+            reason,
+        })
+        .await
+    }
+
+    /// Still working on it: restarts the ack timer.
+    pub async fn extend(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.command(MemberCommand::Extend { delivery_id }).await
+    }
+
+    /// Dead-letters the event now, without retries.
+    pub async fn reject(&self, delivery_id: u64, reason: Option<String>) -> Result<(), VerbError> {
+        self.command(MemberCommand::Reject {
+            delivery_id,
+            reason,
+        })
+        .await
+    }
 }

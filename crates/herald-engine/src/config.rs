@@ -53,6 +53,10 @@ pub struct EngineConfig {
     /// Dedupe window of streams created on first publish.
     pub dedupe_window: Duration,
     pub live_buffer_events: usize,
+    /// Storage of streams created on first publish and of group journals. `Memory` keeps
+    /// nothing across restarts; tests on tokio's paused clock use it, since file I/O would let
+    /// the paused clock jump ahead while a write is outstanding.
+    pub storage: Storage,
     /// The clock the logs stamp records with; tests inject their own.
     pub clock: Clock,
 }
@@ -66,6 +70,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("ephemeral", &self.ephemeral)
             .field("dedupe_window", &self.dedupe_window)
             .field("live_buffer_events", &self.live_buffer_events)
+            .field("storage", &self.storage)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +84,7 @@ impl EngineConfig {
             ephemeral: Vec::new(),
             dedupe_window: DEDUPE_WINDOW_DEFAULT,
             live_buffer_events: LIVE_BUFFER_EVENTS_DEFAULT,
+            storage: Storage::File,
             clock: system_clock(),
         }
     }

@@ -16,7 +16,10 @@ use herald_core::{Event, EventId, Pattern, StoredEvent, Subject};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::api::{Closed, Engine, EngineError, LiveSubscription, StartAt};
+use crate::api::{
+    Closed, DeadLetter, Delivery, Engine, EngineError, GroupMember, GroupPolicy, GroupSpec,
+    LiveSubscription, StartAt, VerbError,
+};
 
 /// A fresh engine for one test, and whatever must live as long as it (a temporary directory).
 pub struct Fixture<E> {
@@ -37,11 +40,26 @@ impl<E> std::fmt::Debug for Fixture<E> {
 /// The subjects the fixture's engine must treat as ephemeral.
 pub const EPHEMERAL_PATTERN: &str = "presence.>";
 
-/// Generates one `#[tokio::test]` per conformance test, each on a fresh fixture from `$make`
-/// (an `async fn() -> Fixture<E>` or a closure returning such a future).
+/// Generates one `#[tokio::test]` per conformance test, each on a fresh fixture. `$make` gives
+/// fixtures for tests on the real clock; `$make_paused` for the group tests, which run on tokio's
+/// paused clock (so its engine must not wait on anything outside tokio, such as file I/O).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
+    ($make:expr, $make_paused:expr) => {
+        $crate::conformance_tests!(@paused $make_paused;
+            group_members_share_the_work_and_every_event_is_acked_once,
+            every_group_gets_every_event,
+            a_one_member_group_sees_each_stream_in_order,
+            a_member_never_holds_more_than_max_in_flight,
+            redelivery_follows_the_backoff_policy_then_dead_letters,
+            an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extended,
+            reject_dead_letters_at_once_and_redrive_delivers_again,
+            a_member_that_leaves_has_its_deliveries_redelivered_at_once,
+            nothing_is_lost_when_members_crash_mid_flight,
+            a_group_pattern_spans_streams,
+            a_group_keeps_its_pattern,
+            verbs_on_unknown_deliveries_are_refused
+        );
         $crate::conformance_tests!(@each $make;
             publish_assigns_gapless_seqs_per_stream,
             duplicate_ids_are_stored_once,
@@ -55,6 +73,15 @@ macro_rules! conformance_tests {
             read_stream_replays_a_range,
             dropping_a_subscription_detaches_it
         );
+    };
+    (@paused $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $name() {
+                let fixture = ($make)().await;
+                $crate::conformance::$name(&fixture).await;
+            }
+        )*
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -529,4 +556,464 @@ pub async fn dropping_a_subscription_detaches_it<E: Engine>(fixture: &Fixture<E>
     assert_eq!(count(engine.streams().await), Some(1));
     drop(subscription);
     assert_eq!(count(engine.streams().await), Some(0));
+}
+
+// ---- consumer groups (on tokio's paused clock) ----
+
+/// Longer than any policy delay in these tests; on the paused clock a wait costs nothing.
+const GROUP_WAIT: Duration = Duration::from_secs(3600);
+
+fn group(name: &str, pattern_text: &str) -> GroupSpec {
+    GroupSpec {
+        name: name.to_owned(),
+        pattern: pattern(pattern_text),
+        policy: GroupPolicy::default(),
+        start: StartAt::Earliest,
+    }
+}
+
+async fn next_delivery(member: &mut GroupMember) -> Delivery {
+    match tokio::time::timeout(GROUP_WAIT, member.recv()).await {
+        Ok(Ok(delivery)) => delivery,
+        Ok(Err(closed)) => panic!("membership closed: {closed}"),
+        Err(_) => panic!("no delivery within {GROUP_WAIT:?}"),
+    }
+}
+
+/// Whether a delivery arrives within `wait` (on the paused clock, the wait is virtual).
+async fn delivery_within(member: &mut GroupMember, wait: Duration) -> Option<Delivery> {
+    tokio::time::timeout(wait, member.recv())
+        .await
+        .ok()
+        .map(|delivery| delivery.expect("open"))
+}
+
+async fn publish_numbered<E: Engine>(engine: &E, subject: &str, count: usize) {
+    for chunk in 0..count.div_ceil(100) {
+        let batch = (chunk * 100..((chunk + 1) * 100).min(count))
+            .map(|n| event(subject, &n.to_string()))
+            .collect();
+        engine.publish(batch).await.expect("publish");
+    }
+}
+
+async fn dead_letters<E: Engine>(engine: &E, name: &str) -> Vec<DeadLetter> {
+    engine.dead_letters(name, 100).await.expect("dead letters")
+}
+
+pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    publish_numbered(engine, "order.placed", 300).await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(
+            engine
+                .join_group(group("billing", "order.*"), Some(10))
+                .await
+                .expect("join"),
+        );
+    }
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut per_member = [0usize; 3];
+    while seen.len() < 300 {
+        for (at, member) in members.iter_mut().enumerate() {
+            if let Some(delivery) = delivery_within(member, Duration::from_millis(1)).await {
+                assert_eq!(delivery.attempt, 1);
+                *seen.entry(delivery.event.seq).or_default() += 1;
+                per_member[at] += 1;
+                member.ack(delivery.delivery_id).await.expect("ack");
+            }
+        }
+    }
+    assert!(
+        seen.values().all(|&times| times == 1),
+        "each event delivered once"
+    );
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>()
+    );
+    assert!(
+        per_member.iter().all(|&count| count > 0),
+        "the work is shared: {per_member:?}"
+    );
+    for member in members.iter_mut() {
+        assert!(
+            delivery_within(member, Duration::from_secs(120))
+                .await
+                .is_none(),
+            "nothing redelivered"
+        );
+    }
+    let stats = engine.groups().await;
+    let billing = stats
+        .iter()
+        .find(|stats| stats.name == "billing")
+        .expect("billing stats");
+    assert_eq!(
+        (
+            billing.acked,
+            billing.in_flight,
+            billing.redelivered,
+            billing.lag
+        ),
+        (300, 0, 0, 0)
+    );
+}
+
+pub async fn every_group_gets_every_event<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    let mut mailer = engine
+        .join_group(group("mailer", "user.*"), None)
+        .await
+        .expect("join");
+    let mut indexer = engine
+        .join_group(group("indexer", "user.>"), None)
+        .await
+        .expect("join");
+    publish_numbered(engine, "user.created", 50).await;
+    for member in [&mut mailer, &mut indexer] {
+        let mut seqs = Vec::new();
+        for _ in 0..50 {
+            let delivery = next_delivery(member).await;
+            seqs.push(delivery.event.seq);
+            member.ack(delivery.delivery_id).await.expect("ack");
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    }
+}
+
+pub async fn a_one_member_group_sees_each_stream_in_order<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    let mut member = engine
+        .join_group(group("auditor", "ledger.*"), Some(7))
+        .await
+        .expect("join");
+    publish_numbered(engine, "ledger.posted", 250).await;
+    for expected in 1..=250u64 {
+        let delivery = next_delivery(&mut member).await;
+        assert_eq!(delivery.event.seq, expected);
+        assert_eq!(delivery.event.event.data.get(), (expected - 1).to_string());
+        member.ack(delivery.delivery_id).await.expect("ack");
+    }
+}
+
+pub async fn a_member_never_holds_more_than_max_in_flight<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    publish_numbered(engine, "render.job", 20).await;
+    let mut member = engine
+        .join_group(group("renderer", "render.job"), Some(5))
+        .await
+        .expect("join");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_delivery(&mut member).await);
+    }
+    assert!(
+        delivery_within(&mut member, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "a sixth before any ack"
+    );
+    member.ack(held[0].delivery_id).await.expect("ack");
+    let sixth = next_delivery(&mut member).await;
+    assert_eq!(sixth.event.seq, 6);
+}
+
+pub async fn redelivery_follows_the_backoff_policy_then_dead_letters<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let spec = group("scorer", "score.*");
+    let policy = spec.policy.clone();
+    let mut member = engine.join_group(spec, None).await.expect("join");
+    engine
+        .publish(vec![event("score.created", r#"{"points":10}"#)])
+        .await
+        .expect("publish");
+    let mut last = tokio::time::Instant::now();
+    for attempt in 1..=policy.max_retries + 1 {
+        let delivery = next_delivery(&mut member).await;
+        assert_eq!(delivery.attempt, attempt);
+        let waited = last.elapsed();
+        if attempt > 1 {
+            let (low, high) = policy.backoff.bounds(attempt - 1);
+            assert!(
+                waited >= low && waited <= high + Duration::from_millis(5),
+                "retry {} came after {waited:?}, outside {low:?}..{high:?}",
+                attempt - 1
+            );
+        }
+        member
+            .nack(
+                delivery.delivery_id,
+                None,
+                Some(format!("failure {attempt}")),
+            )
+            .await
+            .expect("nack");
+        last = tokio::time::Instant::now();
+    }
+    assert!(
+        delivery_within(&mut member, Duration::from_secs(600))
+            .await
+            .is_none(),
+        "no fifth delivery"
+    );
+    let dead = dead_letters(engine, "scorer").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, policy.max_retries + 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("failure 4"));
+    assert_eq!(dead[0].group, "scorer");
+    assert!(dead[0].dead_at >= dead[0].first_delivered_at);
+    let stats = engine.groups().await;
+    let scorer = stats
+        .iter()
+        .find(|stats| stats.name == "scorer")
+        .expect("stats");
+    assert_eq!(
+        (
+            scorer.nacked,
+            scorer.redelivered,
+            scorer.dead_lettered,
+            scorer.dead_letters
+        ),
+        (4, 3, 1, 1)
+    );
+}
+
+pub async fn an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extended<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let spec = group("slowpoke", "video.*");
+    let timeout = spec.policy.ack_timeout;
+    let mut member = engine.join_group(spec.clone(), None).await.expect("join");
+    engine
+        .publish(vec![event("video.uploaded", "1")])
+        .await
+        .expect("publish");
+    let first = next_delivery(&mut member).await;
+    // Extended twice, it outlives two ack timeouts.
+    for _ in 0..2 {
+        tokio::time::sleep(timeout - Duration::from_secs(1)).await;
+        member.extend(first.delivery_id).await.expect("extend");
+    }
+    assert!(
+        delivery_within(&mut member, timeout - Duration::from_secs(1))
+            .await
+            .is_none()
+    );
+    // Then it is left alone: the timeout passes, and after the backoff it comes again.
+    let started = tokio::time::Instant::now();
+    let again = next_delivery(&mut member).await;
+    assert_eq!((again.event.seq, again.attempt), (first.event.seq, 2));
+    let (_, high) = spec.policy.backoff.bounds(1);
+    assert!(started.elapsed() <= Duration::from_secs(1) + high + Duration::from_millis(5));
+    assert!(matches!(
+        member.ack(first.delivery_id).await,
+        Err(VerbError::UnknownDelivery(_))
+    ));
+    member.ack(again.delivery_id).await.expect("ack");
+}
+
+pub async fn reject_dead_letters_at_once_and_redrive_delivers_again<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let mut member = engine
+        .join_group(group("importer", "import.*"), None)
+        .await
+        .expect("join");
+    engine
+        .publish(vec![event("import.row", r#"{"bad":true}"#)])
+        .await
+        .expect("publish");
+    let delivery = next_delivery(&mut member).await;
+    member
+        .reject(delivery.delivery_id, Some("schema mismatch".into()))
+        .await
+        .expect("reject");
+    let dead = dead_letters(engine, "importer").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_deref()),
+        (1, Some("schema mismatch"))
+    );
+    assert_eq!(dead[0].event.event.data.get(), r#"{"bad":true}"#);
+    assert!(
+        delivery_within(&mut member, Duration::from_secs(600))
+            .await
+            .is_none(),
+        "no retry after reject"
+    );
+
+    assert_eq!(engine.redrive("importer").await.expect("redrive"), 1);
+    let again = next_delivery(&mut member).await;
+    assert_eq!(
+        (again.event.seq, again.attempt),
+        (delivery.event.seq, 1),
+        "attempts reset"
+    );
+    member
+        .reject(again.delivery_id, None)
+        .await
+        .expect("reject");
+    assert_eq!(
+        engine.purge_dead_letters("importer").await.expect("purge"),
+        1
+    );
+    assert!(dead_letters(engine, "importer").await.is_empty());
+    assert!(matches!(
+        engine.redrive("nobody").await,
+        Err(EngineError::UnknownGroup(_))
+    ));
+}
+
+pub async fn a_member_that_leaves_has_its_deliveries_redelivered_at_once<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let mut leaving = engine
+        .join_group(group("workers", "task.*"), Some(3))
+        .await
+        .expect("join");
+    publish_numbered(engine, "task.run", 3).await;
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(next_delivery(&mut leaving).await.event.seq);
+    }
+    let mut staying = engine
+        .join_group(group("workers", "task.*"), Some(3))
+        .await
+        .expect("join");
+    let started = tokio::time::Instant::now();
+    drop(leaving);
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(&mut staying).await;
+        assert_eq!(
+            delivery.attempt, 2,
+            "the lost delivery counts as an attempt"
+        );
+        again.push(delivery.event.seq);
+        staying.ack(delivery.delivery_id).await.expect("ack");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "redelivered at once, not after a timeout"
+    );
+    again.sort_unstable();
+    taken.sort_unstable();
+    assert_eq!(again, taken);
+}
+
+pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    publish_numbered(engine, "payment.due", 200).await;
+    // Enough retries that no event dies of the crashes (each lost delivery is an attempt).
+    let mut spec = group("collector", "payment.*");
+    spec.policy.max_retries = 10;
+    let mut acked = HashSet::new();
+    // Five members in turn take a few deliveries, ack some and vanish.
+    for round in 0..5 {
+        let mut member = engine
+            .join_group(spec.clone(), Some(8))
+            .await
+            .expect("join");
+        for n in 0..8 {
+            let delivery = next_delivery(&mut member).await;
+            if n % 2 == round % 2 {
+                member.ack(delivery.delivery_id).await.expect("ack");
+                acked.insert(delivery.event.seq);
+            }
+        }
+    }
+    let mut survivor = engine.join_group(spec, Some(50)).await.expect("join");
+    while acked.len() < 200 {
+        let delivery = next_delivery(&mut survivor).await;
+        survivor.ack(delivery.delivery_id).await.expect("ack");
+        acked.insert(delivery.event.seq);
+    }
+    assert_eq!(acked, (1..=200).collect::<HashSet<u64>>());
+}
+
+pub async fn a_group_pattern_spans_streams<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    engine
+        .publish(vec![event("user.created", "1")])
+        .await
+        .expect("publish");
+    let mut member = engine
+        .join_group(group("welcome", "*.created"), None)
+        .await
+        .expect("join");
+    engine
+        .publish(vec![
+            event("order.created", "2"),
+            event("user.deleted", "3"),
+            event("team.created", "4"),
+        ])
+        .await
+        .expect("publish");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(&mut member).await;
+        got.push(delivery.event.event.event_type.to_string());
+        member.ack(delivery.delivery_id).await.expect("ack");
+    }
+    got.sort();
+    assert_eq!(got, ["order.created", "team.created", "user.created"]);
+    assert!(
+        delivery_within(&mut member, Duration::from_secs(60))
+            .await
+            .is_none()
+    );
+}
+
+pub async fn a_group_keeps_its_pattern<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    let _member = engine
+        .join_group(group("search", "doc.*"), None)
+        .await
+        .expect("join");
+    let conflict = engine.join_group(group("search", "doc.>"), None).await;
+    assert!(
+        matches!(conflict, Err(EngineError::GroupConflict { .. })),
+        "{conflict:?}"
+    );
+    assert!(
+        engine
+            .join_group(group("search", "doc.*"), None)
+            .await
+            .is_ok()
+    );
+}
+
+pub async fn verbs_on_unknown_deliveries_are_refused<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    let mut member = engine
+        .join_group(group("checker", "check.*"), None)
+        .await
+        .expect("join");
+    engine
+        .publish(vec![event("check.run", "1")])
+        .await
+        .expect("publish");
+    let delivery = next_delivery(&mut member).await;
+    member.ack(delivery.delivery_id).await.expect("ack");
+    for refused in [
+        member.ack(delivery.delivery_id).await,
+        member.nack(delivery.delivery_id, None, None).await,
+        member.extend(delivery.delivery_id).await,
+        member.reject(9_999_999, None).await,
+    ] {
+        assert!(
+            matches!(refused, Err(VerbError::UnknownDelivery(_))),
+            "{refused:?}"
+        );
+    }
 }

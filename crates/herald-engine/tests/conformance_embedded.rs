@@ -19,4 +19,19 @@ async fn embedded() -> Fixture<EmbeddedEngine> {
     }
 }
 
-herald_engine::conformance_tests!(embedded);
+/// For the paused clock: memory storage, so that no wait leaves tokio.
+async fn embedded_in_memory() -> Fixture<EmbeddedEngine> {
+    let mut config = EngineConfig::new("/nonexistent-herald-memory-engine");
+    config.storage = herald_engine::Storage::Memory;
+    config.ephemeral = vec![Pattern::new(EPHEMERAL_PATTERN).unwrap()];
+    config.live_buffer_events = 256;
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    Fixture {
+        engine: EmbeddedEngine::open(config).unwrap(),
+        live_buffer_events: 256,
+        keep_alive: Box::new(dir),
+    }
+}
+
+herald_engine::conformance_tests!(embedded, embedded_in_memory);

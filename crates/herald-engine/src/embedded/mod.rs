@@ -5,6 +5,8 @@
 //! `.await`.
 
 mod dedupe;
+mod group;
+mod journal;
 mod live;
 mod stream;
 
@@ -19,11 +21,17 @@ use parking_lot::Mutex;
 use tracing::info;
 
 use crate::api::{
-    Closed, Engine, EngineError, LiveSubscription, PublishOutcome, StartAt, StreamStats,
+    Closed, DeadLetter, Engine, EngineError, GroupMember, GroupSpec, GroupStats, LiveSubscription,
+    PublishOutcome, StartAt, StreamStats,
 };
 use crate::config::{EngineConfig, Storage, StreamConfig, is_valid_stream_name};
+use group::{CommandSender, Control, GroupActor};
+use journal::{Journal, JournalRecord};
 use live::{Offer, Subscriber};
 use stream::Stream;
+
+/// Member verbs waiting for a group's task, per group.
+const GROUP_COMMANDS_QUEUED_MAX: usize = 4096;
 
 /// The embedded engine. Cheap to clone; clones share the engine.
 #[derive(Clone, Debug)]
@@ -36,7 +44,17 @@ struct Inner {
     config: EngineConfig,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     live: Mutex<LiveRegistry>,
+    groups: Mutex<HashMap<String, GroupHandle>>,
     next_subscriber_id: AtomicU64,
+    next_member_id: AtomicU64,
+}
+
+/// How the engine reaches a group's task.
+#[derive(Debug, Clone)]
+struct GroupHandle {
+    pattern: Pattern,
+    commands: CommandSender,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
 }
 
 /// Every live subscriber, so that streams created later attach them, and ephemeral events
@@ -67,7 +85,9 @@ impl EmbeddedEngine {
                 config,
                 streams: Mutex::new(HashMap::new()),
                 live: Mutex::new(LiveRegistry::default()),
+                groups: Mutex::new(HashMap::new()),
                 next_subscriber_id: AtomicU64::new(1),
+                next_member_id: AtomicU64::new(1),
             }),
         };
         let mut names: Vec<String> = engine
@@ -91,12 +111,136 @@ impl EmbeddedEngine {
         for name in names {
             engine.stream(&name)?;
         }
+        engine.restore_groups()?;
         Ok(engine)
+    }
+
+    /// Starts the task of every group whose journal is in the data directory.
+    fn restore_groups(&self) -> Result<(), EngineError> {
+        if self.inner.config.storage == Storage::Memory {
+            return Ok(());
+        }
+        let groups_dir = self.inner.config.data_dir.join("groups");
+        let Ok(found) = fs::read_dir(&groups_dir) else {
+            return Ok(());
+        };
+        for entry in found.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_valid_stream_name(&name) {
+                continue;
+            }
+            let (journal, replayed) = Journal::open(self.journal_log(&name)?)?;
+            let Some(JournalRecord::Created { .. }) = &replayed.created else {
+                journal.close();
+                continue;
+            };
+            let Some(spec) = group_spec_from(&name, replayed.created.as_ref()) else {
+                return Err(EngineError::Config(format!(
+                    "group {name:?}: its journal's definition is invalid"
+                )));
+            };
+            let mut groups = self.inner.groups.lock();
+            self.start_group(&mut groups, spec, journal, replayed);
+        }
+        Ok(())
+    }
+
+    fn journal_log(&self, group: &str) -> Result<Log, EngineError> {
+        let config = &self.inner.config;
+        let log_config = LogConfig {
+            fsync: config.fsync,
+            clock: config.clock.clone(),
+            ..LogConfig::default()
+        };
+        match config.storage {
+            Storage::File => Log::open(config.data_dir.join("groups").join(group), log_config),
+            Storage::Memory => Log::in_memory(log_config),
+        }
+        .map_err(|source| EngineError::Storage {
+            stream: format!("group {group}"),
+            source,
+        })
+    }
+
+    /// Spawns a group's task over the streams its pattern may match.
+    fn start_group(
+        &self,
+        groups: &mut HashMap<String, GroupHandle>,
+        spec: GroupSpec,
+        journal: Journal,
+        replayed: journal::Replayed,
+    ) -> GroupHandle {
+        let streams: Vec<Arc<Stream>> = self
+            .inner
+            .streams
+            .lock()
+            .values()
+            .filter(|stream| {
+                may_match_stream(&spec.pattern, &stream.name, self.is_declared(&stream.name))
+            })
+            .cloned()
+            .collect();
+        let (commands, command_inbox) = tokio::sync::mpsc::channel(GROUP_COMMANDS_QUEUED_MAX);
+        let (control, control_inbox) = tokio::sync::mpsc::unbounded_channel();
+        let actor = GroupActor::new(
+            spec.name.clone(),
+            spec.pattern.clone(),
+            spec.policy.clone(),
+            spec.start,
+            Arc::new(tokio::sync::Notify::new()),
+            journal,
+            replayed,
+            streams,
+        );
+        tokio::spawn(actor.run(command_inbox, control_inbox));
+        let handle = GroupHandle {
+            pattern: spec.pattern,
+            commands,
+            control,
+        };
+        groups.insert(spec.name, handle.clone());
+        handle
+    }
+
+    fn is_declared(&self, stream: &str) -> bool {
+        self.inner
+            .config
+            .streams
+            .iter()
+            .any(|declared| declared.name == stream)
+    }
+
+    fn group(&self, name: &str) -> Result<GroupHandle, EngineError> {
+        self.inner
+            .groups
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownGroup(name.to_owned()))
+    }
+
+    async fn ask<T>(
+        &self,
+        group: &str,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control,
+    ) -> Result<T, EngineError> {
+        let handle = self.group(group)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        handle
+            .control
+            .send(make(reply))
+            .map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)
     }
 
     /// Closes every stream's log (fsync, stop writers). Live subscribers are told the engine
     /// stopped.
     pub fn close(&self) -> Result<(), EngineError> {
+        for handle in self.inner.groups.lock().drain().map(|(_, handle)| handle) {
+            let _ = handle.control.send(Control::Stop);
+        }
         let mut live = self.inner.live.lock();
         for (subscriber, _) in live.subscribers.values() {
             subscriber.close(Closed::EngineStopped);
@@ -143,7 +287,7 @@ impl EmbeddedEngine {
             subjects: Vec::new(),
             retention: Retention::default(),
             dedupe_window: config.dedupe_window,
-            storage: Storage::File,
+            storage: config.storage,
         });
         let log_config = LogConfig {
             fsync: config.fsync,
@@ -165,6 +309,11 @@ impl EmbeddedEngine {
         for (subscriber, _) in self.inner.live.lock().subscribers.values() {
             if may_match_stream(&subscriber.pattern, name, declared.is_some()) {
                 stream.attach(subscriber.clone());
+            }
+        }
+        for handle in self.inner.groups.lock().values() {
+            if may_match_stream(&handle.pattern, name, declared.is_some()) {
+                let _ = handle.control.send(Control::AttachStream(stream.clone()));
             }
         }
         streams.insert(name.to_owned(), stream.clone());
@@ -212,6 +361,67 @@ fn may_match_stream(pattern: &Pattern, stream: &str, declared: bool) -> bool {
             .tokens()
             .next()
             .is_some_and(|first| first == "*" || first == ">" || first == stream)
+}
+
+/// Rebuilds a group's spec from its journal's first record.
+fn group_spec_from(name: &str, created: Option<&JournalRecord>) -> Option<GroupSpec> {
+    let Some(JournalRecord::Created {
+        pattern,
+        ack_timeout_ms,
+        max_retries,
+        backoff_initial_ms,
+        backoff_factor,
+        backoff_max_ms,
+        backoff_jitter,
+        max_in_flight,
+    }) = created
+    else {
+        return None;
+    };
+    Some(GroupSpec {
+        name: name.to_owned(),
+        pattern: Pattern::new(pattern).ok()?,
+        policy: crate::api::GroupPolicy {
+            ack_timeout: std::time::Duration::from_millis(*ack_timeout_ms),
+            max_retries: *max_retries,
+            backoff: crate::api::Backoff {
+                initial: std::time::Duration::from_millis(*backoff_initial_ms),
+                factor: *backoff_factor,
+                max: std::time::Duration::from_millis(*backoff_max_ms),
+                jitter: *backoff_jitter,
+            },
+            max_in_flight: *max_in_flight,
+        },
+        start: StartAt::Latest,
+    })
+}
+
+fn created_record(spec: &GroupSpec) -> JournalRecord {
+    let policy = &spec.policy;
+    JournalRecord::Created {
+        pattern: spec.pattern.to_string(),
+        ack_timeout_ms: policy.ack_timeout.as_millis() as u64,
+        max_retries: policy.max_retries,
+        backoff_initial_ms: policy.backoff.initial.as_millis() as u64,
+        backoff_factor: policy.backoff.factor,
+        backoff_max_ms: policy.backoff.max.as_millis() as u64,
+        backoff_jitter: policy.backoff.jitter,
+        max_in_flight: policy.max_in_flight,
+    }
+}
+
+/// Leaves the group when the member is dropped.
+struct LeaveGroup {
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+    member_id: u64,
+}
+
+impl Drop for LeaveGroup {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Leave {
+            member_id: self.member_id,
+        });
+    }
 }
 
 /// Unsubscribes when the subscription is dropped.
@@ -327,6 +537,89 @@ impl Engine for EmbeddedEngine {
             .cloned()
             .ok_or_else(|| EngineError::UnknownStream(stream.to_owned()))?;
         stream.read(from_seq, limit)
+    }
+
+    async fn join_group(
+        &self,
+        spec: GroupSpec,
+        max_in_flight: Option<u32>,
+    ) -> Result<GroupMember, EngineError> {
+        if !is_valid_stream_name(&spec.name) {
+            return Err(EngineError::Config(format!(
+                "group name {:?} must be one subject token ([A-Za-z0-9_-]+)",
+                spec.name
+            )));
+        }
+        let handle = {
+            let mut groups = self.inner.groups.lock();
+            match groups.get(&spec.name) {
+                Some(existing) if existing.pattern != spec.pattern => {
+                    return Err(EngineError::GroupConflict {
+                        group: spec.name,
+                        existing: existing.pattern.to_string(),
+                        requested: spec.pattern.to_string(),
+                    });
+                }
+                Some(existing) => existing.clone(),
+                None => {
+                    let (mut journal, replayed) = Journal::open(self.journal_log(&spec.name)?)?;
+                    journal.stage(created_record(&spec));
+                    self.start_group(&mut groups, spec.clone(), journal, replayed)
+                }
+            }
+        };
+        let member_id = self.inner.next_member_id.fetch_add(1, Ordering::Relaxed);
+        let max_in_flight = max_in_flight.unwrap_or(spec.policy.max_in_flight).max(1);
+        let (deliveries, delivery_inbox) = tokio::sync::mpsc::channel(max_in_flight as usize);
+        let (closed, closed_receiver) = tokio::sync::watch::channel(None);
+        handle
+            .control
+            .send(Control::Join {
+                member_id,
+                max_in_flight,
+                deliveries,
+                closed,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        let leave = LeaveGroup {
+            control: handle.control.clone(),
+            member_id,
+        };
+        Ok(GroupMember::new(
+            delivery_inbox,
+            handle.commands.clone(),
+            closed_receiver,
+            Box::new(leave),
+        ))
+    }
+
+    async fn groups(&self) -> Vec<GroupStats> {
+        let names: Vec<String> = self.inner.groups.lock().keys().cloned().collect();
+        let mut stats = Vec::with_capacity(names.len());
+        for name in names {
+            if let Ok(group) = self.ask(&name, Control::Stats).await {
+                stats.push(group);
+            }
+        }
+        stats.sort_by(|left, right| left.name.cmp(&right.name));
+        stats
+    }
+
+    async fn dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, EngineError> {
+        self.ask(group, |reply| Control::DeadLetters(limit, reply))
+            .await
+    }
+
+    async fn redrive(&self, group: &str) -> Result<u64, EngineError> {
+        self.ask(group, Control::Redrive).await
+    }
+
+    async fn purge_dead_letters(&self, group: &str) -> Result<u64, EngineError> {
+        self.ask(group, Control::Purge).await
     }
 
     async fn streams(&self) -> Vec<StreamStats> {

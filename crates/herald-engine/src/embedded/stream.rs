@@ -7,8 +7,8 @@
 //! bounded tail cache, from which subscribers near the head catch up without a disk read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use herald_core::{Event, Limits, ParseContext, StoredEvent, SubjectIndex, SubscriptionId};
@@ -52,6 +52,8 @@ struct Fanout {
     attached: HashMap<u64, SubscriptionId>,
     tail: VecDeque<Arc<StoredEvent>>,
     tail_bytes: usize,
+    /// Consumer groups reading this stream, woken when events are dispatched.
+    group_wakers: Vec<Weak<Notify>>,
 }
 
 impl Stream {
@@ -67,6 +69,7 @@ impl Stream {
                 attached: HashMap::new(),
                 tail: VecDeque::new(),
                 tail_bytes: 0,
+                group_wakers: Vec::new(),
             }),
             published: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -216,6 +219,7 @@ impl Stream {
             fanout.pending.insert(event.seq, event);
         }
         let mut gone = Vec::new();
+        let head_before = fanout.next_seq;
         loop {
             let next_seq = fanout.next_seq;
             let Some(event) = fanout.pending.remove(&next_seq) else {
@@ -240,6 +244,49 @@ impl Stream {
         for subscriber_id in gone {
             fanout.detach(subscriber_id);
         }
+        if fanout.next_seq > head_before {
+            fanout.group_wakers.retain(|waker| match waker.upgrade() {
+                Some(waker) => {
+                    waker.notify_one();
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+
+    /// The seq the next dispatched event will have: groups read only below it.
+    pub fn head(&self) -> u64 {
+        self.fanout.lock().next_seq
+    }
+
+    pub fn seq_at_time(&self, time: OffsetDateTime) -> Result<u64, EngineError> {
+        self.log
+            .seq_at_time(unix_us(time))
+            .map_err(|source| self.storage_error(source))
+    }
+
+    pub fn add_waker(&self, waker: &Arc<Notify>) {
+        self.fanout.lock().group_wakers.push(Arc::downgrade(waker));
+    }
+
+    /// Up to `limit` dispatched events from `from_seq`, from the tail cache when it reaches back
+    /// that far, else from the log.
+    pub fn fetch(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
+        let head = {
+            let fanout = self.fanout.lock();
+            if from_seq >= fanout.next_seq {
+                return Ok(Vec::new());
+            }
+            if let Some(mut cached) = fanout.tail_from(from_seq) {
+                cached.truncate(limit);
+                return Ok(cached);
+            }
+            fanout.next_seq
+        };
+        let mut events = self.read(from_seq, limit)?;
+        events.retain(|event| event.seq < head);
+        Ok(events)
     }
 
     /// Attaches a live subscriber. From `Latest` it is attached at once; otherwise a task

@@ -1,0 +1,660 @@
+//! A consumer group of the embedded engine: one task that owns all of the group's state, so
+//! that no lock guards it and every transition happens in one place.
+//!
+//! Each turn of the loop: fetch new events for members with room, journal what changed (one
+//! append), hand out the deliveries, then wait for a member's verb, a control message, a stream
+//! wake-up or the next timer (ack timeouts and retry times, on tokio's clock).
+//!
+//! Invariants: an event is in flight to at most one member; `member.in_flight` equals the
+//! number of `in_flight` entries naming that member; every fetched, unfinished event is in
+//! exactly one of `ready`, `scheduled` and `in_flight`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{Event, ParseContext, Pattern, StoredEvent};
+use rand::Rng;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::journal::{DeadState, Journal, JournalRecord, Replayed};
+use super::stream::Stream;
+use crate::api::{
+    Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, StartAt, VerbError,
+};
+
+/// Events fetched from one stream per step.
+const FETCH_EVENTS_MAX: usize = 256;
+
+/// Dead letters a group keeps; past it the oldest are dropped (and counted).
+pub const DEAD_LETTERS_MAX: usize = 100_000;
+
+pub(crate) type CommandSender =
+    mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>;
+
+pub(crate) enum Control {
+    Join {
+        member_id: u64,
+        max_in_flight: u32,
+        deliveries: mpsc::Sender<Delivery>,
+        closed: watch::Sender<Option<Closed>>,
+    },
+    Leave {
+        member_id: u64,
+    },
+    AttachStream(Arc<Stream>),
+    Stats(oneshot::Sender<GroupStats>),
+    DeadLetters(usize, oneshot::Sender<Vec<DeadLetter>>),
+    Redrive(oneshot::Sender<u64>),
+    Purge(oneshot::Sender<u64>),
+    Stop,
+}
+
+/// A fetched event that is not finished.
+#[derive(Clone, Debug)]
+struct Pending {
+    event: Arc<StoredEvent>,
+    /// Deliveries so far.
+    attempts: u32,
+    first_delivered_at: Option<OffsetDateTime>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pending: Pending,
+    member_id: u64,
+    deadline: Instant,
+}
+
+struct Member {
+    deliveries: mpsc::Sender<Delivery>,
+    closed: watch::Sender<Option<Closed>>,
+    max_in_flight: u32,
+    in_flight: u32,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: u64,
+    acked: u64,
+    nacked: u64,
+    redelivered: u64,
+    dead_lettered: u64,
+}
+
+pub(crate) struct GroupActor {
+    name: String,
+    pattern: Pattern,
+    policy: GroupPolicy,
+    start: StartAt,
+    streams: Vec<Arc<Stream>>,
+    positions: HashMap<String, u64>,
+    wake: Arc<Notify>,
+    ready: VecDeque<Pending>,
+    scheduled: BTreeMap<(Instant, u64), Pending>,
+    in_flight: HashMap<u64, InFlight>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    members: BTreeMap<u64, Member>,
+    /// Where the round-robin over members resumes.
+    next_member: u64,
+    dead: VecDeque<DeadLetter>,
+    journal: Journal,
+    next_delivery_id: u64,
+    next_schedule_id: u64,
+    counters: Counters,
+    outbox: Vec<(u64, Delivery)>,
+}
+
+impl GroupActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        pattern: Pattern,
+        policy: GroupPolicy,
+        start: StartAt,
+        wake: Arc<Notify>,
+        journal: Journal,
+        replayed: Replayed,
+        streams: Vec<Arc<Stream>>,
+    ) -> GroupActor {
+        let mut actor = GroupActor {
+            name,
+            pattern,
+            policy,
+            start,
+            streams: Vec::new(),
+            positions: replayed.positions.clone(),
+            wake,
+            ready: VecDeque::new(),
+            scheduled: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            members: BTreeMap::new(),
+            next_member: 0,
+            dead: VecDeque::new(),
+            journal,
+            next_delivery_id: 1,
+            next_schedule_id: 0,
+            counters: Counters::default(),
+            outbox: Vec::new(),
+        };
+        for stream in streams {
+            actor.attach_stream(stream);
+        }
+        actor.restore(replayed);
+        actor
+    }
+
+    /// Brings back what the journal says was unfinished: in-flight events are ready again
+    /// (their attempts kept), retries keep their due times, dead letters their events.
+    fn restore(&mut self, replayed: Replayed) {
+        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        for ((stream_name, seq), state) in replayed.pending {
+            let Some(stream) = self
+                .streams
+                .iter()
+                .find(|stream| stream.name == stream_name)
+            else {
+                warn!(group = %self.name, stream = %stream_name, seq, "pending event's stream is gone");
+                continue;
+            };
+            let event = match stream.read(seq, 1) {
+                Ok(mut events) if events.first().is_some_and(|event| event.seq == seq) => {
+                    events.remove(0)
+                }
+                _ => {
+                    warn!(group = %self.name, stream = %stream_name, seq, "pending event no longer in its stream");
+                    continue;
+                }
+            };
+            let pending = Pending {
+                event,
+                attempts: state.attempts,
+                first_delivered_at: state.first_delivered_ms.map(from_unix_ms),
+                last_error: state.error,
+            };
+            match state.due_ms {
+                Some(due_ms) if due_ms > now_ms => {
+                    let delay = Duration::from_millis((due_ms - now_ms) as u64);
+                    self.schedule(pending, delay);
+                }
+                _ => self.ready.push_back(pending),
+            }
+        }
+        for dead in replayed.dead {
+            if let Some(letter) = self.dead_letter_from(dead) {
+                self.dead.push_back(letter);
+            }
+        }
+    }
+
+    fn dead_letter_from(&self, dead: DeadState) -> Option<DeadLetter> {
+        let context = ParseContext::new(OffsetDateTime::UNIX_EPOCH);
+        let event = Event::from_json(dead.event.as_bytes(), &context).ok()?;
+        Some(DeadLetter {
+            group: self.name.clone(),
+            event: Arc::new(StoredEvent {
+                stream: dead.stream,
+                seq: dead.seq,
+                event,
+            }),
+            attempts: dead.attempts,
+            last_error: dead.error,
+            first_delivered_at: from_unix_ms(dead.first_delivered_ms),
+            dead_at: from_unix_ms(dead.dead_ms),
+        })
+    }
+
+    fn attach_stream(&mut self, stream: Arc<Stream>) {
+        if self.streams.iter().any(|known| known.name == stream.name) {
+            return;
+        }
+        if !self.positions.contains_key(&stream.name) {
+            let start = match self.start {
+                StartAt::Latest => stream.head(),
+                StartAt::Earliest => 1,
+                StartAt::Seq(seq) => seq.max(1),
+                StartAt::Time(time) => stream.seq_at_time(time).unwrap_or_else(|_| stream.head()),
+            };
+            self.positions.insert(stream.name.clone(), start);
+            self.journal.stage(JournalRecord::Position {
+                stream: stream.name.clone(),
+                next_seq: start,
+            });
+        }
+        stream.add_waker(&self.wake);
+        self.streams.push(stream);
+    }
+
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        loop {
+            self.pump();
+            if let Err(error) = self.journal.flush().await {
+                warn!(group = %self.name, %error, "journal write failed; stopping the group");
+                self.stop(Closed::ReadFailed(error.to_string()));
+                return;
+            }
+            self.send_outbox();
+            let deadline = self.next_deadline();
+            let wake = self.wake.clone();
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some((command, reply)) = command else { return };
+                    let _ = reply.send(self.handle(command));
+                    while let Ok((command, reply)) = commands.try_recv() {
+                        let _ = reply.send(self.handle(command));
+                    }
+                }
+                control = control.recv() => {
+                    match control {
+                        Some(Control::Stop) | None => {
+                            let _ = self.journal.flush().await;
+                            self.stop(Closed::EngineStopped);
+                            return;
+                        }
+                        Some(control) => self.control(control),
+                    }
+                }
+                () = wake.notified() => {}
+                () = sleep_until(deadline) => self.on_timers(Instant::now()),
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: Closed) {
+        for member in self.members.values() {
+            member.closed.send_replace(Some(reason.clone()));
+        }
+        self.journal.close();
+    }
+
+    /// Hands ready events, then newly fetched ones, to members with room, round-robin.
+    fn pump(&mut self) {
+        while let Some(member_id) = self.member_with_room() {
+            if self.ready.is_empty() {
+                self.fetch(self.room());
+            }
+            let Some(pending) = self.ready.pop_front() else {
+                return;
+            };
+            self.deliver(member_id, pending);
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.members
+            .values()
+            .map(|member| member.max_in_flight.saturating_sub(member.in_flight) as usize)
+            .sum()
+    }
+
+    fn member_with_room(&mut self) -> Option<u64> {
+        let after = self
+            .members
+            .range(self.next_member..)
+            .chain(self.members.range(..self.next_member))
+            .find(|(_, member)| member.in_flight < member.max_in_flight)
+            .map(|(&id, _)| id)?;
+        self.next_member = after + 1;
+        Some(after)
+    }
+
+    /// Reads up to `room` new matching events from the streams into `ready`.
+    fn fetch(&mut self, room: usize) {
+        for stream in &self.streams {
+            if self.ready.len() >= room {
+                return;
+            }
+            let position = self.positions.get(&stream.name).copied().unwrap_or(1);
+            let events = match stream.fetch(position, FETCH_EVENTS_MAX.min(room.max(1))) {
+                Ok(events) => events,
+                Err(error) => {
+                    warn!(group = %self.name, stream = %stream.name, %error, "fetch failed");
+                    continue;
+                }
+            };
+            let Some(last) = events.last() else { continue };
+            let next_seq = last.seq + 1;
+            for event in events {
+                if self.pattern.matches(&event.event.event_type) {
+                    self.ready.push_back(Pending {
+                        event,
+                        attempts: 0,
+                        first_delivered_at: None,
+                        last_error: None,
+                    });
+                }
+            }
+            self.positions.insert(stream.name.clone(), next_seq);
+            self.journal.stage(JournalRecord::Position {
+                stream: stream.name.clone(),
+                next_seq,
+            });
+        }
+    }
+
+    fn deliver(&mut self, member_id: u64, mut pending: Pending) {
+        let Some(member) = self.members.get_mut(&member_id) else {
+            self.ready.push_front(pending);
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        pending.attempts += 1;
+        let first_delivered_at = *pending.first_delivered_at.get_or_insert(now);
+        if pending.attempts > 1 {
+            self.counters.redelivered += 1;
+        }
+        self.counters.delivered += 1;
+        member.in_flight += 1;
+        let delivery_id = self.next_delivery_id;
+        self.next_delivery_id += 1;
+        let deadline = Instant::now() + self.policy.ack_timeout;
+        self.deadlines.insert((deadline, delivery_id));
+        self.journal.stage(JournalRecord::Delivered {
+            stream: pending.event.stream.clone(),
+            seq: pending.event.seq,
+            attempts: pending.attempts,
+            first_delivered_ms: unix_ms(first_delivered_at),
+        });
+        self.outbox.push((
+            member_id,
+            Delivery {
+                delivery_id,
+                attempt: pending.attempts,
+                event: pending.event.clone(),
+            },
+        ));
+        self.in_flight.insert(
+            delivery_id,
+            InFlight {
+                pending,
+                member_id,
+                deadline,
+            },
+        );
+    }
+
+    /// Sends the deliveries journaled this turn. A member whose channel is gone has left.
+    fn send_outbox(&mut self) {
+        let mut gone = Vec::new();
+        for (member_id, delivery) in std::mem::take(&mut self.outbox) {
+            let sent = self
+                .members
+                .get(&member_id)
+                .is_some_and(|member| member.deliveries.try_send(delivery).is_ok());
+            if !sent {
+                gone.push(member_id);
+            }
+        }
+        for member_id in gone {
+            self.leave(member_id);
+        }
+    }
+
+    fn handle(&mut self, command: MemberCommand) -> Result<(), VerbError> {
+        match command {
+            MemberCommand::Ack { delivery_id } => {
+                let in_flight = self.take_in_flight(delivery_id)?;
+                self.counters.acked += 1;
+                self.journal.stage(JournalRecord::Acked {
+                    stream: in_flight.pending.event.stream.clone(),
+                    seq: in_flight.pending.event.seq,
+                });
+            }
+            MemberCommand::Nack {
+                delivery_id,
+                delay,
+                reason,
+            } => {
+                let mut in_flight = self.take_in_flight(delivery_id)?;
+                self.counters.nacked += 1;
+                in_flight.pending.last_error = reason.or(in_flight.pending.last_error);
+                self.retry_or_bury(in_flight.pending, delay);
+            }
+            MemberCommand::Extend { delivery_id } => {
+                let in_flight = self
+                    .in_flight
+                    .get_mut(&delivery_id)
+                    .ok_or(VerbError::UnknownDelivery(delivery_id))?;
+                self.deadlines.remove(&(in_flight.deadline, delivery_id));
+                in_flight.deadline = Instant::now() + self.policy.ack_timeout;
+                self.deadlines.insert((in_flight.deadline, delivery_id));
+            }
+            MemberCommand::Reject {
+                delivery_id,
+                reason,
+            } => {
+                let mut in_flight = self.take_in_flight(delivery_id)?;
+                in_flight.pending.last_error = reason.or(in_flight.pending.last_error);
+                self.bury(in_flight.pending);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_in_flight(&mut self, delivery_id: u64) -> Result<InFlight, VerbError> {
+        let in_flight = self
+            .in_flight
+            .remove(&delivery_id)
+            .ok_or(VerbError::UnknownDelivery(delivery_id))?;
+        self.deadlines.remove(&(in_flight.deadline, delivery_id));
+        if let Some(member) = self.members.get_mut(&in_flight.member_id) {
+            member.in_flight -= 1;
+        }
+        Ok(in_flight)
+    }
+
+    /// After a failed attempt: a retry after the backoff (or `delay`), or the dead-letter queue
+    /// once `max_retries` retries are spent.
+    fn retry_or_bury(&mut self, pending: Pending, delay: Option<Duration>) {
+        if pending.attempts > self.policy.max_retries {
+            self.bury(pending);
+            return;
+        }
+        let delay = delay.unwrap_or_else(|| {
+            self.policy
+                .backoff
+                .delay(pending.attempts, rand::rng().random::<f64>())
+        });
+        let due = OffsetDateTime::now_utc() + delay;
+        self.journal.stage(JournalRecord::Retry {
+            stream: pending.event.stream.clone(),
+            seq: pending.event.seq,
+            due_ms: unix_ms(due),
+            error: pending.last_error.clone(),
+        });
+        self.schedule(pending, delay);
+    }
+
+    fn schedule(&mut self, pending: Pending, delay: Duration) {
+        self.next_schedule_id += 1;
+        self.scheduled
+            .insert((Instant::now() + delay, self.next_schedule_id), pending);
+    }
+
+    fn bury(&mut self, pending: Pending) {
+        let now = OffsetDateTime::now_utc();
+        let first_delivered_at = pending.first_delivered_at.unwrap_or(now);
+        self.counters.dead_lettered += 1;
+        self.journal.stage(JournalRecord::Dead {
+            stream: pending.event.stream.clone(),
+            seq: pending.event.seq,
+            attempts: pending.attempts,
+            error: pending.last_error.clone(),
+            first_delivered_ms: unix_ms(first_delivered_at),
+            dead_ms: unix_ms(now),
+            event: String::from_utf8_lossy(&pending.event.event.to_json()).into_owned(),
+        });
+        self.dead.push_back(DeadLetter {
+            group: self.name.clone(),
+            event: pending.event,
+            attempts: pending.attempts,
+            last_error: pending.last_error,
+            first_delivered_at,
+            dead_at: now,
+        });
+        while self.dead.len() > DEAD_LETTERS_MAX {
+            if let Some(dropped) = self.dead.pop_front() {
+                warn!(group = %self.name, stream = %dropped.event.stream, seq = dropped.event.seq,
+                    "dead-letter queue full; dropping its oldest entry");
+            }
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(&(deadline, delivery_id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Ok(mut in_flight) = self.take_in_flight(delivery_id) {
+                in_flight.pending.last_error = Some("ack timeout".into());
+                self.retry_or_bury(in_flight.pending, None);
+            }
+        }
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let pending = entry.remove();
+            self.ready.push_front(pending);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let ack = self.deadlines.first().map(|(deadline, _)| *deadline);
+        let retry = self.scheduled.keys().next().map(|(due, _)| *due);
+        match (ack, retry) {
+            (Some(ack), Some(retry)) => Some(ack.min(retry)),
+            (deadline, None) | (None, deadline) => deadline,
+        }
+    }
+
+    /// A member left: its deliveries go to the front of the queue at once (each counts as an
+    /// attempt), or to the dead-letter queue when that was the last allowed.
+    fn leave(&mut self, member_id: u64) {
+        if self.members.remove(&member_id).is_none() {
+            return;
+        }
+        let mut orphans: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, in_flight)| in_flight.member_id == member_id)
+            .map(|(&delivery_id, _)| delivery_id)
+            .collect();
+        orphans.sort_unstable_by(|left, right| right.cmp(left));
+        for delivery_id in orphans {
+            if let Some(in_flight) = self.in_flight.remove(&delivery_id) {
+                self.deadlines.remove(&(in_flight.deadline, delivery_id));
+                let mut pending = in_flight.pending;
+                pending.last_error = Some("member left before acking".into());
+                if pending.attempts > self.policy.max_retries {
+                    self.bury(pending);
+                } else {
+                    self.ready.push_front(pending);
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Join {
+                member_id,
+                max_in_flight,
+                deliveries,
+                closed,
+            } => {
+                self.members.insert(
+                    member_id,
+                    Member {
+                        deliveries,
+                        closed,
+                        max_in_flight: max_in_flight.max(1),
+                        in_flight: 0,
+                    },
+                );
+            }
+            Control::Leave { member_id } => self.leave(member_id),
+            Control::AttachStream(stream) => self.attach_stream(stream),
+            Control::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Control::DeadLetters(limit, reply) => {
+                let _ = reply.send(self.dead.iter().take(limit).cloned().collect());
+            }
+            Control::Redrive(reply) => {
+                let count = self.dead.len() as u64;
+                for letter in self.dead.drain(..) {
+                    self.ready.push_back(Pending {
+                        event: letter.event,
+                        attempts: 0,
+                        first_delivered_at: None,
+                        last_error: None,
+                    });
+                }
+                if count > 0 {
+                    self.journal.stage(JournalRecord::Redriven);
+                }
+                let _ = reply.send(count);
+            }
+            Control::Purge(reply) => {
+                let count = self.dead.len() as u64;
+                self.dead.clear();
+                if count > 0 {
+                    self.journal.stage(JournalRecord::Purged);
+                }
+                let _ = reply.send(count);
+            }
+            Control::Stop => {}
+        }
+    }
+
+    fn stats(&self) -> GroupStats {
+        let lag = self
+            .streams
+            .iter()
+            .map(|stream| {
+                let position = self.positions.get(&stream.name).copied().unwrap_or(1);
+                stream.head().saturating_sub(position)
+            })
+            .sum();
+        GroupStats {
+            name: self.name.clone(),
+            pattern: self.pattern.to_string(),
+            members: self.members.len(),
+            lag,
+            in_flight: self.in_flight.len() as u64,
+            scheduled: self.scheduled.len() as u64,
+            dead_letters: self.dead.len() as u64,
+            delivered: self.counters.delivered,
+            acked: self.counters.acked,
+            nacked: self.counters.nacked,
+            redelivered: self.counters.redelivered,
+            dead_lettered: self.counters.dead_lettered,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_ms(time: OffsetDateTime) -> i64 {
+    (time.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_unix_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

@@ -1,0 +1,330 @@
+//! A group's journal: every change of its state, appended to a log of its own, so that a restart
+//! (or a crash) finds the group as it was: its position in each stream, the events in flight or
+//! waiting for a retry with their attempt counts, and its dead letters.
+//!
+//! Records are JSON (`{"op": …}`), written in one append per turn of the group's loop. Replay
+//! folds them into [`Replayed`]; an event that was in flight at the crash comes back ready for
+//! redelivery with its attempts kept.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use herald_log::Log;
+use serde::{Deserialize, Serialize};
+
+use crate::api::EngineError;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub(crate) enum JournalRecord {
+    /// The group's definition; the first record.
+    #[serde(rename_all = "camelCase")]
+    Created {
+        pattern: String,
+        ack_timeout_ms: u64,
+        max_retries: u32,
+        backoff_initial_ms: u64,
+        backoff_factor: f64,
+        backoff_max_ms: u64,
+        backoff_jitter: f64,
+        max_in_flight: u32,
+    },
+    /// Events of `stream` below `next_seq` have been fetched by the group.
+    #[serde(rename_all = "camelCase")]
+    Position {
+        stream: String,
+        next_seq: u64,
+    },
+    /// Delivery number `attempts` of an event is about to be handed to a member.
+    #[serde(rename_all = "camelCase")]
+    Delivered {
+        stream: String,
+        seq: u64,
+        attempts: u32,
+        first_delivered_ms: i64,
+    },
+    #[serde(rename_all = "camelCase")]
+    Acked {
+        stream: String,
+        seq: u64,
+    },
+    /// Waiting for a retry at `due_ms` (Unix milliseconds).
+    #[serde(rename_all = "camelCase")]
+    Retry {
+        stream: String,
+        seq: u64,
+        due_ms: i64,
+        error: Option<String>,
+    },
+    /// Dead-lettered; the event travels with it so that retention cannot take it away.
+    #[serde(rename_all = "camelCase")]
+    Dead {
+        stream: String,
+        seq: u64,
+        attempts: u32,
+        error: Option<String>,
+        first_delivered_ms: i64,
+        dead_ms: i64,
+        event: String,
+    },
+    Redriven,
+    Purged,
+}
+
+/// The state of an event the group has fetched but not finished.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PendingState {
+    pub attempts: u32,
+    pub first_delivered_ms: Option<i64>,
+    /// Set when waiting for a retry; unset when it was in flight (or never delivered).
+    pub due_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DeadState {
+    pub stream: String,
+    pub seq: u64,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub first_delivered_ms: i64,
+    pub dead_ms: i64,
+    pub event: String,
+}
+
+/// The group state a journal describes.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    pub created: Option<JournalRecord>,
+    pub positions: HashMap<String, u64>,
+    pub pending: BTreeMap<(String, u64), PendingState>,
+    pub dead: Vec<DeadState>,
+}
+
+impl Replayed {
+    pub fn apply(&mut self, record: JournalRecord) {
+        match record {
+            created @ JournalRecord::Created { .. } => self.created = Some(created),
+            JournalRecord::Position { stream, next_seq } => {
+                let position = self.positions.entry(stream).or_insert(1);
+                *position = (*position).max(next_seq);
+            }
+            JournalRecord::Delivered {
+                stream,
+                seq,
+                attempts,
+                first_delivered_ms,
+            } => {
+                let pending = self.pending.entry((stream, seq)).or_default();
+                pending.attempts = attempts;
+                pending.first_delivered_ms.get_or_insert(first_delivered_ms);
+                pending.due_ms = None;
+            }
+            JournalRecord::Acked { stream, seq } => {
+                self.pending.remove(&(stream, seq));
+            }
+            JournalRecord::Retry {
+                stream,
+                seq,
+                due_ms,
+                error,
+            } => {
+                let pending = self.pending.entry((stream, seq)).or_default();
+                pending.due_ms = Some(due_ms);
+                pending.error = error;
+            }
+            JournalRecord::Dead {
+                stream,
+                seq,
+                attempts,
+                error,
+                first_delivered_ms,
+                dead_ms,
+                event,
+            } => {
+                self.pending.remove(&(stream.clone(), seq));
+                self.dead.push(DeadState {
+                    stream,
+                    seq,
+                    attempts,
+                    error,
+                    first_delivered_ms,
+                    dead_ms,
+                    event,
+                });
+            }
+            JournalRecord::Redriven => {
+                for dead in self.dead.drain(..) {
+                    self.pending
+                        .insert((dead.stream, dead.seq), PendingState::default());
+                }
+            }
+            JournalRecord::Purged => self.dead.clear(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Journal {
+    log: Log,
+    staged: Vec<JournalRecord>,
+}
+
+impl Journal {
+    /// Reads the whole journal back.
+    pub fn open(log: Log) -> Result<(Journal, Replayed), EngineError> {
+        let mut replayed = Replayed::default();
+        let mut reader = log.reader(1);
+        loop {
+            let records = reader.next_batch(4096, 4 << 20).map_err(storage_error)?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let parsed: JournalRecord =
+                    serde_json::from_slice(&record.payload).map_err(|error| {
+                        EngineError::Corrupt {
+                            stream: "group journal".into(),
+                            seq: record.seq,
+                            reason: error.to_string(),
+                        }
+                    })?;
+                replayed.apply(parsed);
+            }
+        }
+        Ok((
+            Journal {
+                log,
+                staged: Vec::new(),
+            },
+            replayed,
+        ))
+    }
+
+    pub fn stage(&mut self, record: JournalRecord) {
+        self.staged.push(record);
+    }
+
+    /// Appends what was staged as one batch, durable under the journal's fsync policy.
+    pub async fn flush(&mut self) -> Result<(), EngineError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let payloads = self
+            .staged
+            .drain(..)
+            .map(|record| match serde_json::to_vec(&record) {
+                Ok(bytes) => Ok(Bytes::from(bytes)),
+                Err(error) => Err(EngineError::Corrupt {
+                    stream: "group journal".into(),
+                    seq: 0,
+                    reason: error.to_string(),
+                }),
+            })
+            .collect::<Result<Vec<Bytes>, EngineError>>()?;
+        self.log.append(payloads).await.map_err(storage_error)?;
+        Ok(())
+    }
+
+    pub fn close(&self) {
+        let _ = self.log.close();
+    }
+}
+
+fn storage_error(source: herald_log::LogError) -> EngineError {
+    EngineError::Storage {
+        stream: "group journal".into(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(seq: u64, attempts: u32) -> JournalRecord {
+        JournalRecord::Delivered {
+            stream: "s".into(),
+            seq,
+            attempts,
+            first_delivered_ms: 100,
+        }
+    }
+
+    #[test]
+    fn replay_keeps_unacked_events_with_their_attempts() {
+        let mut replayed = Replayed::default();
+        for record in [
+            JournalRecord::Position {
+                stream: "s".into(),
+                next_seq: 4,
+            },
+            delivered(1, 1),
+            delivered(2, 1),
+            delivered(3, 1),
+            JournalRecord::Acked {
+                stream: "s".into(),
+                seq: 1,
+            },
+            JournalRecord::Retry {
+                stream: "s".into(),
+                seq: 2,
+                due_ms: 5_000,
+                error: Some("boom".into()),
+            },
+            delivered(2, 2),
+        ] {
+            replayed.apply(record);
+        }
+        assert_eq!(replayed.positions.get("s"), Some(&4));
+        let pending: Vec<(u64, u32, Option<i64>)> = replayed
+            .pending
+            .iter()
+            .map(|((_, seq), state)| (*seq, state.attempts, state.due_ms))
+            .collect();
+        assert_eq!(pending, [(2, 2, None), (3, 1, None)]);
+        assert_eq!(
+            replayed.pending[&("s".into(), 2)].error.as_deref(),
+            Some("boom")
+        );
+    }
+
+    #[test]
+    fn dead_letters_leave_pending_and_redrive_brings_them_back_with_attempts_reset() {
+        let mut replayed = Replayed::default();
+        replayed.apply(delivered(7, 4));
+        replayed.apply(JournalRecord::Dead {
+            stream: "s".into(),
+            seq: 7,
+            attempts: 4,
+            error: Some("no".into()),
+            first_delivered_ms: 1,
+            dead_ms: 2,
+            event: "{}".into(),
+        });
+        assert!(replayed.pending.is_empty());
+        assert_eq!(replayed.dead.len(), 1);
+        replayed.apply(JournalRecord::Redriven);
+        assert!(replayed.dead.is_empty());
+        assert_eq!(replayed.pending[&("s".into(), 7)].attempts, 0);
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let record = JournalRecord::Retry {
+            stream: "orders".into(),
+            seq: 9,
+            due_ms: 1_700_000_000_000,
+            error: None,
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"retry","stream":"orders","seq":9,"dueMs":1700000000000,"error":null}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<JournalRecord>(&text).unwrap(),
+            record
+        );
+    }
+}
