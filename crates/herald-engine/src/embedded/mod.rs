@@ -55,6 +55,7 @@ struct GroupHandle {
     pattern: Pattern,
     commands: CommandSender,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Every live subscriber, so that streams created later attach them, and ephemeral events
@@ -194,11 +195,12 @@ impl EmbeddedEngine {
             replayed,
             streams,
         );
-        tokio::spawn(actor.run(command_inbox, control_inbox));
+        let task = tokio::spawn(actor.run(command_inbox, control_inbox));
         let handle = GroupHandle {
             pattern: spec.pattern,
             commands,
             control,
+            task: Arc::new(Mutex::new(Some(task))),
         };
         groups.insert(spec.name, handle.clone());
         handle
@@ -237,9 +239,22 @@ impl EmbeddedEngine {
 
     /// Closes every stream's log (fsync, stop writers). Live subscribers are told the engine
     /// stopped.
-    pub fn close(&self) -> Result<(), EngineError> {
-        for handle in self.inner.groups.lock().drain().map(|(_, handle)| handle) {
+    /// Stops every group (each journals what it has, then ends), tells live subscribers the
+    /// engine stopped, and closes every stream's log (fsync, stop the writers).
+    pub async fn close(&self) -> Result<(), EngineError> {
+        let groups: Vec<GroupHandle> = self
+            .inner
+            .groups
+            .lock()
+            .drain()
+            .map(|(_, handle)| handle)
+            .collect();
+        for handle in groups {
             let _ = handle.control.send(Control::Stop);
+            let task = handle.task.lock().take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
         }
         let mut live = self.inner.live.lock();
         for (subscriber, _) in live.subscribers.values() {
