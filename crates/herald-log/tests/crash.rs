@@ -59,6 +59,9 @@ fn crash_child() {
     let round: u64 = std::env::var(CHILD_ROUND_ENV).unwrap().parse().unwrap();
     let log = std::sync::Arc::new(Log::open(&dir, crash_config()).unwrap());
     let stdout = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    // Ends the test harness's unterminated "test crash_child ... " so that the first ack is a
+    // line of its own.
+    writeln!(stdout.lock().unwrap()).unwrap();
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (log, stdout) = (log.clone(), stdout.clone());

@@ -2,7 +2,7 @@
 //! that no lock guards it and every transition happens in one place.
 //!
 //! Each turn of the loop: fetch new events for members with room, journal what changed (one
-//! append), hand out the deliveries, then wait for a member's verb, a control message, a stream
+//! append), then hand out the deliveries and answer the verbs, then wait for a member's verb, a control message, a stream
 //! wake-up or the next timer (ack timeouts and retry times, on tokio's clock).
 //!
 //! Invariants: an event is in flight to at most one member; `member.in_flight` equals the
@@ -61,6 +61,8 @@ struct Pending {
     attempts: u32,
     first_delivered_at: Option<OffsetDateTime>,
     last_error: Option<String>,
+    /// Fetched and not yet journaled anywhere: the journaled position must not pass it.
+    fresh: bool,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,8 @@ pub(crate) struct GroupActor {
     start: StartAt,
     streams: Vec<Arc<Stream>>,
     positions: HashMap<String, u64>,
+    /// The positions as last journaled.
+    journaled_positions: HashMap<String, u64>,
     wake: Arc<Notify>,
     ready: VecDeque<Pending>,
     scheduled: BTreeMap<(Instant, u64), Pending>,
@@ -107,6 +111,12 @@ pub(crate) struct GroupActor {
     next_schedule_id: u64,
     counters: Counters,
     outbox: Vec<(u64, Delivery)>,
+    /// Answers to member verbs, sent once their journal records are written: an acked event
+    /// is never delivered again, even after a crash.
+    replies: Vec<(
+        oneshot::Sender<Result<(), VerbError>>,
+        Result<(), VerbError>,
+    )>,
 }
 
 impl GroupActor {
@@ -128,6 +138,7 @@ impl GroupActor {
             start,
             streams: Vec::new(),
             positions: replayed.positions.clone(),
+            journaled_positions: replayed.positions.clone(),
             wake,
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
@@ -141,6 +152,7 @@ impl GroupActor {
             next_schedule_id: 0,
             counters: Counters::default(),
             outbox: Vec::new(),
+            replies: Vec::new(),
         };
         for stream in streams {
             actor.attach_stream(stream);
@@ -176,6 +188,7 @@ impl GroupActor {
                 attempts: state.attempts,
                 first_delivered_at: state.first_delivered_ms.map(from_unix_ms),
                 last_error: state.error,
+                fresh: false,
             };
             match state.due_ms {
                 Some(due_ms) if due_ms > now_ms => {
@@ -221,10 +234,6 @@ impl GroupActor {
                 StartAt::Time(time) => stream.seq_at_time(time).unwrap_or_else(|_| stream.head()),
             };
             self.positions.insert(stream.name.clone(), start);
-            self.journal.stage(JournalRecord::Position {
-                stream: stream.name.clone(),
-                next_seq: start,
-            });
         }
         stream.add_waker(&self.wake);
         self.streams.push(stream);
@@ -237,20 +246,26 @@ impl GroupActor {
     ) {
         loop {
             self.pump();
+            self.stage_positions();
             if let Err(error) = self.journal.flush().await {
                 warn!(group = %self.name, %error, "journal write failed; stopping the group");
                 self.stop(Closed::ReadFailed(error.to_string()));
                 return;
             }
             self.send_outbox();
+            for (reply, result) in self.replies.drain(..) {
+                let _ = reply.send(result);
+            }
             let deadline = self.next_deadline();
             let wake = self.wake.clone();
             tokio::select! {
                 command = commands.recv() => {
                     let Some((command, reply)) = command else { return };
-                    let _ = reply.send(self.handle(command));
+                    let result = self.handle(command);
+                    self.replies.push((reply, result));
                     while let Ok((command, reply)) = commands.try_recv() {
-                        let _ = reply.send(self.handle(command));
+                        let result = self.handle(command);
+                        self.replies.push((reply, result));
                     }
                 }
                 control = control.recv() => {
@@ -330,14 +345,32 @@ impl GroupActor {
                         attempts: 0,
                         first_delivered_at: None,
                         last_error: None,
+                        fresh: true,
                     });
                 }
             }
             self.positions.insert(stream.name.clone(), next_seq);
-            self.journal.stage(JournalRecord::Position {
-                stream: stream.name.clone(),
-                next_seq,
-            });
+        }
+    }
+
+    /// Journals each stream's position, held back to the first fetched event not yet journaled
+    /// as delivered, so that a crash cannot skip an event that sat in `ready`.
+    fn stage_positions(&mut self) {
+        for (stream, &position) in &self.positions {
+            let safe = self
+                .ready
+                .iter()
+                .filter(|pending| pending.fresh && pending.event.stream == *stream)
+                .map(|pending| pending.event.seq)
+                .min()
+                .unwrap_or(position);
+            if self.journaled_positions.get(stream) != Some(&safe) {
+                self.journaled_positions.insert(stream.clone(), safe);
+                self.journal.stage(JournalRecord::Position {
+                    stream: stream.clone(),
+                    next_seq: safe,
+                });
+            }
         }
     }
 
@@ -347,6 +380,7 @@ impl GroupActor {
             return;
         };
         let now = OffsetDateTime::now_utc();
+        pending.fresh = false;
         pending.attempts += 1;
         let first_delivered_at = *pending.first_delivered_at.get_or_insert(now);
         if pending.attempts > 1 {
@@ -598,6 +632,7 @@ impl GroupActor {
                         attempts: 0,
                         first_delivered_at: None,
                         last_error: None,
+                        fresh: false,
                     });
                 }
                 if count > 0 {
