@@ -369,6 +369,9 @@ pub enum MemberCommand {
     },
 }
 
+/// Where the answer to a member's verb goes.
+pub type VerbReply = oneshot::Sender<Result<(), VerbError>>;
+
 /// Why a member's verb was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerbError {
@@ -385,7 +388,7 @@ pub enum VerbError {
 /// unacked deliveries are redelivered to other members at once.
 pub struct GroupMember {
     deliveries: mpsc::Receiver<Delivery>,
-    commands: mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+    commands: mpsc::Sender<(MemberCommand, VerbReply)>,
     closed: watch::Receiver<Option<Closed>>,
     _leave: Box<dyn Send + Sync>,
 }
@@ -400,7 +403,7 @@ impl GroupMember {
     /// For engines: `leave` is dropped with the member (a guard whose `Drop` removes it).
     pub fn new(
         deliveries: mpsc::Receiver<Delivery>,
-        commands: mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+        commands: mpsc::Sender<(MemberCommand, VerbReply)>,
         closed: watch::Receiver<Option<Closed>>,
         leave: Box<dyn Send + Sync>,
     ) -> GroupMember {

@@ -24,6 +24,7 @@ use super::journal::{DeadState, Journal, JournalRecord, Replayed};
 use super::stream::Stream;
 use crate::api::{
     Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, StartAt, VerbError,
+    VerbReply,
 };
 
 /// Events fetched from one stream per step.
@@ -32,8 +33,7 @@ const FETCH_EVENTS_MAX: usize = 256;
 /// Dead letters a group keeps; past it the oldest are dropped (and counted).
 pub const DEAD_LETTERS_MAX: usize = 100_000;
 
-pub(crate) type CommandSender =
-    mpsc::Sender<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>;
+pub(crate) type CommandSender = mpsc::Sender<(MemberCommand, VerbReply)>;
 
 pub(crate) enum Control {
     Join {
@@ -113,10 +113,7 @@ pub(crate) struct GroupActor {
     outbox: Vec<(u64, Delivery)>,
     /// Answers to member verbs, sent once their journal records are written: an acked event
     /// is never delivered again, even after a crash.
-    replies: Vec<(
-        oneshot::Sender<Result<(), VerbError>>,
-        Result<(), VerbError>,
-    )>,
+    replies: Vec<(VerbReply, Result<(), VerbError>)>,
 }
 
 impl GroupActor {
@@ -241,7 +238,7 @@ impl GroupActor {
 
     pub async fn run(
         mut self,
-        mut commands: mpsc::Receiver<(MemberCommand, oneshot::Sender<Result<(), VerbError>>)>,
+        mut commands: mpsc::Receiver<(MemberCommand, VerbReply)>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         loop {
