@@ -388,7 +388,7 @@ pub enum VerbError {
 /// unacked deliveries are redelivered to other members at once.
 pub struct GroupMember {
     deliveries: mpsc::Receiver<Delivery>,
-    commands: mpsc::Sender<(MemberCommand, VerbReply)>,
+    commands: mpsc::Sender<(MemberCommand, Option<VerbReply>)>,
     closed: watch::Receiver<Option<Closed>>,
     _leave: Box<dyn Send + Sync>,
 }
@@ -403,7 +403,7 @@ impl GroupMember {
     /// For engines: `leave` is dropped with the member (a guard whose `Drop` removes it).
     pub fn new(
         deliveries: mpsc::Receiver<Delivery>,
-        commands: mpsc::Sender<(MemberCommand, VerbReply)>,
+        commands: mpsc::Sender<(MemberCommand, Option<VerbReply>)>,
         closed: watch::Receiver<Option<Closed>>,
         leave: Box<dyn Send + Sync>,
     ) -> GroupMember {
@@ -437,13 +437,26 @@ impl GroupMember {
     async fn command(&self, command: MemberCommand) -> Result<(), VerbError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send((command, reply))
+            .send((command, Some(reply)))
             .await
             .map_err(|_| VerbError::GroupGone)?;
         answer.await.map_err(|_| VerbError::GroupGone)?
     }
 
+    /// Acks without waiting for the group to record it (like a NATS ack or a Redis XACK):
+    /// returns once the group has the ack queued. An ack lost to a crash before it was
+    /// recorded means one more delivery, never a lost event. Use [`GroupMember::ack_sync`] to
+    /// know it was recorded.
     pub async fn ack(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.commands
+            .send((MemberCommand::Ack { delivery_id }, None))
+            .await
+            .map_err(|_| VerbError::GroupGone)
+    }
+
+    /// Acks and waits until the ack is recorded (journaled): after a crash the event is not
+    /// delivered again. Reports an unknown delivery.
+    pub async fn ack_sync(&self, delivery_id: u64) -> Result<(), VerbError> {
         self.command(MemberCommand::Ack { delivery_id }).await
     }
 

@@ -814,7 +814,7 @@ pub async fn an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extende
     let (_, high) = spec.policy.backoff.bounds(1);
     assert!(started.elapsed() <= Duration::from_secs(1) + high + Duration::from_millis(5));
     assert!(matches!(
-        member.ack(first.delivery_id).await,
+        member.ack_sync(first.delivery_id).await,
         Err(VerbError::UnknownDelivery(_))
     ));
     member.ack(again.delivery_id).await.expect("ack");
@@ -1004,9 +1004,9 @@ pub async fn verbs_on_unknown_deliveries_are_refused<E: Engine>(fixture: &Fixtur
         .await
         .expect("publish");
     let delivery = next_delivery(&mut member).await;
-    member.ack(delivery.delivery_id).await.expect("ack");
+    member.ack_sync(delivery.delivery_id).await.expect("ack");
     for refused in [
-        member.ack(delivery.delivery_id).await,
+        member.ack_sync(delivery.delivery_id).await,
         member.nack(delivery.delivery_id, None, None).await,
         member.extend(delivery.delivery_id).await,
         member.reject(9_999_999, None).await,

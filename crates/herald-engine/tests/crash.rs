@@ -92,7 +92,7 @@ fn crash_child() {
                     // Said before acking: a kill between the ack and its line would otherwise
                     // hide an ack the engine recorded.
                     say(&out, format!("acking {}", delivery.event.seq));
-                    if member.ack(delivery.delivery_id).await.is_ok() {
+                    if member.ack_sync(delivery.delivery_id).await.is_ok() {
                         say(
                             &out,
                             format!("ack {} {}", delivery.event.seq, delivery.attempt),

@@ -63,8 +63,8 @@ async fn group_state_survives_a_restart() {
     }
     let seqs: Vec<u64> = held.iter().map(|delivery| delivery.event.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
-    member.ack(held[0].delivery_id).await.unwrap();
-    member.ack(held[1].delivery_id).await.unwrap();
+    member.ack_sync(held[0].delivery_id).await.unwrap();
+    member.ack_sync(held[1].delivery_id).await.unwrap();
     member
         .nack(
             held[2].delivery_id,

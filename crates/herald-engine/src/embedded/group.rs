@@ -33,7 +33,7 @@ const FETCH_EVENTS_MAX: usize = 256;
 /// Dead letters a group keeps; past it the oldest are dropped (and counted).
 pub const DEAD_LETTERS_MAX: usize = 100_000;
 
-pub(crate) type CommandSender = mpsc::Sender<(MemberCommand, VerbReply)>;
+pub(crate) type CommandSender = mpsc::Sender<(MemberCommand, Option<VerbReply>)>;
 
 pub(crate) enum Control {
     Join {
@@ -238,7 +238,7 @@ impl GroupActor {
 
     pub async fn run(
         mut self,
-        mut commands: mpsc::Receiver<(MemberCommand, VerbReply)>,
+        mut commands: mpsc::Receiver<(MemberCommand, Option<VerbReply>)>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         loop {
@@ -258,11 +258,9 @@ impl GroupActor {
             tokio::select! {
                 command = commands.recv() => {
                     let Some((command, reply)) = command else { return };
-                    let result = self.handle(command);
-                    self.replies.push((reply, result));
+                    self.command(command, reply);
                     while let Ok((command, reply)) = commands.try_recv() {
-                        let result = self.handle(command);
-                        self.replies.push((reply, result));
+                        self.command(command, reply);
                     }
                 }
                 control = control.recv() => {
@@ -427,6 +425,19 @@ impl GroupActor {
         }
         for member_id in gone {
             self.leave(member_id);
+        }
+    }
+
+    /// Applies a verb; its answer, if one is wanted, waits for the journal write.
+    fn command(&mut self, command: MemberCommand, reply: Option<VerbReply>) {
+        let result = self.handle(command);
+        match reply {
+            Some(reply) => self.replies.push((reply, result)),
+            None => {
+                if let Err(error) = result {
+                    tracing::debug!(group = %self.name, %error, "verb refused");
+                }
+            }
         }
     }
 

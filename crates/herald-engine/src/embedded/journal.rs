@@ -43,10 +43,25 @@ pub(crate) enum JournalRecord {
         attempts: u32,
         first_delivered_ms: i64,
     },
+    /// `Delivered` for every seq of `from_seq..=to_seq` (written for runs of first deliveries).
+    #[serde(rename_all = "camelCase")]
+    DeliveredRange {
+        stream: String,
+        from_seq: u64,
+        to_seq: u64,
+        attempts: u32,
+        first_delivered_ms: i64,
+    },
     #[serde(rename_all = "camelCase")]
     Acked {
         stream: String,
         seq: u64,
+    },
+    /// `Acked` for every seq in the inclusive ranges.
+    #[serde(rename_all = "camelCase")]
+    AckedRanges {
+        stream: String,
+        ranges: Vec<(u64, u64)>,
     },
     /// Waiting for a retry at `due_ms` (Unix milliseconds).
     #[serde(rename_all = "camelCase")]
@@ -120,8 +135,31 @@ impl Replayed {
                 pending.first_delivered_ms.get_or_insert(first_delivered_ms);
                 pending.due_ms = None;
             }
+            JournalRecord::DeliveredRange {
+                stream,
+                from_seq,
+                to_seq,
+                attempts,
+                first_delivered_ms,
+            } => {
+                for seq in from_seq..=to_seq {
+                    self.apply(JournalRecord::Delivered {
+                        stream: stream.clone(),
+                        seq,
+                        attempts,
+                        first_delivered_ms,
+                    });
+                }
+            }
             JournalRecord::Acked { stream, seq } => {
                 self.pending.remove(&(stream, seq));
+            }
+            JournalRecord::AckedRanges { stream, ranges } => {
+                for (from_seq, to_seq) in ranges {
+                    for seq in from_seq..=to_seq {
+                        self.pending.remove(&(stream.clone(), seq));
+                    }
+                }
             }
             JournalRecord::Retry {
                 stream,
@@ -210,9 +248,8 @@ impl Journal {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let payloads = self
-            .staged
-            .drain(..)
+        let payloads = compact(std::mem::take(&mut self.staged))
+            .into_iter()
             .map(|record| match serde_json::to_vec(&record) {
                 Ok(bytes) => Ok(Bytes::from(bytes)),
                 Err(error) => Err(EngineError::Corrupt {
@@ -229,6 +266,68 @@ impl Journal {
     pub fn close(&self) {
         let _ = self.log.close();
     }
+}
+
+/// Merges runs of adjacent records into range records, keeping the order of everything else:
+/// a turn that delivers a thousand events writes one record, not a thousand.
+fn compact(records: Vec<JournalRecord>) -> Vec<JournalRecord> {
+    let mut out: Vec<JournalRecord> = Vec::with_capacity(records.len().min(64));
+    for record in records {
+        match (out.last_mut(), record) {
+            (
+                Some(JournalRecord::DeliveredRange {
+                    stream: run_stream,
+                    to_seq,
+                    attempts: run_attempts,
+                    first_delivered_ms: run_ms,
+                    ..
+                }),
+                JournalRecord::Delivered {
+                    stream,
+                    seq,
+                    attempts,
+                    first_delivered_ms,
+                },
+            ) if *run_stream == stream
+                && seq == *to_seq + 1
+                && attempts == *run_attempts
+                && first_delivered_ms == *run_ms =>
+            {
+                *to_seq = seq;
+            }
+            (
+                _,
+                JournalRecord::Delivered {
+                    stream,
+                    seq,
+                    attempts,
+                    first_delivered_ms,
+                },
+            ) => out.push(JournalRecord::DeliveredRange {
+                stream,
+                from_seq: seq,
+                to_seq: seq,
+                attempts,
+                first_delivered_ms,
+            }),
+            (
+                Some(JournalRecord::AckedRanges {
+                    stream: run_stream,
+                    ranges,
+                }),
+                JournalRecord::Acked { stream, seq },
+            ) if *run_stream == stream => match ranges.last_mut() {
+                Some((_, to_seq)) if seq == *to_seq + 1 => *to_seq = seq,
+                _ => ranges.push((seq, seq)),
+            },
+            (_, JournalRecord::Acked { stream, seq }) => out.push(JournalRecord::AckedRanges {
+                stream,
+                ranges: vec![(seq, seq)],
+            }),
+            (_, other) => out.push(other),
+        }
+    }
+    out
 }
 
 fn storage_error(source: herald_log::LogError) -> EngineError {
@@ -307,6 +406,35 @@ mod tests {
         replayed.apply(JournalRecord::Redriven);
         assert!(replayed.dead.is_empty());
         assert_eq!(replayed.pending[&("s".into(), 7)].attempts, 0);
+    }
+
+    #[test]
+    fn compaction_merges_runs_and_keeps_the_order_of_the_rest() {
+        let acked = |seq| JournalRecord::Acked {
+            stream: "s".into(),
+            seq,
+        };
+        let records = vec![
+            acked(1),
+            acked(2),
+            acked(4),
+            delivered(10, 1),
+            delivered(11, 1),
+            delivered(12, 2),
+            JournalRecord::Purged,
+            delivered(13, 1),
+        ];
+        let compacted = compact(records.clone());
+        assert_eq!(compacted.len(), 5, "{compacted:?}");
+        let mut from_plain = Replayed::default();
+        records
+            .into_iter()
+            .for_each(|record| from_plain.apply(record));
+        let mut from_compact = Replayed::default();
+        compacted
+            .into_iter()
+            .for_each(|record| from_compact.apply(record));
+        assert_eq!(from_plain.pending, from_compact.pending);
     }
 
     #[test]

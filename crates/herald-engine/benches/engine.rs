@@ -1,0 +1,225 @@
+//! Engine benchmarks, in process: group consume with acks, live fan-out, and publish-to-delivery
+//! latency at a fixed rate. Each workload runs `RUNS` times; the median and range are printed as
+//! markdown rows for docs/PERFORMANCE.md.
+//!
+//! `cargo bench -p herald-engine --bench engine` (add a filter word to run a subset, e.g.
+//! `-- latency`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::Pattern;
+use herald_engine::api::{GroupPolicy, GroupSpec};
+use herald_engine::conformance::event;
+use herald_engine::{EmbeddedEngine, Engine, EngineConfig, StartAt};
+use herald_log::FsyncPolicy;
+
+const RUNS: usize = 3;
+const GROUP_EVENTS: usize = 100_000;
+const FANOUT_EVENTS: usize = 50_000;
+const BATCH: usize = 100;
+
+fn policies() -> [(&'static str, FsyncPolicy); 2] {
+    [
+        ("interval", FsyncPolicy::Interval(Duration::from_millis(10))),
+        ("always", FsyncPolicy::Always),
+    ]
+}
+
+fn engine(dir: &std::path::Path, fsync: FsyncPolicy) -> EmbeddedEngine {
+    let mut config = EngineConfig::new(dir);
+    config.fsync = fsync;
+    config.live_buffer_events = 100_000;
+    EmbeddedEngine::open(config).unwrap()
+}
+
+fn median_and_range(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(|left, right| left.total_cmp(right));
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+fn row(name: &str, values: Vec<f64>, unit: &str) {
+    let (median, low, high) = median_and_range(values);
+    println!("| {name} | {median:.0} {unit} | [{low:.0}, {high:.0}] |");
+}
+
+/// Publish `GROUP_EVENTS` in batches while `members` members receive and ack; events/s from the
+/// first publish to the last ack.
+async fn group_throughput(fsync: FsyncPolicy, members: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(engine(dir.path(), fsync));
+    let spec = GroupSpec {
+        name: "bench".into(),
+        pattern: Pattern::new("work.*").unwrap(),
+        policy: GroupPolicy {
+            max_in_flight: 1000,
+            ..GroupPolicy::default()
+        },
+        start: StartAt::Earliest,
+    };
+    let (done, mut finished) = tokio::sync::mpsc::channel::<usize>(members);
+    let per_member_target = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..members {
+        let mut member = engine.join_group(spec.clone(), None).await.unwrap();
+        let (done, acked) = (done.clone(), per_member_target.clone());
+        tokio::spawn(async move {
+            loop {
+                let delivery = member.recv().await.unwrap();
+                member.ack(delivery.delivery_id).await.unwrap();
+                let total = acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if total == GROUP_EVENTS {
+                    let _ = done.send(total).await;
+                    return;
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    for _ in 0..GROUP_EVENTS / BATCH {
+        let batch = (0..BATCH)
+            .map(|_| event("work.item", r#"{"n":1}"#))
+            .collect();
+        engine.publish(batch).await.unwrap();
+    }
+    finished.recv().await.unwrap();
+    let rate = GROUP_EVENTS as f64 / started.elapsed().as_secs_f64();
+    engine.close().await.unwrap();
+    rate
+}
+
+/// Publish `FANOUT_EVENTS` in batches to `subscribers` live subscribers; events/s delivered to
+/// each, from the first publish until every subscriber has every event.
+async fn fanout(fsync: FsyncPolicy, subscribers: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), fsync);
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut subscription = engine
+            .subscribe(Pattern::new("feed.>").unwrap(), StartAt::Latest)
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..FANOUT_EVENTS {
+                subscription.recv().await.unwrap();
+            }
+        }));
+    }
+    let started = Instant::now();
+    for _ in 0..FANOUT_EVENTS / BATCH {
+        let batch = (0..BATCH)
+            .map(|_| event("feed.post", r#"{"n":1}"#))
+            .collect();
+        engine.publish(batch).await.unwrap();
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = FANOUT_EVENTS as f64 / started.elapsed().as_secs_f64();
+    engine.close().await.unwrap();
+    rate
+}
+
+/// Publishes one event every `1 / rate` seconds for `seconds`, each timed from its intended
+/// send time (so a stall delays every later event and shows in the percentiles), to one live
+/// subscriber. Returns p50, p99 and p99.9 in microseconds.
+async fn latency(fsync: FsyncPolicy, rate: u64, seconds: u64) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(engine(dir.path(), fsync));
+    let mut subscription = engine
+        .subscribe(Pattern::new("tick.>").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let origin = Instant::now() + Duration::from_millis(50);
+    let publisher = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            for n in 0..total {
+                let intended = origin + interval * n as u32;
+                tokio::time::sleep_until(intended.into()).await;
+                // Concurrent publishes, as from many connections: a slow one delays no other.
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    engine
+                        .publish(vec![event("tick.now", &n.to_string())])
+                        .await
+                        .unwrap();
+                });
+            }
+        })
+    };
+    let mut latencies_us = Vec::with_capacity(total);
+    for _ in 0..total {
+        let received = subscription.recv().await.unwrap();
+        let arrived = Instant::now();
+        let n: u32 = received.event.data.get().parse().unwrap();
+        let intended = origin + interval * n;
+        latencies_us.push(arrived.saturating_duration_since(intended).as_secs_f64() * 1e6);
+    }
+    publisher.await.unwrap();
+    engine.close().await.unwrap();
+    latencies_us.sort_by(|left, right| left.total_cmp(right));
+    let at = |quantile: f64| {
+        latencies_us[((latencies_us.len() as f64 * quantile) as usize).min(latencies_us.len() - 1)]
+    };
+    (at(0.50), at(0.99), at(0.999))
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|filter| name.contains(filter));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("| workload | median | range of {RUNS} runs |");
+    println!("| --- | --- | --- |");
+    for (policy, fsync) in policies() {
+        for members in [1, 4] {
+            let name = format!("group consume with acks, {members} member(s), fsync={policy}");
+            if wanted(&name) {
+                let rates = (0..RUNS)
+                    .map(|_| runtime.block_on(group_throughput(fsync, members)))
+                    .collect();
+                row(&name, rates, "events/s");
+            }
+        }
+        for subscribers in [1, 10, 100] {
+            let name = format!("live fan-out to {subscribers} subscriber(s), fsync={policy}");
+            if wanted(&name) {
+                let rates = (0..RUNS)
+                    .map(|_| runtime.block_on(fanout(fsync, subscribers)))
+                    .collect();
+                row(&name, rates, "events/s per subscriber");
+            }
+        }
+        let name = format!("publish-to-delivery latency at 20 k/s, fsync={policy}");
+        if wanted(&name) {
+            let runs: Vec<(f64, f64, f64)> = (0..RUNS)
+                .map(|_| runtime.block_on(latency(fsync, 20_000, 3)))
+                .collect();
+            row(
+                &format!("{name}, p50"),
+                runs.iter().map(|run| run.0).collect(),
+                "µs",
+            );
+            row(
+                &format!("{name}, p99"),
+                runs.iter().map(|run| run.1).collect(),
+                "µs",
+            );
+            row(
+                &format!("{name}, p99.9"),
+                runs.iter().map(|run| run.2).collect(),
+                "µs",
+            );
+        }
+    }
+}
