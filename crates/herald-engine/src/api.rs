@@ -178,7 +178,7 @@ impl LiveSubscription {
 }
 
 /// Counters of one stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StreamStats {
     pub name: String,
     pub first_seq: u64,
@@ -187,6 +187,8 @@ pub struct StreamStats {
     pub bytes: u64,
     /// Events stored since the engine started, and those refused as duplicates.
     pub published: u64,
+    /// Events stored per second, averaged over the last ten seconds.
+    pub published_per_second: f64,
     pub duplicates: u64,
     pub live_subscribers: usize,
     /// Live subscribers dropped for being slow since the engine started.

@@ -8,6 +8,7 @@ mod dedupe;
 mod group;
 mod journal;
 mod live;
+mod rate;
 mod stream;
 
 use std::collections::HashMap;
@@ -142,8 +143,9 @@ impl EmbeddedEngine {
                     "group {name:?}: its journal's definition is invalid"
                 )));
             };
+            let streams = self.inner.streams.lock();
             let mut groups = self.inner.groups.lock();
-            self.start_group(&mut groups, spec, journal, replayed);
+            self.start_group(&streams, &mut groups, spec, journal, replayed);
         }
         Ok(())
     }
@@ -166,17 +168,17 @@ impl EmbeddedEngine {
     }
 
     /// Spawns a group's task over the streams its pattern may match.
+    /// Called with the streams and groups locks held (in that order), so that a stream created
+    /// meanwhile is attached either here or by `stream()`.
     fn start_group(
         &self,
+        streams: &HashMap<String, Arc<Stream>>,
         groups: &mut HashMap<String, GroupHandle>,
         spec: GroupSpec,
         journal: Journal,
         replayed: journal::Replayed,
     ) -> GroupHandle {
-        let streams: Vec<Arc<Stream>> = self
-            .inner
-            .streams
-            .lock()
+        let streams: Vec<Arc<Stream>> = streams
             .values()
             .filter(|stream| {
                 may_match_stream(&spec.pattern, &stream.name, self.is_declared(&stream.name))
@@ -566,6 +568,7 @@ impl Engine for EmbeddedEngine {
             )));
         }
         let handle = {
+            let streams = self.inner.streams.lock();
             let mut groups = self.inner.groups.lock();
             match groups.get(&spec.name) {
                 Some(existing) if existing.pattern != spec.pattern => {
@@ -579,7 +582,7 @@ impl Engine for EmbeddedEngine {
                 None => {
                     let (mut journal, replayed) = Journal::open(self.journal_log(&spec.name)?)?;
                     journal.stage(created_record(&spec));
-                    self.start_group(&mut groups, spec.clone(), journal, replayed)
+                    self.start_group(&streams, &mut groups, spec.clone(), journal, replayed)
                 }
             }
         };

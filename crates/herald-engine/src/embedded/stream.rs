@@ -20,6 +20,7 @@ use tracing::warn;
 
 use super::dedupe::{Dedupe, Seen};
 use super::live::{Offer, Subscriber};
+use super::rate::RateMeter;
 use crate::api::{Closed, EngineError, PublishOutcome, StartAt, StreamStats};
 use crate::config::{CATCH_UP_BATCH_EVENTS, TAIL_CACHE_BYTES_MAX, TAIL_CACHE_EVENTS_MAX};
 
@@ -32,6 +33,7 @@ pub(crate) struct Stream {
     dedupe_settled: Notify,
     fanout: Mutex<Fanout>,
     published: AtomicU64,
+    rate: Mutex<RateMeter>,
     duplicates: AtomicU64,
     slow_dropped: AtomicU64,
 }
@@ -72,6 +74,7 @@ impl Stream {
                 group_wakers: Vec::new(),
             }),
             published: AtomicU64::new(0),
+            rate: Mutex::new(RateMeter::new()),
             duplicates: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
             name,
@@ -208,6 +211,7 @@ impl Stream {
         self.dedupe_settled.notify_waiters();
         self.published
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.rate.lock().record(stored.len() as u64);
         self.dispatch(stored.iter().map(|(_, event)| event.clone()));
         Ok(stored)
     }
@@ -376,6 +380,7 @@ impl Stream {
             events: log.events,
             bytes: log.bytes,
             published: self.published.load(Ordering::Relaxed),
+            published_per_second: self.rate.lock().per_second(),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             live_subscribers: self.fanout.lock().attached.len(),
             slow_consumers_dropped: self.slow_dropped.load(Ordering::Relaxed),
