@@ -154,26 +154,34 @@ impl LiveSubscription {
     /// The next event, or why the subscription ended. Events already buffered are delivered
     /// before the reason.
     pub async fn recv(&mut self) -> Result<Arc<StoredEvent>, Closed> {
-        loop {
-            let reason = self.closed.borrow().clone();
-            if let Some(reason) = reason {
-                return self.events.try_recv().map_err(|_| reason);
-            }
-            tokio::select! {
-                biased;
-                event = self.events.recv() => return event.ok_or(Closed::EngineStopped),
-                changed = self.closed.changed() => {
-                    if changed.is_err() {
-                        return self.events.try_recv().map_err(|_| Closed::EngineStopped);
-                    }
-                }
-            }
-        }
+        recv_until_closed(&mut self.events, &mut self.closed).await
     }
 
     /// The next event if one is buffered now.
     pub fn try_recv(&mut self) -> Option<Arc<StoredEvent>> {
         self.events.try_recv().ok()
+    }
+}
+
+/// The next item, or why the channel's producer closed it. Items already buffered come first.
+async fn recv_until_closed<T>(
+    items: &mut mpsc::Receiver<T>,
+    closed: &mut watch::Receiver<Option<Closed>>,
+) -> Result<T, Closed> {
+    loop {
+        let reason = closed.borrow().clone();
+        if let Some(reason) = reason {
+            return items.try_recv().map_err(|_| reason);
+        }
+        tokio::select! {
+            biased;
+            item = items.recv() => return item.ok_or(Closed::EngineStopped),
+            changed = closed.changed() => {
+                if changed.is_err() {
+                    return items.try_recv().map_err(|_| Closed::EngineStopped);
+                }
+            }
+        }
     }
 }
 
@@ -419,21 +427,7 @@ impl GroupMember {
 
     /// The next delivery, or why the membership ended.
     pub async fn recv(&mut self) -> Result<Delivery, Closed> {
-        loop {
-            let reason = self.closed.borrow().clone();
-            if let Some(reason) = reason {
-                return self.deliveries.try_recv().map_err(|_| reason);
-            }
-            tokio::select! {
-                biased;
-                delivery = self.deliveries.recv() => return delivery.ok_or(Closed::EngineStopped),
-                changed = self.closed.changed() => {
-                    if changed.is_err() {
-                        return self.deliveries.try_recv().map_err(|_| Closed::EngineStopped);
-                    }
-                }
-            }
-        }
+        recv_until_closed(&mut self.deliveries, &mut self.closed).await
     }
 
     async fn command(&self, command: MemberCommand) -> Result<(), VerbError> {
