@@ -22,6 +22,13 @@ pub const LIVE_BUFFER_EVENTS_DEFAULT: usize = 1024;
 pub const TAIL_CACHE_EVENTS_MAX: usize = 8192;
 pub const TAIL_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// A group journal writes a snapshot of its state and drops what precedes it once this many
+/// records were appended since the last one, so it stays bounded and replays fast.
+pub const GROUP_JOURNAL_SNAPSHOT_RECORDS_DEFAULT: usize = 10_000;
+
+/// Segment size of group journals: small, so that snapshots free space soon.
+pub const GROUP_JOURNAL_SEGMENT_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+
 /// Events read from a log per step while a subscriber catches up.
 pub const CATCH_UP_BATCH_EVENTS: usize = 512;
 
@@ -57,6 +64,8 @@ pub struct EngineConfig {
     /// nothing across restarts; tests on tokio's paused clock use it, since file I/O would let
     /// the paused clock jump ahead while a write is outstanding.
     pub storage: Storage,
+    pub group_journal_snapshot_records: usize,
+    pub group_journal_segment_bytes: u64,
     /// The clock the logs stamp records with; tests inject their own.
     pub clock: Clock,
 }
@@ -71,6 +80,14 @@ impl std::fmt::Debug for EngineConfig {
             .field("dedupe_window", &self.dedupe_window)
             .field("live_buffer_events", &self.live_buffer_events)
             .field("storage", &self.storage)
+            .field(
+                "group_journal_snapshot_records",
+                &self.group_journal_snapshot_records,
+            )
+            .field(
+                "group_journal_segment_bytes",
+                &self.group_journal_segment_bytes,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +102,8 @@ impl EngineConfig {
             dedupe_window: DEDUPE_WINDOW_DEFAULT,
             live_buffer_events: LIVE_BUFFER_EVENTS_DEFAULT,
             storage: Storage::File,
+            group_journal_snapshot_records: GROUP_JOURNAL_SNAPSHOT_RECORDS_DEFAULT,
+            group_journal_segment_bytes: GROUP_JOURNAL_SEGMENT_BYTES_DEFAULT,
             clock: system_clock(),
         }
     }

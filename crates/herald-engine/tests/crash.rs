@@ -61,7 +61,11 @@ fn crash_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let engine = EmbeddedEngine::open(EngineConfig::new(dir)).unwrap();
+        let mut config = EngineConfig::new(dir);
+        // Frequent journal snapshots, so that kills also land during and around them.
+        config.group_journal_snapshot_records = 50;
+        config.group_journal_segment_bytes = 64 * 1024;
+        let engine = EmbeddedEngine::open(config).unwrap();
         let out: Out = Arc::new(Mutex::new(std::io::stdout()));
         // Ends the test harness's unterminated "test crash_child ... " so that our first line
         // is a line of its own.

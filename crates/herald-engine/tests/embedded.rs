@@ -116,3 +116,80 @@ async fn group_state_survives_a_restart() {
         "acked events are not delivered again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_journal_snapshots_keep_it_small_and_the_state_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = EngineConfig::new(dir.path());
+        config.group_journal_snapshot_records = 20;
+        config.group_journal_segment_bytes = 4096;
+        config
+    };
+    let engine = EmbeddedEngine::open(config()).unwrap();
+    let batch = (1..=600)
+        .map(|n| event("order.placed", &n.to_string()))
+        .collect();
+    engine.publish(batch).await.unwrap();
+    let mut member = engine.join_group(spec(), Some(10)).await.unwrap();
+    let (mut dead, mut waiting) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        let delivery = member.recv().await.unwrap();
+        let seq = delivery.event.seq;
+        if seq % 50 == 0 {
+            member
+                .reject(delivery.delivery_id, Some(format!("bad {seq}")))
+                .await
+                .unwrap();
+            dead.push(seq);
+        } else if seq % 70 == 0 {
+            member
+                .nack(delivery.delivery_id, Some(Duration::from_secs(3600)), None)
+                .await
+                .unwrap();
+            waiting.push(seq);
+        } else {
+            member.ack_sync(delivery.delivery_id).await.unwrap();
+        }
+    }
+    engine.close().await.unwrap();
+    drop(member);
+    drop(engine);
+
+    let journal_dir = dir.path().join("groups").join("fulfilment");
+    let first_segment = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+        .filter(|name| name.ends_with(".log"))
+        .min()
+        .unwrap();
+    assert_ne!(
+        first_segment, "00000000000000000001.log",
+        "snapshots let the journal drop its head"
+    );
+
+    let engine = EmbeddedEngine::open(config()).unwrap();
+    let mut member = engine.join_group(spec(), Some(200)).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 100 {
+        let delivery = member.recv().await.unwrap();
+        rest.push(delivery.event.seq);
+        member.ack(delivery.delivery_id).await.unwrap();
+    }
+    rest.sort_unstable();
+    assert_eq!(
+        rest,
+        (501..=600).collect::<Vec<_>>(),
+        "exactly the undelivered events remain"
+    );
+    let letters: Vec<u64> = engine
+        .dead_letters("fulfilment", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|letter| letter.event.seq)
+        .collect();
+    assert_eq!(letters, dead);
+    let stats = engine.groups().await;
+    assert_eq!(stats[0].scheduled, waiting.len() as u64);
+}

@@ -117,6 +117,15 @@ impl FileLog {
         self.control(|reply| Request::Sync { reply })
     }
 
+    pub async fn drop_before(&self, seq: u64) -> Result<(), LogError> {
+        let (reply, answer) = flume::bounded(1);
+        self.requests
+            .send_async(Request::DropBefore { seq, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.recv_async().await.map_err(|_| LogError::Closed)?
+    }
+
     pub fn enforce_retention_blocking(&self) -> Result<(), LogError> {
         self.control(|reply| Request::EnforceRetention { reply })
     }

@@ -158,6 +158,18 @@ impl Log {
         }
     }
 
+    /// Drops the head of the log up to `seq`, by whole sealed segments (a memory log, by
+    /// record): what a caller that snapshots its own state uses instead of retention limits.
+    pub async fn drop_before(&self, seq: u64) -> Result<(), LogError> {
+        match &self.backend {
+            Backend::File(log) => log.drop_before(seq).await,
+            Backend::Memory(log) => {
+                log.drop_before(seq);
+                Ok(())
+            }
+        }
+    }
+
     /// Applies retention now rather than at the writer's next periodic check.
     pub fn enforce_retention_blocking(&self) -> Result<(), LogError> {
         match &self.backend {

@@ -132,6 +132,13 @@ impl MemoryLog {
         }
     }
 
+    pub fn drop_before(&self, seq: u64) {
+        let mut records = self.inner.records.write();
+        while records.first_seq < seq && !records.queue.is_empty() {
+            records.pop_front();
+        }
+    }
+
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
     }

@@ -60,6 +60,10 @@ pub(crate) enum Request {
     EnforceRetention {
         reply: Reply<()>,
     },
+    DropBefore {
+        seq: u64,
+        reply: Reply<()>,
+    },
     Close {
         reply: Reply<()>,
     },
@@ -213,6 +217,9 @@ impl Writer {
             }
             Request::EnforceRetention { reply } => {
                 let _ = reply.send(self.enforce_retention());
+            }
+            Request::DropBefore { seq, reply } => {
+                let _ = reply.send(self.drop_before(seq));
             }
             Request::Close { reply } => {
                 let _ = reply.send(self.sync());
@@ -428,6 +435,27 @@ impl Writer {
                 error!(error = %failure, "retention failed");
             }
         }
+    }
+
+    /// Drops every sealed segment whose records all precede `seq`.
+    fn drop_before(&mut self, seq: u64) -> Result<(), LogError> {
+        let mut dropped = Vec::new();
+        {
+            let mut set = self.shared.segments.write();
+            while set
+                .sealed
+                .front()
+                .is_some_and(|oldest| oldest.next_seq <= seq)
+            {
+                if let Some(segment) = set.sealed.pop_front() {
+                    dropped.push(segment.base_seq);
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            recovery::delete_segments(&self.shared.dir, &dropped)?;
+        }
+        Ok(())
     }
 
     /// Seals an old active segment when age retention needs it, then drops sealed segments from

@@ -385,3 +385,16 @@ fn a_missing_sealed_index_is_rebuilt_and_reads_stay_correct() {
         assert_records(&read_all(&log, from), from..=400);
     }
 }
+
+#[tokio::test]
+async fn drop_before_removes_whole_segments_below_a_seq_and_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, log) in each_backend(dir.path(), small_segments(FsyncPolicy::Never)) {
+        log.append_blocking(payloads(1..=300)).unwrap();
+        log.drop_before(150).await.unwrap();
+        let first = log.stats().first_seq;
+        assert!(first <= 150, "{backend}: dropped past the seq ({first})");
+        assert!(first > 100, "{backend}: dropped too little ({first})");
+        assert_records(&read_all(&log, 1), first..=300);
+    }
+}

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::journal::{DeadState, Journal, JournalRecord, Replayed};
+use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
 use super::stream::Stream;
 use crate::api::{
     Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, StartAt, VerbError,
@@ -244,7 +244,11 @@ impl GroupActor {
         loop {
             self.pump();
             self.stage_positions();
-            if let Err(error) = self.journal.flush().await {
+            let mut written = self.journal.flush().await;
+            if written.is_ok() && self.journal.needs_snapshot() {
+                written = self.snapshot().await;
+            }
+            if let Err(error) = written {
                 warn!(group = %self.name, %error, "journal write failed; stopping the group");
                 self.stop(Closed::ReadFailed(error.to_string()));
                 return;
@@ -277,6 +281,57 @@ impl GroupActor {
                 () = sleep_until(deadline) => self.on_timers(Instant::now()),
             }
         }
+    }
+
+    /// Writes the whole state to the journal, which then drops everything before it.
+    async fn snapshot(&mut self) -> Result<(), crate::api::EngineError> {
+        let now = Instant::now();
+        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        let entry = |pending: &Pending, due_ms: Option<i64>| PendingEntry {
+            stream: pending.event.stream.clone(),
+            seq: pending.event.seq,
+            attempts: pending.attempts,
+            first_delivered_ms: pending.first_delivered_at.map(unix_ms),
+            due_ms,
+            error: pending.last_error.clone(),
+        };
+        let mut pending: Vec<PendingEntry> = self
+            .ready
+            .iter()
+            .filter(|pending| !pending.fresh)
+            .map(|pending| entry(pending, None))
+            .collect();
+        for ((due, _), waiting) in &self.scheduled {
+            let delay_ms = due.saturating_duration_since(now).as_millis() as i64;
+            pending.push(entry(waiting, Some(now_ms + delay_ms)));
+        }
+        pending.extend(
+            self.in_flight
+                .values()
+                .map(|in_flight| entry(&in_flight.pending, None)),
+        );
+        let dead = self
+            .dead
+            .iter()
+            .map(|letter| DeadState {
+                stream: letter.event.stream.clone(),
+                seq: letter.event.seq,
+                attempts: letter.attempts,
+                error: letter.last_error.clone(),
+                first_delivered_ms: unix_ms(letter.first_delivered_at),
+                dead_ms: unix_ms(letter.dead_at),
+                event: String::from_utf8_lossy(&letter.event.event.to_json()).into_owned(),
+            })
+            .collect();
+        let positions = self
+            .journaled_positions
+            .iter()
+            .map(|(stream, seq)| (stream.clone(), *seq))
+            .collect();
+        let created = JournalRecord::created(&self.pattern, &self.policy);
+        self.journal
+            .snapshot(created, positions, pending, dead)
+            .await
     }
 
     fn stop(&mut self, reason: Closed) {

@@ -84,6 +84,31 @@ pub(crate) enum JournalRecord {
     },
     Redriven,
     Purged,
+    /// A snapshot of the whole state follows (its records, then `SnapshotEnd`); once it is
+    /// complete, everything before it is obsolete and the log drops it.
+    #[serde(rename_all = "camelCase")]
+    SnapshotStart {
+        positions: Vec<(String, u64)>,
+    },
+    SnapshotPending {
+        entries: Vec<PendingEntry>,
+    },
+    SnapshotDead {
+        entries: Vec<DeadState>,
+    },
+    SnapshotEnd,
+}
+
+/// One unfinished event in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PendingEntry {
+    pub stream: String,
+    pub seq: u64,
+    pub attempts: u32,
+    pub first_delivered_ms: Option<i64>,
+    pub due_ms: Option<i64>,
+    pub error: Option<String>,
 }
 
 /// The state of an event the group has fetched but not finished.
@@ -96,7 +121,8 @@ pub(crate) struct PendingState {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct DeadState {
     pub stream: String,
     pub seq: u64,
@@ -114,10 +140,70 @@ pub(crate) struct Replayed {
     pub positions: HashMap<String, u64>,
     pub pending: BTreeMap<(String, u64), PendingState>,
     pub dead: Vec<DeadState>,
+    /// A snapshot being read; it replaces the state only once its end is read, so a snapshot
+    /// cut short by a crash changes nothing.
+    snapshot: Option<Box<Replayed>>,
+}
+
+impl JournalRecord {
+    pub fn created(
+        pattern: &herald_core::Pattern,
+        policy: &crate::api::GroupPolicy,
+    ) -> JournalRecord {
+        JournalRecord::Created {
+            pattern: pattern.to_string(),
+            ack_timeout_ms: policy.ack_timeout.as_millis() as u64,
+            max_retries: policy.max_retries,
+            backoff_initial_ms: policy.backoff.initial.as_millis() as u64,
+            backoff_factor: policy.backoff.factor,
+            backoff_max_ms: policy.backoff.max.as_millis() as u64,
+            backoff_jitter: policy.backoff.jitter,
+            max_in_flight: policy.max_in_flight,
+        }
+    }
 }
 
 impl Replayed {
     pub fn apply(&mut self, record: JournalRecord) {
+        match record {
+            JournalRecord::SnapshotStart { positions } => {
+                self.snapshot = Some(Box::new(Replayed {
+                    positions: positions.into_iter().collect(),
+                    ..Replayed::default()
+                }));
+            }
+            JournalRecord::SnapshotPending { entries } => {
+                if let Some(snapshot) = self.snapshot.as_mut() {
+                    for entry in entries {
+                        snapshot.pending.insert(
+                            (entry.stream, entry.seq),
+                            PendingState {
+                                attempts: entry.attempts,
+                                first_delivered_ms: entry.first_delivered_ms,
+                                due_ms: entry.due_ms,
+                                error: entry.error,
+                            },
+                        );
+                    }
+                }
+            }
+            JournalRecord::SnapshotDead { entries } => {
+                if let Some(snapshot) = self.snapshot.as_mut() {
+                    snapshot.dead.extend(entries);
+                }
+            }
+            JournalRecord::SnapshotEnd => {
+                if let Some(snapshot) = self.snapshot.take() {
+                    self.positions = snapshot.positions;
+                    self.pending = snapshot.pending;
+                    self.dead = snapshot.dead;
+                }
+            }
+            record => self.apply_change(record),
+        }
+    }
+
+    fn apply_change(&mut self, record: JournalRecord) {
         match record {
             created @ JournalRecord::Created { .. } => self.created = Some(created),
             JournalRecord::Position { stream, next_seq } => {
@@ -143,7 +229,7 @@ impl Replayed {
                 first_delivered_ms,
             } => {
                 for seq in from_seq..=to_seq {
-                    self.apply(JournalRecord::Delivered {
+                    self.apply_change(JournalRecord::Delivered {
                         stream: stream.clone(),
                         seq,
                         attempts,
@@ -198,19 +284,31 @@ impl Replayed {
                 }
             }
             JournalRecord::Purged => self.dead.clear(),
+            JournalRecord::SnapshotStart { .. }
+            | JournalRecord::SnapshotPending { .. }
+            | JournalRecord::SnapshotDead { .. }
+            | JournalRecord::SnapshotEnd => unreachable!("snapshot records are applied by apply"),
         }
     }
 }
+
+/// Bytes of dead-letter events per snapshot record, so that no record nears the log's limit.
+const SNAPSHOT_DEAD_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Journal {
     log: Log,
     staged: Vec<JournalRecord>,
+    records_since_snapshot: usize,
+    snapshot_every_records: usize,
 }
 
 impl Journal {
     /// Reads the whole journal back.
-    pub fn open(log: Log) -> Result<(Journal, Replayed), EngineError> {
+    pub fn open(
+        log: Log,
+        snapshot_every_records: usize,
+    ) -> Result<(Journal, Replayed), EngineError> {
         let mut replayed = Replayed::default();
         let mut reader = log.reader(1);
         loop {
@@ -234,6 +332,8 @@ impl Journal {
             Journal {
                 log,
                 staged: Vec::new(),
+                records_since_snapshot: 0,
+                snapshot_every_records: snapshot_every_records.max(1),
             },
             replayed,
         ))
@@ -243,12 +343,62 @@ impl Journal {
         self.staged.push(record);
     }
 
+    pub fn needs_snapshot(&self) -> bool {
+        self.records_since_snapshot >= self.snapshot_every_records
+    }
+
     /// Appends what was staged as one batch, durable under the journal's fsync policy.
     pub async fn flush(&mut self) -> Result<(), EngineError> {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let payloads = compact(std::mem::take(&mut self.staged))
+        let records = compact(std::mem::take(&mut self.staged));
+        self.records_since_snapshot += records.len();
+        self.append(records).await.map(|_| ())
+    }
+
+    /// Writes a snapshot of the whole state (`created` first), then drops what precedes it.
+    pub async fn snapshot(
+        &mut self,
+        created: JournalRecord,
+        positions: Vec<(String, u64)>,
+        pending: Vec<PendingEntry>,
+        dead: Vec<DeadState>,
+    ) -> Result<(), EngineError> {
+        self.flush().await?;
+        let mut records = vec![JournalRecord::SnapshotStart { positions }, created];
+        for chunk in pending.chunks(1000) {
+            records.push(JournalRecord::SnapshotPending {
+                entries: chunk.to_vec(),
+            });
+        }
+        let mut batch: Vec<DeadState> = Vec::new();
+        let mut batch_bytes = 0;
+        for letter in dead {
+            batch_bytes += letter.event.len();
+            batch.push(letter);
+            if batch_bytes >= SNAPSHOT_DEAD_BYTES_MAX {
+                records.push(JournalRecord::SnapshotDead {
+                    entries: std::mem::take(&mut batch),
+                });
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            records.push(JournalRecord::SnapshotDead { entries: batch });
+        }
+        records.push(JournalRecord::SnapshotEnd);
+        let snapshot_start = self.append(records).await?;
+        self.records_since_snapshot = 0;
+        self.log
+            .drop_before(snapshot_start)
+            .await
+            .map_err(storage_error)
+    }
+
+    /// Appends records; returns the journal seq of the first.
+    async fn append(&mut self, records: Vec<JournalRecord>) -> Result<u64, EngineError> {
+        let payloads = records
             .into_iter()
             .map(|record| match serde_json::to_vec(&record) {
                 Ok(bytes) => Ok(Bytes::from(bytes)),
@@ -259,8 +409,8 @@ impl Journal {
                 }),
             })
             .collect::<Result<Vec<Bytes>, EngineError>>()?;
-        self.log.append(payloads).await.map_err(storage_error)?;
-        Ok(())
+        let ack = self.log.append(payloads).await.map_err(storage_error)?;
+        Ok(ack.first_seq)
     }
 
     pub fn close(&self) {
@@ -435,6 +585,43 @@ mod tests {
             .into_iter()
             .for_each(|record| from_compact.apply(record));
         assert_eq!(from_plain.pending, from_compact.pending);
+    }
+
+    #[test]
+    fn a_complete_snapshot_replaces_the_state_and_a_cut_one_changes_nothing() {
+        let before = [delivered(1, 1), delivered(2, 1)];
+        let snapshot = [
+            JournalRecord::SnapshotStart {
+                positions: vec![("s".into(), 9)],
+            },
+            JournalRecord::SnapshotPending {
+                entries: vec![PendingEntry {
+                    stream: "s".into(),
+                    seq: 5,
+                    attempts: 2,
+                    first_delivered_ms: Some(1),
+                    due_ms: None,
+                    error: None,
+                }],
+            },
+            JournalRecord::SnapshotEnd,
+        ];
+        let mut complete = Replayed::default();
+        for record in before.iter().chain(snapshot.iter()).cloned() {
+            complete.apply(record);
+        }
+        assert_eq!(complete.positions.get("s"), Some(&9));
+        assert_eq!(
+            complete.pending.keys().collect::<Vec<_>>(),
+            [&("s".to_owned(), 5)]
+        );
+
+        let mut cut = Replayed::default();
+        for record in before.iter().chain(snapshot[..2].iter()).cloned() {
+            cut.apply(record);
+        }
+        let pending: Vec<u64> = cut.pending.keys().map(|(_, seq)| *seq).collect();
+        assert_eq!(pending, [1, 2], "a snapshot without its end is ignored");
     }
 
     #[test]

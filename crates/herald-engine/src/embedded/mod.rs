@@ -133,7 +133,10 @@ impl EmbeddedEngine {
             if !is_valid_stream_name(&name) {
                 continue;
             }
-            let (journal, replayed) = Journal::open(self.journal_log(&name)?)?;
+            let (journal, replayed) = Journal::open(
+                self.journal_log(&name)?,
+                self.inner.config.group_journal_snapshot_records,
+            )?;
             let Some(JournalRecord::Created { .. }) = &replayed.created else {
                 journal.close();
                 continue;
@@ -155,6 +158,7 @@ impl EmbeddedEngine {
         let log_config = LogConfig {
             fsync: config.fsync,
             clock: config.clock.clone(),
+            segment_bytes_max: config.group_journal_segment_bytes,
             ..LogConfig::default()
         };
         match config.storage {
@@ -413,20 +417,6 @@ fn group_spec_from(name: &str, created: Option<&JournalRecord>) -> Option<GroupS
     })
 }
 
-fn created_record(spec: &GroupSpec) -> JournalRecord {
-    let policy = &spec.policy;
-    JournalRecord::Created {
-        pattern: spec.pattern.to_string(),
-        ack_timeout_ms: policy.ack_timeout.as_millis() as u64,
-        max_retries: policy.max_retries,
-        backoff_initial_ms: policy.backoff.initial.as_millis() as u64,
-        backoff_factor: policy.backoff.factor,
-        backoff_max_ms: policy.backoff.max.as_millis() as u64,
-        backoff_jitter: policy.backoff.jitter,
-        max_in_flight: policy.max_in_flight,
-    }
-}
-
 /// Leaves the group when the member is dropped.
 struct LeaveGroup {
     control: tokio::sync::mpsc::UnboundedSender<Control>,
@@ -580,8 +570,11 @@ impl Engine for EmbeddedEngine {
                 }
                 Some(existing) => existing.clone(),
                 None => {
-                    let (mut journal, replayed) = Journal::open(self.journal_log(&spec.name)?)?;
-                    journal.stage(created_record(&spec));
+                    let (mut journal, replayed) = Journal::open(
+                        self.journal_log(&spec.name)?,
+                        self.inner.config.group_journal_snapshot_records,
+                    )?;
+                    journal.stage(JournalRecord::created(&spec.pattern, &spec.policy));
                     self.start_group(&streams, &mut groups, spec.clone(), journal, replayed)
                 }
             }
