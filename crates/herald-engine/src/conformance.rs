@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             group_members_share_the_work_and_every_event_is_acked_once,
             every_group_gets_every_event,
             a_one_member_group_sees_each_stream_in_order,
+            an_event_is_in_flight_to_at_most_one_member_at_a_time,
             a_member_never_holds_more_than_max_in_flight,
             redelivery_follows_the_backoff_policy_then_dead_letters,
             an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extended,
@@ -1016,4 +1017,67 @@ pub async fn verbs_on_unknown_deliveries_are_refused<E: Engine>(fixture: &Fixtur
             "{refused:?}"
         );
     }
+}
+
+pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    use std::sync::Mutex;
+    let engine = &fixture.engine;
+    let mut spec = group("racers", "race.*");
+    spec.policy.ack_timeout = Duration::from_secs(5);
+    spec.policy.max_retries = 50;
+    publish_numbered(engine, "race.lap", 40).await;
+    // The delivery each event was last handed out with.
+    let current: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut workers = Vec::new();
+    for worker in 0..3u64 {
+        let mut member = engine
+            .join_group(spec.clone(), Some(4))
+            .await
+            .expect("join");
+        let (current, acked) = (current.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            while acked.lock().unwrap().len() < 40 {
+                let Some(delivery) = delivery_within(&mut member, Duration::from_secs(30)).await
+                else {
+                    continue;
+                };
+                let seq = delivery.event.seq;
+                let previous = {
+                    let mut current = current.lock().unwrap();
+                    let previous = current.get(&seq).copied();
+                    let newest =
+                        previous.map_or(delivery.delivery_id, |id| id.max(delivery.delivery_id));
+                    current.insert(seq, newest);
+                    previous
+                };
+                if let Some(previous) = previous {
+                    // Two deliveries of one event have been handed out (delivery ids grow, and a
+                    // stale one may be read late): the older must no longer be in flight.
+                    let older = previous.min(delivery.delivery_id);
+                    let stale = member.ack_sync(older).await;
+                    assert!(
+                        matches!(stale, Err(VerbError::UnknownDelivery(_))),
+                        "seq {seq}: {stale:?}"
+                    );
+                }
+                // Some holds outlast the ack timeout, so that redeliveries race the holders.
+                round += 1;
+                tokio::time::sleep(Duration::from_secs((worker * 3 + round) % 8)).await;
+                if member.ack_sync(delivery.delivery_id).await.is_ok() {
+                    acked.lock().unwrap().insert(seq);
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        tokio::time::timeout(GROUP_WAIT, worker)
+            .await
+            .expect("finished")
+            .expect("worker");
+    }
+    assert_eq!(acked.lock().unwrap().len(), 40);
 }

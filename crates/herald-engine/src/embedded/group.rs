@@ -110,7 +110,9 @@ pub(crate) struct GroupActor {
     next_delivery_id: u64,
     next_schedule_id: u64,
     counters: Counters,
-    outbox: Vec<(u64, Delivery)>,
+    /// Deliveries made this turn, each with its reserved channel slot, sent after the journal
+    /// write.
+    outbox: Vec<(mpsc::OwnedPermit<Delivery>, Delivery)>,
     /// Answers to member verbs, sent once their journal records are written: an acked event
     /// is never delivered again, even after a crash.
     replies: Vec<(VerbReply, Result<(), VerbError>)>,
@@ -342,15 +344,34 @@ impl GroupActor {
     }
 
     /// Hands ready events, then newly fetched ones, to members with room, round-robin.
+    ///
+    /// A member has room when it holds fewer than `max_in_flight` deliveries and its channel has
+    /// a free slot (deliveries that timed out may still sit in it, unread); the slot is reserved
+    /// before the delivery is made, so handing it out after the journal write cannot fail.
     fn pump(&mut self) {
-        while let Some(member_id) = self.member_with_room() {
+        let mut full = Vec::new();
+        while let Some(member_id) = self.member_with_room(&full) {
+            let Some(member) = self.members.get(&member_id) else {
+                return;
+            };
+            let permit = match member.deliveries.clone().try_reserve_owned() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full.push(member_id);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.leave(member_id);
+                    continue;
+                }
+            };
             if self.ready.is_empty() {
                 self.fetch(self.room());
             }
             let Some(pending) = self.ready.pop_front() else {
                 return;
             };
-            self.deliver(member_id, pending);
+            self.deliver(member_id, pending, permit);
         }
     }
 
@@ -361,12 +382,12 @@ impl GroupActor {
             .sum()
     }
 
-    fn member_with_room(&mut self) -> Option<u64> {
+    fn member_with_room(&mut self, full: &[u64]) -> Option<u64> {
         let after = self
             .members
             .range(self.next_member..)
             .chain(self.members.range(..self.next_member))
-            .find(|(_, member)| member.in_flight < member.max_in_flight)
+            .find(|(id, member)| member.in_flight < member.max_in_flight && !full.contains(id))
             .map(|(&id, _)| id)?;
         self.next_member = after + 1;
         Some(after)
@@ -424,7 +445,12 @@ impl GroupActor {
         }
     }
 
-    fn deliver(&mut self, member_id: u64, mut pending: Pending) {
+    fn deliver(
+        &mut self,
+        member_id: u64,
+        mut pending: Pending,
+        permit: mpsc::OwnedPermit<Delivery>,
+    ) {
         let Some(member) = self.members.get_mut(&member_id) else {
             self.ready.push_front(pending);
             return;
@@ -449,7 +475,7 @@ impl GroupActor {
             first_delivered_ms: unix_ms(first_delivered_at),
         });
         self.outbox.push((
-            member_id,
+            permit,
             Delivery {
                 delivery_id,
                 attempt: pending.attempts,
@@ -466,20 +492,11 @@ impl GroupActor {
         );
     }
 
-    /// Sends the deliveries journaled this turn. A member whose channel is gone has left.
+    /// Sends the deliveries journaled this turn into their reserved slots. (A member that left
+    /// meanwhile is noticed at the next reservation, and its deliveries go back to `ready`.)
     fn send_outbox(&mut self) {
-        let mut gone = Vec::new();
-        for (member_id, delivery) in std::mem::take(&mut self.outbox) {
-            let sent = self
-                .members
-                .get(&member_id)
-                .is_some_and(|member| member.deliveries.try_send(delivery).is_ok());
-            if !sent {
-                gone.push(member_id);
-            }
-        }
-        for member_id in gone {
-            self.leave(member_id);
+        for (permit, delivery) in self.outbox.drain(..) {
+            permit.send(delivery);
         }
     }
 
