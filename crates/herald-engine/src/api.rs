@@ -382,12 +382,21 @@ pub enum MemberCommand {
 /// Where the answer to a member's verb goes.
 pub type VerbReply = oneshot::Sender<Result<(), VerbError>>;
 
+/// A verb on its way to a group: who asks, what, and where the answer goes (if anywhere).
+#[derive(Debug)]
+pub struct MemberRequest {
+    /// A member may act only on deliveries made to it.
+    pub member_id: u64,
+    pub command: MemberCommand,
+    pub reply: Option<VerbReply>,
+}
+
 /// Why a member's verb was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerbError {
     #[error(
-        "delivery {0} is not in flight to this member (already acked, nacked, timed out or \
-         redelivered)"
+        "delivery {0} is not in flight to this member (already acked, nacked, timed out, \
+         redelivered, or made to another member)"
     )]
     UnknownDelivery(u64),
     #[error("the group is gone")]
@@ -397,8 +406,9 @@ pub enum VerbError {
 /// The receiving end of a group membership. Dropping it leaves the group; the member's
 /// unacked deliveries are redelivered to other members at once.
 pub struct GroupMember {
+    member_id: u64,
     deliveries: mpsc::Receiver<Delivery>,
-    commands: mpsc::Sender<(MemberCommand, Option<VerbReply>)>,
+    commands: mpsc::Sender<MemberRequest>,
     closed: watch::Receiver<Option<Closed>>,
     _leave: Box<dyn Send + Sync>,
 }
@@ -412,12 +422,14 @@ impl fmt::Debug for GroupMember {
 impl GroupMember {
     /// For engines: `leave` is dropped with the member (a guard whose `Drop` removes it).
     pub fn new(
+        member_id: u64,
         deliveries: mpsc::Receiver<Delivery>,
-        commands: mpsc::Sender<(MemberCommand, Option<VerbReply>)>,
+        commands: mpsc::Sender<MemberRequest>,
         closed: watch::Receiver<Option<Closed>>,
         leave: Box<dyn Send + Sync>,
     ) -> GroupMember {
         GroupMember {
+            member_id,
             deliveries,
             commands,
             closed,
@@ -432,8 +444,13 @@ impl GroupMember {
 
     async fn command(&self, command: MemberCommand) -> Result<(), VerbError> {
         let (reply, answer) = oneshot::channel();
+        let request = MemberRequest {
+            member_id: self.member_id,
+            command,
+            reply: Some(reply),
+        };
         self.commands
-            .send((command, Some(reply)))
+            .send(request)
             .await
             .map_err(|_| VerbError::GroupGone)?;
         answer.await.map_err(|_| VerbError::GroupGone)?
@@ -444,8 +461,13 @@ impl GroupMember {
     /// recorded means one more delivery, never a lost event. Use [`GroupMember::ack_sync`] to
     /// know it was recorded.
     pub async fn ack(&self, delivery_id: u64) -> Result<(), VerbError> {
+        let request = MemberRequest {
+            member_id: self.member_id,
+            command: MemberCommand::Ack { delivery_id },
+            reply: None,
+        };
         self.commands
-            .send((MemberCommand::Ack { delivery_id }, None))
+            .send(request)
             .await
             .map_err(|_| VerbError::GroupGone)
     }

@@ -23,8 +23,8 @@ use tracing::warn;
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
 use super::stream::Stream;
 use crate::api::{
-    Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, StartAt, VerbError,
-    VerbReply,
+    Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, MemberRequest, StartAt,
+    VerbError, VerbReply,
 };
 
 /// Events fetched from one stream per step.
@@ -33,7 +33,7 @@ const FETCH_EVENTS_MAX: usize = 256;
 /// Dead letters a group keeps; past it the oldest are dropped (and counted).
 pub const DEAD_LETTERS_MAX: usize = 100_000;
 
-pub(crate) type CommandSender = mpsc::Sender<(MemberCommand, Option<VerbReply>)>;
+pub(crate) type CommandSender = mpsc::Sender<MemberRequest>;
 
 pub(crate) enum Control {
     Join {
@@ -240,7 +240,7 @@ impl GroupActor {
 
     pub async fn run(
         mut self,
-        mut commands: mpsc::Receiver<(MemberCommand, Option<VerbReply>)>,
+        mut commands: mpsc::Receiver<MemberRequest>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         loop {
@@ -263,10 +263,10 @@ impl GroupActor {
             let wake = self.wake.clone();
             tokio::select! {
                 command = commands.recv() => {
-                    let Some((command, reply)) = command else { return };
-                    self.command(command, reply);
-                    while let Ok((command, reply)) = commands.try_recv() {
-                        self.command(command, reply);
+                    let Some(request) = command else { return };
+                    self.command(request);
+                    while let Ok(request) = commands.try_recv() {
+                        self.command(request);
                     }
                 }
                 control = control.recv() => {
@@ -501,9 +501,9 @@ impl GroupActor {
     }
 
     /// Applies a verb; its answer, if one is wanted, waits for the journal write.
-    fn command(&mut self, command: MemberCommand, reply: Option<VerbReply>) {
-        let result = self.handle(command);
-        match reply {
+    fn command(&mut self, request: MemberRequest) {
+        let result = self.handle(request.member_id, request.command);
+        match request.reply {
             Some(reply) => self.replies.push((reply, result)),
             None => {
                 if let Err(error) = result {
@@ -513,10 +513,10 @@ impl GroupActor {
         }
     }
 
-    fn handle(&mut self, command: MemberCommand) -> Result<(), VerbError> {
+    fn handle(&mut self, member_id: u64, command: MemberCommand) -> Result<(), VerbError> {
         match command {
             MemberCommand::Ack { delivery_id } => {
-                let in_flight = self.take_in_flight(delivery_id)?;
+                let in_flight = self.take_in_flight(member_id, delivery_id)?;
                 self.counters.acked += 1;
                 self.journal.stage(JournalRecord::Acked {
                     stream: in_flight.pending.event.stream.clone(),
@@ -528,7 +528,7 @@ impl GroupActor {
                 delay,
                 reason,
             } => {
-                let mut in_flight = self.take_in_flight(delivery_id)?;
+                let mut in_flight = self.take_in_flight(member_id, delivery_id)?;
                 self.counters.nacked += 1;
                 in_flight.pending.last_error = reason.or(in_flight.pending.last_error);
                 self.retry_or_bury(in_flight.pending, delay);
@@ -537,6 +537,7 @@ impl GroupActor {
                 let in_flight = self
                     .in_flight
                     .get_mut(&delivery_id)
+                    .filter(|in_flight| in_flight.member_id == member_id)
                     .ok_or(VerbError::UnknownDelivery(delivery_id))?;
                 self.deadlines.remove(&(in_flight.deadline, delivery_id));
                 in_flight.deadline = Instant::now() + self.policy.ack_timeout;
@@ -546,7 +547,7 @@ impl GroupActor {
                 delivery_id,
                 reason,
             } => {
-                let mut in_flight = self.take_in_flight(delivery_id)?;
+                let mut in_flight = self.take_in_flight(member_id, delivery_id)?;
                 in_flight.pending.last_error = reason.or(in_flight.pending.last_error);
                 self.bury(in_flight.pending);
             }
@@ -554,7 +555,15 @@ impl GroupActor {
         Ok(())
     }
 
-    fn take_in_flight(&mut self, delivery_id: u64) -> Result<InFlight, VerbError> {
+    /// Takes a delivery out of flight; `member_id` must be the member it was made to.
+    fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
+        if self
+            .in_flight
+            .get(&delivery_id)
+            .is_none_or(|in_flight| in_flight.member_id != member_id)
+        {
+            return Err(VerbError::UnknownDelivery(delivery_id));
+        }
         let in_flight = self
             .in_flight
             .remove(&delivery_id)
@@ -628,7 +637,13 @@ impl GroupActor {
             if deadline > now {
                 break;
             }
-            if let Ok(mut in_flight) = self.take_in_flight(delivery_id) {
+            let owner = self
+                .in_flight
+                .get(&delivery_id)
+                .map(|in_flight| in_flight.member_id);
+            if let Some(Ok(mut in_flight)) =
+                owner.map(|owner| self.take_in_flight(owner, delivery_id))
+            {
                 in_flight.pending.last_error = Some("ack timeout".into());
                 self.retry_or_bury(in_flight.pending, None);
             }

@@ -597,6 +597,7 @@ impl Engine for EmbeddedEngine {
             member_id,
         };
         Ok(GroupMember::new(
+            member_id,
             delivery_inbox,
             handle.commands.clone(),
             closed_receiver,
