@@ -5,8 +5,8 @@
 //! the log's tail when the stream opens, so dedupe survives a restart. It is bounded by the
 //! window and by `DEDUPE_IDS_MAX`.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::config::DEDUPE_IDS_MAX;
 
@@ -23,9 +23,10 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct Dedupe {
     window_us: u64,
-    ids: HashMap<Box<str>, Option<u64>>,
+    /// One allocation per id, shared by the map and the expiry queue.
+    ids: HashMap<Arc<str>, Option<u64>>,
     /// Stored ids in the order they were stored, with their timestamps, for expiry.
-    stored: VecDeque<(u64, Box<str>)>,
+    stored: VecDeque<(u64, Arc<str>)>,
 }
 
 impl Dedupe {
@@ -40,13 +41,11 @@ impl Dedupe {
     /// Looks `id` up, claiming it when new.
     pub fn check_and_claim(&mut self, id: &str, now_us: u64) -> Seen {
         self.expire(now_us);
-        match self.ids.entry(id.into()) {
-            Entry::Occupied(entry) => match entry.get() {
-                Some(seq) => Seen::Stored(*seq),
-                None => Seen::InFlight,
-            },
-            Entry::Vacant(entry) => {
-                entry.insert(None);
+        match self.ids.get(id) {
+            Some(Some(seq)) => Seen::Stored(*seq),
+            Some(None) => Seen::InFlight,
+            None => {
+                self.ids.insert(id.into(), None);
                 Seen::New
             }
         }
@@ -58,8 +57,12 @@ impl Dedupe {
             self.ids.remove(id);
             return;
         }
-        self.ids.insert(id.into(), Some(seq));
-        self.stored.push_back((timestamp_us, id.into()));
+        let key = match self.ids.get_key_value(id) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(id),
+        };
+        self.ids.insert(key.clone(), Some(seq));
+        self.stored.push_back((timestamp_us, key));
         while self.stored.len() > DEDUPE_IDS_MAX {
             self.forget_oldest();
         }

@@ -219,16 +219,25 @@ impl Stream {
     /// Feeds acknowledged events to live subscribers, in seq order across concurrent publishes.
     fn dispatch(&self, events: impl Iterator<Item = Arc<StoredEvent>>) {
         let mut fanout = self.fanout.lock();
-        for event in events {
-            fanout.pending.insert(event.seq, event);
-        }
         let mut gone = Vec::new();
         let head_before = fanout.next_seq;
+        // Usually the batch is next in line: it is dispatched as it comes. Otherwise it waits in
+        // `pending` for the seqs before it.
+        let mut in_order = Vec::new();
+        for event in events {
+            if fanout.pending.is_empty() && event.seq == fanout.next_seq + in_order.len() as u64 {
+                in_order.push(event);
+            } else {
+                fanout.pending.insert(event.seq, event);
+            }
+        }
+        let mut in_order = in_order.into_iter();
         loop {
             let next_seq = fanout.next_seq;
-            let Some(event) = fanout.pending.remove(&next_seq) else {
+            let Some(event) = in_order.next().or_else(|| fanout.pending.remove(&next_seq)) else {
                 break;
             };
+            debug_assert_eq!(event.seq, next_seq, "dispatch is in seq order");
             for attachment in fanout.subscribers.matches(&event.event.event_type).iter() {
                 if event.seq < attachment.seq_min {
                     continue;
