@@ -52,6 +52,14 @@ pub trait Engine: Send + Sync + 'static {
         max_in_flight: Option<u32>,
     ) -> impl Future<Output = Result<GroupMember, EngineError>> + Send;
 
+    /// Creates a group without joining it (an API `PUT`); an existing group must have the same
+    /// pattern.
+    fn create_group(&self, spec: GroupSpec)
+    -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Deletes a group with its state and dead letters; its members are told why.
+    fn delete_group(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+
     /// Counters of every group.
     fn groups(&self) -> impl Future<Output = Vec<GroupStats>> + Send;
 
@@ -97,15 +105,17 @@ pub enum StartAt {
     Time(OffsetDateTime),
 }
 
-/// Why a live subscription ended.
+/// Why a live subscription or a group membership ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Closed {
     /// The subscriber fell this many events behind and was dropped.
     SlowConsumer { buffer_events: usize },
-    /// Reading history for the subscription failed.
+    /// Reading history (or writing a group's journal) failed.
     ReadFailed(String),
     /// The engine shut down.
     EngineStopped,
+    /// The consumer group was deleted.
+    GroupDeleted,
 }
 
 impl fmt::Display for Closed {
@@ -117,6 +127,7 @@ impl fmt::Display for Closed {
             ),
             Closed::ReadFailed(reason) => write!(f, "reading history failed: {reason}"),
             Closed::EngineStopped => write!(f, "the engine stopped"),
+            Closed::GroupDeleted => write!(f, "the group was deleted"),
         }
     }
 }

@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             a_group_pattern_spans_streams,
             a_group_keeps_its_pattern,
             a_member_cannot_act_on_another_members_delivery,
+            groups_are_created_and_deleted_through_the_api,
             verbs_on_unknown_deliveries_are_refused
         );
         $crate::conformance_tests!(@each $make;
@@ -1109,4 +1110,54 @@ pub async fn a_member_cannot_act_on_another_members_delivery<E: Engine>(fixture:
         .ack_sync(delivery.delivery_id)
         .await
         .expect("the owner acks");
+}
+
+pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    // Created before any member, a group from `Earliest` keeps what is published meanwhile.
+    engine
+        .create_group(group("archive", "report.*"))
+        .await
+        .expect("create");
+    assert!(
+        engine
+            .create_group(group("archive", "report.*"))
+            .await
+            .is_ok(),
+        "creating again is fine"
+    );
+    assert!(matches!(
+        engine.create_group(group("archive", "report.>")).await,
+        Err(EngineError::GroupConflict { .. })
+    ));
+    engine
+        .publish(vec![event("report.daily", "1")])
+        .await
+        .expect("publish");
+    let mut member = engine
+        .join_group(group("archive", "report.*"), None)
+        .await
+        .expect("join");
+    let delivery = next_delivery(&mut member).await;
+    assert_eq!(delivery.event.event.data.get(), "1");
+
+    engine.delete_group("archive").await.expect("delete");
+    assert!(matches!(member.recv().await, Err(Closed::GroupDeleted)));
+    assert!(
+        engine
+            .groups()
+            .await
+            .iter()
+            .all(|stats| stats.name != "archive")
+    );
+    assert!(matches!(
+        engine.delete_group("archive").await,
+        Err(EngineError::UnknownGroup(_))
+    ));
+    // A new group of that name starts afresh.
+    let mut again = engine
+        .join_group(group("archive", "report.>"), None)
+        .await
+        .expect("join");
+    assert_eq!(next_delivery(&mut again).await.attempt, 1);
 }

@@ -193,3 +193,20 @@ async fn group_journal_snapshots_keep_it_small_and_the_state_intact() {
     let stats = engine.groups().await;
     assert_eq!(stats[0].scheduled, waiting.len() as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_group_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine.create_group(spec()).await.unwrap();
+    assert!(dir.path().join("groups").join("fulfilment").exists());
+    engine.delete_group("fulfilment").await.unwrap();
+    assert!(!dir.path().join("groups").join("fulfilment").exists());
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = open(dir.path());
+    assert!(
+        engine.groups().await.is_empty(),
+        "a deleted group is not restored"
+    );
+}

@@ -50,7 +50,8 @@ pub(crate) enum Control {
     DeadLetters(usize, oneshot::Sender<Vec<DeadLetter>>),
     Redrive(oneshot::Sender<u64>),
     Purge(oneshot::Sender<u64>),
-    Stop,
+    /// Journal what is staged, close the journal, tell members why, end the task.
+    Stop(Closed),
 }
 
 /// A fetched event that is not finished.
@@ -271,7 +272,12 @@ impl GroupActor {
                 }
                 control = control.recv() => {
                     match control {
-                        Some(Control::Stop) | None => {
+                        Some(Control::Stop(reason)) => {
+                            let _ = self.journal.flush().await;
+                            self.stop(reason);
+                            return;
+                        }
+                        None => {
                             let _ = self.journal.flush().await;
                             self.stop(Closed::EngineStopped);
                             return;
@@ -743,7 +749,7 @@ impl GroupActor {
                 }
                 let _ = reply.send(count);
             }
-            Control::Stop => {}
+            Control::Stop(_) => {}
         }
     }
 

@@ -212,6 +212,35 @@ impl EmbeddedEngine {
         handle
     }
 
+    /// The group named in `spec`, created (journal and task) if it does not exist; an existing
+    /// group must have the same pattern.
+    fn ensure_group(&self, spec: &GroupSpec) -> Result<GroupHandle, EngineError> {
+        if !is_valid_stream_name(&spec.name) {
+            return Err(EngineError::Config(format!(
+                "group name {:?} must be one subject token ([A-Za-z0-9_-]+)",
+                spec.name
+            )));
+        }
+        let streams = self.inner.streams.lock();
+        let mut groups = self.inner.groups.lock();
+        match groups.get(&spec.name) {
+            Some(existing) if existing.pattern != spec.pattern => Err(EngineError::GroupConflict {
+                group: spec.name.clone(),
+                existing: existing.pattern.to_string(),
+                requested: spec.pattern.to_string(),
+            }),
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                let (mut journal, replayed) = Journal::open(
+                    self.journal_log(&spec.name)?,
+                    self.inner.config.group_journal_snapshot_records,
+                )?;
+                journal.stage(JournalRecord::created(&spec.pattern, &spec.policy));
+                Ok(self.start_group(&streams, &mut groups, spec.clone(), journal, replayed))
+            }
+        }
+    }
+
     fn is_declared(&self, stream: &str) -> bool {
         self.inner
             .config
@@ -256,7 +285,7 @@ impl EmbeddedEngine {
             .map(|(_, handle)| handle)
             .collect();
         for handle in groups {
-            let _ = handle.control.send(Control::Stop);
+            let _ = handle.control.send(Control::Stop(Closed::EngineStopped));
             let task = handle.task.lock().take();
             if let Some(task) = task {
                 let _ = task.await;
@@ -551,34 +580,7 @@ impl Engine for EmbeddedEngine {
         spec: GroupSpec,
         max_in_flight: Option<u32>,
     ) -> Result<GroupMember, EngineError> {
-        if !is_valid_stream_name(&spec.name) {
-            return Err(EngineError::Config(format!(
-                "group name {:?} must be one subject token ([A-Za-z0-9_-]+)",
-                spec.name
-            )));
-        }
-        let handle = {
-            let streams = self.inner.streams.lock();
-            let mut groups = self.inner.groups.lock();
-            match groups.get(&spec.name) {
-                Some(existing) if existing.pattern != spec.pattern => {
-                    return Err(EngineError::GroupConflict {
-                        group: spec.name,
-                        existing: existing.pattern.to_string(),
-                        requested: spec.pattern.to_string(),
-                    });
-                }
-                Some(existing) => existing.clone(),
-                None => {
-                    let (mut journal, replayed) = Journal::open(
-                        self.journal_log(&spec.name)?,
-                        self.inner.config.group_journal_snapshot_records,
-                    )?;
-                    journal.stage(JournalRecord::created(&spec.pattern, &spec.policy));
-                    self.start_group(&streams, &mut groups, spec.clone(), journal, replayed)
-                }
-            }
-        };
+        let handle = self.ensure_group(&spec)?;
         let member_id = self.inner.next_member_id.fetch_add(1, Ordering::Relaxed);
         let max_in_flight = max_in_flight.unwrap_or(spec.policy.max_in_flight).max(1);
         let (deliveries, delivery_inbox) = tokio::sync::mpsc::channel(max_in_flight as usize);
@@ -603,6 +605,31 @@ impl Engine for EmbeddedEngine {
             closed_receiver,
             Box::new(leave),
         ))
+    }
+
+    async fn create_group(&self, spec: GroupSpec) -> Result<(), EngineError> {
+        self.ensure_group(&spec).map(|_| ())
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<(), EngineError> {
+        let handle = self
+            .inner
+            .groups
+            .lock()
+            .remove(name)
+            .ok_or_else(|| EngineError::UnknownGroup(name.to_owned()))?;
+        let _ = handle.control.send(Control::Stop(Closed::GroupDeleted));
+        let task = handle.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        if self.inner.config.storage == Storage::File {
+            let dir = self.inner.config.data_dir.join("groups").join(name);
+            fs::remove_dir_all(&dir).map_err(|error| {
+                EngineError::Config(format!("cannot delete {}: {error}", dir.display()))
+            })?;
+        }
+        Ok(())
     }
 
     async fn groups(&self) -> Vec<GroupStats> {
