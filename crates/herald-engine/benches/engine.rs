@@ -92,6 +92,26 @@ async fn group_throughput(fsync: FsyncPolicy, members: usize) -> f64 {
     rate
 }
 
+/// Publish `GROUP_EVENTS` in batches of `BATCH`, nobody listening: the cost of storing.
+async fn publish_only(fsync: FsyncPolicy) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), fsync);
+    let batches: Vec<Vec<_>> = (0..GROUP_EVENTS / BATCH)
+        .map(|_| {
+            (0..BATCH)
+                .map(|_| event("store.item", r#"{"n":1}"#))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in batches {
+        engine.publish(batch).await.unwrap();
+    }
+    let rate = GROUP_EVENTS as f64 / started.elapsed().as_secs_f64();
+    engine.close().await.unwrap();
+    rate
+}
+
 /// Publish `FANOUT_EVENTS` in batches to `subscribers` live subscribers; events/s delivered to
 /// each, from the first publish until every subscriber has every event.
 async fn fanout(fsync: FsyncPolicy, subscribers: usize) -> f64 {
@@ -189,6 +209,13 @@ fn main() {
     println!("| workload | median | range of {RUNS} runs |");
     println!("| --- | --- | --- |");
     for (policy, fsync) in policies() {
+        let name = format!("publish only, batches of {BATCH}, fsync={policy}");
+        if wanted(&name) {
+            let rates = (0..RUNS)
+                .map(|_| runtime.block_on(publish_only(fsync)))
+                .collect();
+            row(&name, rates, "events/s");
+        }
         for members in [1, 4] {
             let name = format!("group consume with acks, {members} member(s), fsync={policy}");
             if wanted(&name) {
