@@ -16,7 +16,7 @@ pub enum LogCommand {
         #[arg(long, default_value_t = INDEX_INTERVAL_BYTES_DEFAULT)]
         index_interval_bytes: u64,
     },
-    /// Print records as JSON lines: {"seq","timestamp","payload"}.
+    /// Print records as JSON lines: {"seq","timestampUs","payload"}.
     Dump {
         dir: PathBuf,
         #[arg(long, default_value_t = 1)]
