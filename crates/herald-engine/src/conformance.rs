@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             a_member_that_leaves_has_its_deliveries_redelivered_at_once,
             nothing_is_lost_when_members_crash_mid_flight,
             a_group_pattern_spans_streams,
+            a_group_from_latest_gets_all_of_streams_created_after_it,
             a_group_keeps_its_pattern,
             a_member_cannot_act_on_another_members_delivery,
             groups_are_created_and_deleted_through_the_api,
@@ -1160,4 +1161,40 @@ pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: 
         .await
         .expect("join");
     assert_eq!(next_delivery(&mut again).await.attempt, 1);
+}
+
+pub async fn a_group_from_latest_gets_all_of_streams_created_after_it<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    engine
+        .publish(vec![event("user.created", r#""old""#)])
+        .await
+        .expect("publish");
+    let mut spec = group("greeter", "*.created");
+    spec.start = StartAt::Latest;
+    let mut member = engine.join_group(spec, None).await.expect("join");
+    // `order` does not exist yet: everything in it is new to the group.
+    publish_numbered(engine, "order.created", 50).await;
+    engine
+        .publish(vec![event("user.created", r#""new""#)])
+        .await
+        .expect("publish");
+    let mut orders = Vec::new();
+    let mut users = Vec::new();
+    for _ in 0..51 {
+        let delivery = next_delivery(&mut member).await;
+        match delivery.event.stream.as_str() {
+            "order" => orders.push(delivery.event.seq),
+            _ => users.push(delivery.event.event.data.get().to_owned()),
+        }
+        member.ack(delivery.delivery_id).await.expect("ack");
+    }
+    orders.sort_unstable();
+    assert_eq!(orders, (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        users,
+        [r#""new""#],
+        "the user event from before the group is not delivered"
+    );
 }

@@ -155,7 +155,7 @@ impl GroupActor {
             replies: Vec::new(),
         };
         for stream in streams {
-            actor.attach_stream(stream);
+            actor.attach_stream(stream, actor.start);
         }
         actor.restore(replayed);
         actor
@@ -222,12 +222,15 @@ impl GroupActor {
         })
     }
 
-    fn attach_stream(&mut self, stream: Arc<Stream>) {
+    /// Starts reading a stream: from where `start` says for the streams that exist when the
+    /// group is created, from its first event for a stream created later (it began after the
+    /// group, so all of it is new to the group).
+    fn attach_stream(&mut self, stream: Arc<Stream>, start: StartAt) {
         if self.streams.iter().any(|known| known.name == stream.name) {
             return;
         }
         if !self.positions.contains_key(&stream.name) {
-            let start = match self.start {
+            let start = match start {
                 StartAt::Latest => stream.head(),
                 StartAt::Earliest => 1,
                 StartAt::Seq(seq) => seq.max(1),
@@ -718,7 +721,7 @@ impl GroupActor {
                 );
             }
             Control::Leave { member_id } => self.leave(member_id),
-            Control::AttachStream(stream) => self.attach_stream(stream),
+            Control::AttachStream(stream) => self.attach_stream(stream, StartAt::Earliest),
             Control::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
