@@ -294,15 +294,7 @@ fn inspect(
             },
             Some(first_timestamp_us),
         ),
-        None => (
-            ScanStart {
-                position: SEGMENT_HEADER_BYTES,
-                seq: base_seq,
-                previous_timestamp_us: 0,
-                last_indexed_position: None,
-            },
-            None,
-        ),
+        None => (ScanStart::segment_start(base_seq, 0), None),
     };
     let outcome = segment::scan(
         &file,

@@ -109,6 +109,18 @@ pub struct ScanStart {
     pub last_indexed_position: Option<u64>,
 }
 
+impl ScanStart {
+    /// The first record of the segment starting at `base_seq`.
+    pub fn segment_start(base_seq: u64, previous_timestamp_us: u64) -> ScanStart {
+        ScanStart {
+            position: SEGMENT_HEADER_BYTES,
+            seq: base_seq,
+            previous_timestamp_us,
+            last_indexed_position: None,
+        }
+    }
+}
+
 /// What a scan of `[start, end)` found.
 #[derive(Debug)]
 pub struct ScanOutcome {

@@ -82,12 +82,7 @@ pub fn verify(dir: &Path, index_interval_bytes: u64) -> Result<VerifyReport, Log
             )),
             Ok(_) => {}
         }
-        let start = ScanStart {
-            position: SEGMENT_HEADER_BYTES,
-            seq: base_seq,
-            previous_timestamp_us,
-            last_indexed_position: None,
-        };
+        let start = ScanStart::segment_start(base_seq, previous_timestamp_us);
         let outcome = segment::scan(
             &file,
             &paths.log,
