@@ -321,19 +321,7 @@ impl GroupActor {
                 .values()
                 .map(|in_flight| entry(&in_flight.pending, None)),
         );
-        let dead = self
-            .dead
-            .iter()
-            .map(|letter| DeadState {
-                stream: letter.event.stream.clone(),
-                seq: letter.event.seq,
-                attempts: letter.attempts,
-                error: letter.last_error.clone(),
-                first_delivered_ms: unix_ms(letter.first_delivered_at),
-                dead_ms: unix_ms(letter.dead_at),
-                event: String::from_utf8_lossy(&letter.event.event.to_json()).into_owned(),
-            })
-            .collect();
+        let dead = self.dead.iter().map(dead_state).collect();
         let positions = self
             .journaled_positions
             .iter()
@@ -616,23 +604,16 @@ impl GroupActor {
         let now = OffsetDateTime::now_utc();
         let first_delivered_at = pending.first_delivered_at.unwrap_or(now);
         self.counters.dead_lettered += 1;
-        self.journal.stage(JournalRecord::Dead {
-            stream: pending.event.stream.clone(),
-            seq: pending.event.seq,
-            attempts: pending.attempts,
-            error: pending.last_error.clone(),
-            first_delivered_ms: unix_ms(first_delivered_at),
-            dead_ms: unix_ms(now),
-            event: String::from_utf8_lossy(&pending.event.event.to_json()).into_owned(),
-        });
-        self.dead.push_back(DeadLetter {
+        let letter = DeadLetter {
             group: self.name.clone(),
             event: pending.event,
             attempts: pending.attempts,
             last_error: pending.last_error,
             first_delivered_at,
             dead_at: now,
-        });
+        };
+        self.journal.stage(JournalRecord::Dead(dead_state(&letter)));
+        self.dead.push_back(letter);
         while self.dead.len() > DEAD_LETTERS_MAX {
             if let Some(dropped) = self.dead.pop_front() {
                 warn!(group = %self.name, stream = %dropped.event.stream, seq = dropped.event.seq,
@@ -779,6 +760,19 @@ impl GroupActor {
             redelivered: self.counters.redelivered,
             dead_lettered: self.counters.dead_lettered,
         }
+    }
+}
+
+/// A dead letter as the journal keeps it, the event included.
+fn dead_state(letter: &DeadLetter) -> DeadState {
+    DeadState {
+        stream: letter.event.stream.clone(),
+        seq: letter.event.seq,
+        attempts: letter.attempts,
+        error: letter.last_error.clone(),
+        first_delivered_ms: unix_ms(letter.first_delivered_at),
+        dead_ms: unix_ms(letter.dead_at),
+        event: String::from_utf8_lossy(&letter.event.event.to_json()).into_owned(),
     }
 }
 

@@ -72,16 +72,7 @@ pub(crate) enum JournalRecord {
         error: Option<String>,
     },
     /// Dead-lettered; the event travels with it so that retention cannot take it away.
-    #[serde(rename_all = "camelCase")]
-    Dead {
-        stream: String,
-        seq: u64,
-        attempts: u32,
-        error: Option<String>,
-        first_delivered_ms: i64,
-        dead_ms: i64,
-        event: String,
-    },
+    Dead(DeadState),
     Redriven,
     Purged,
     /// A snapshot of the whole state follows (its records, then `SnapshotEnd`); once it is
@@ -257,25 +248,9 @@ impl Replayed {
                 pending.due_ms = Some(due_ms);
                 pending.error = error;
             }
-            JournalRecord::Dead {
-                stream,
-                seq,
-                attempts,
-                error,
-                first_delivered_ms,
-                dead_ms,
-                event,
-            } => {
-                self.pending.remove(&(stream.clone(), seq));
-                self.dead.push(DeadState {
-                    stream,
-                    seq,
-                    attempts,
-                    error,
-                    first_delivered_ms,
-                    dead_ms,
-                    event,
-                });
+            JournalRecord::Dead(dead) => {
+                self.pending.remove(&(dead.stream.clone(), dead.seq));
+                self.dead.push(dead);
             }
             JournalRecord::Redriven => {
                 for dead in self.dead.drain(..) {
@@ -542,7 +517,7 @@ mod tests {
     fn dead_letters_leave_pending_and_redrive_brings_them_back_with_attempts_reset() {
         let mut replayed = Replayed::default();
         replayed.apply(delivered(7, 4));
-        replayed.apply(JournalRecord::Dead {
+        replayed.apply(JournalRecord::Dead(DeadState {
             stream: "s".into(),
             seq: 7,
             attempts: 4,
@@ -550,7 +525,7 @@ mod tests {
             first_delivered_ms: 1,
             dead_ms: 2,
             event: "{}".into(),
-        });
+        }));
         assert!(replayed.pending.is_empty());
         assert_eq!(replayed.dead.len(), 1);
         replayed.apply(JournalRecord::Redriven);
@@ -622,6 +597,28 @@ mod tests {
         }
         let pending: Vec<u64> = cut.pending.keys().map(|(_, seq)| *seq).collect();
         assert_eq!(pending, [1, 2], "a snapshot without its end is ignored");
+    }
+
+    #[test]
+    fn a_dead_record_is_flat_json() {
+        let record = JournalRecord::Dead(DeadState {
+            stream: "s".into(),
+            seq: 7,
+            attempts: 4,
+            error: None,
+            first_delivered_ms: 1,
+            dead_ms: 2,
+            event: "{}".into(),
+        });
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(
+            text.starts_with(r#"{"op":"dead","stream":"s","seq":7,"attempts":4"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<JournalRecord>(&text).unwrap(),
+            record
+        );
     }
 
     #[test]
