@@ -1,0 +1,452 @@
+//! Frames of the `/v1/ws` protocol (docs/PROTOCOL.md): JSON text frames, each an object with an
+//! `op`. Both directions share one flat [`Frame`] so that an event passes through as raw JSON
+//! and every frame decodes in one pass; [`Frame::check`] then enforces, from one table, which
+//! fields each op takes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::From;
+use crate::error::ErrorDetail;
+use crate::http::{GroupPolicyConfig, PublishResult};
+
+/// A WebSocket frame's operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    // Client → server.
+    /// Publish `events`; answered by `puback` (or `error`) with the same `rid`.
+    Pub,
+    /// Subscribe to `pattern`, live or in `group`; answered by `subscribed` with a `sid`.
+    Sub,
+    /// End subscription `sid`; answered by `ok`.
+    Unsub,
+    /// Ack `deliveryId` (or each of `deliveryIds`); answered by `ok` only when `rid` is given.
+    Ack,
+    /// Redeliver `deliveryId` after `delayMs` (or the group's backoff), noting `reason`.
+    Nack,
+    /// Restart the ack timer of `deliveryId`.
+    Extend,
+    /// Dead-letter `deliveryId` now, with `reason`.
+    Reject,
+    /// Answered by `pong`.
+    Ping,
+    // Server → client.
+    /// First frame of a connection.
+    Welcome,
+    Puback,
+    Subscribed,
+    /// An event for subscription `sid`; in a group with `deliveryId` and `attempt`.
+    Event,
+    Ok,
+    /// A refused request (`rid` when it had one), or a connection-level problem.
+    Error,
+    /// Subscription `sid` ended, with `reason`; no more events follow for it.
+    Closed,
+    Pong,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Pub => "pub",
+            Op::Sub => "sub",
+            Op::Unsub => "unsub",
+            Op::Ack => "ack",
+            Op::Nack => "nack",
+            Op::Extend => "extend",
+            Op::Reject => "reject",
+            Op::Ping => "ping",
+            Op::Welcome => "welcome",
+            Op::Puback => "puback",
+            Op::Subscribed => "subscribed",
+            Op::Event => "event",
+            Op::Ok => "ok",
+            Op::Error => "error",
+            Op::Closed => "closed",
+            Op::Pong => "pong",
+        }
+    }
+
+    /// The fields this op must have, and those it may have (besides `op`).
+    fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Op::Pub => (&["rid", "events"], &[]),
+            Op::Sub => (
+                &["rid", "pattern"],
+                &["group", "from", "maxInFlight", "policy"],
+            ),
+            Op::Unsub => (&["rid", "sid"], &[]),
+            Op::Ack => (&["sid"], &["rid", "deliveryId", "deliveryIds"]),
+            Op::Nack => (&["sid", "deliveryId"], &["rid", "delayMs", "reason"]),
+            Op::Extend => (&["sid", "deliveryId"], &["rid"]),
+            Op::Reject => (&["sid", "deliveryId"], &["rid", "reason"]),
+            Op::Ping => (&[], &["rid"]),
+            Op::Welcome => (
+                &["connectionId", "server", "heartbeatMs", "limits"],
+                &["identity"],
+            ),
+            Op::Puback => (&["rid", "results"], &[]),
+            Op::Subscribed => (&["rid", "sid"], &[]),
+            Op::Event => (&["sid", "event"], &["deliveryId", "attempt"]),
+            Op::Ok => (&["rid"], &[]),
+            Op::Error => (&["error"], &["rid", "sid"]),
+            Op::Closed => (&["sid", "error"], &[]),
+            Op::Pong => (&[], &["rid"]),
+        }
+    }
+
+    /// Whether clients send this op (the others are the server's).
+    pub fn is_client_op(self) -> bool {
+        matches!(
+            self,
+            Op::Pub | Op::Sub | Op::Unsub | Op::Ack | Op::Nack | Op::Extend | Op::Reject | Op::Ping
+        )
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The limits a connection works within, announced in `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionLimits {
+    pub event_bytes_max: u64,
+    pub frame_bytes_max: u64,
+    pub batch_events_max: u64,
+    /// `pub` frames a connection may have unanswered; further frames wait unread.
+    pub pending_publishes_max: u64,
+    pub subscriptions_max: u64,
+    pub publish_events_per_second_max: u64,
+}
+
+/// Any frame, either direction. Build server frames with the constructors; decode client frames
+/// with [`Frame::decode`], which also checks the fields against the op.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Frame {
+    pub op: Option<Op>,
+    /// The client's request id, echoed in the answer. Any integer the client likes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<u64>,
+    /// A subscription, numbered by the server per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Box<RawValue>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<PublishResult>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<From>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<GroupPolicyConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_ids: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ConnectionLimits>,
+}
+
+/// Why a frame was refused before it was acted on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not a valid JSON frame: {0}")]
+    Json(String),
+    #[error("frame has no \"op\"")]
+    MissingOp,
+    #[error("op \"{op}\" is sent by the server, not by clients")]
+    ServerOp { op: Op },
+    #[error("op \"{op}\" needs field {field:?}")]
+    MissingField { op: Op, field: &'static str },
+    #[error("field {field:?} does not belong in op \"{op}\"")]
+    ExtraField { op: Op, field: &'static str },
+    #[error("op \"ack\" needs \"deliveryId\" or \"deliveryIds\", not both and not neither")]
+    AckTarget,
+}
+
+impl Frame {
+    /// Decodes a client's frame and checks it against its op.
+    pub fn decode_client(bytes: &[u8]) -> Result<(Op, Frame), FrameError> {
+        let frame = Frame::decode(bytes)?;
+        let op = frame.check()?;
+        if !op.is_client_op() {
+            return Err(FrameError::ServerOp { op });
+        }
+        Ok((op, frame))
+    }
+
+    /// Decodes any frame without checking its fields (clients read server frames with it).
+    pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        serde_json::from_slice(bytes).map_err(|error| FrameError::Json(error.to_string()))
+    }
+
+    /// The frame's op, once its fields are those the op takes.
+    pub fn check(&self) -> Result<Op, FrameError> {
+        let op = self.op.ok_or(FrameError::MissingOp)?;
+        let (required, optional) = op.fields();
+        let present = self.present_fields();
+        if let Some(field) = required.iter().find(|field| !present.contains(field)) {
+            return Err(FrameError::MissingField { op, field });
+        }
+        if let Some(field) = present
+            .iter()
+            .find(|field| !required.contains(field) && !optional.contains(field))
+        {
+            return Err(FrameError::ExtraField { op, field });
+        }
+        if op == Op::Ack && self.delivery_id.is_some() == self.delivery_ids.is_some() {
+            return Err(FrameError::AckTarget);
+        }
+        Ok(op)
+    }
+
+    fn present_fields(&self) -> Vec<&'static str> {
+        let fields: [(&'static str, bool); 22] = [
+            ("rid", self.rid.is_some()),
+            ("sid", self.sid.is_some()),
+            ("events", self.events.is_some()),
+            ("results", self.results.is_some()),
+            ("pattern", self.pattern.is_some()),
+            ("group", self.group.is_some()),
+            ("from", self.from.is_some()),
+            ("maxInFlight", self.max_in_flight.is_some()),
+            ("policy", self.policy.is_some()),
+            ("deliveryId", self.delivery_id.is_some()),
+            ("deliveryIds", self.delivery_ids.is_some()),
+            ("attempt", self.attempt.is_some()),
+            ("event", self.event.is_some()),
+            ("delayMs", self.delay_ms.is_some()),
+            ("reason", self.reason.is_some()),
+            ("error", self.error.is_some()),
+            ("connectionId", self.connection_id.is_some()),
+            ("server", self.server.is_some()),
+            ("heartbeatMs", self.heartbeat_ms.is_some()),
+            ("identity", self.identity.is_some()),
+            ("limits", self.limits.is_some()),
+            ("op", false),
+        ];
+        fields
+            .iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    pub fn encode(&self) -> String {
+        // A Frame holds only strings, numbers and already-valid raw JSON: it always encodes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn new(op: Op) -> Frame {
+        Frame {
+            op: Some(op),
+            ..Frame::default()
+        }
+    }
+
+    pub fn welcome(
+        connection_id: u64,
+        server: String,
+        heartbeat_ms: u64,
+        identity: Option<String>,
+        limits: ConnectionLimits,
+    ) -> Frame {
+        Frame {
+            connection_id: Some(connection_id),
+            server: Some(server),
+            heartbeat_ms: Some(heartbeat_ms),
+            identity,
+            limits: Some(limits),
+            ..Frame::new(Op::Welcome)
+        }
+    }
+
+    pub fn puback(rid: u64, results: Vec<PublishResult>) -> Frame {
+        Frame {
+            rid: Some(rid),
+            results: Some(results),
+            ..Frame::new(Op::Puback)
+        }
+    }
+
+    pub fn subscribed(rid: u64, sid: u64) -> Frame {
+        Frame {
+            rid: Some(rid),
+            sid: Some(sid),
+            ..Frame::new(Op::Subscribed)
+        }
+    }
+
+    pub fn ok(rid: u64) -> Frame {
+        Frame {
+            rid: Some(rid),
+            ..Frame::new(Op::Ok)
+        }
+    }
+
+    pub fn pong(rid: Option<u64>) -> Frame {
+        Frame {
+            rid,
+            ..Frame::new(Op::Pong)
+        }
+    }
+
+    pub fn error(rid: Option<u64>, sid: Option<u64>, error: ErrorDetail) -> Frame {
+        Frame {
+            rid,
+            sid,
+            error: Some(error),
+            ..Frame::new(Op::Error)
+        }
+    }
+
+    pub fn closed(sid: u64, error: ErrorDetail) -> Frame {
+        Frame {
+            sid: Some(sid),
+            error: Some(error),
+            ..Frame::new(Op::Closed)
+        }
+    }
+}
+
+/// The `event` frame, written directly around the stored event's JSON (the hot path: no
+/// re-encoding of the event). `delivery` is `(deliveryId, attempt)` for a group.
+pub fn encode_event_frame(sid: u64, delivery: Option<(u64, u32)>, event_json: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(event_json.len() + 80);
+    // Writing to a Vec cannot fail.
+    let _ = match delivery {
+        Some((delivery_id, attempt)) => write!(
+            out,
+            "{{\"op\":\"event\",\"sid\":{sid},\"deliveryId\":{delivery_id},\"attempt\":{attempt},\"event\":"
+        ),
+        None => write!(out, "{{\"op\":\"event\",\"sid\":{sid},\"event\":"),
+    };
+    out.extend_from_slice(event_json);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: Result<Op, &str>) {
+        match (Frame::decode_client(input.as_bytes()), expect) {
+            (Ok((op, _)), Ok(want)) => assert_eq!(op, want, "{input}"),
+            (Err(error), Err(want)) => {
+                let text = error.to_string();
+                assert!(text.contains(want), "{input}: {text:?} lacks {want:?}");
+            }
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn client_frames() {
+        check(
+            r#"{"op":"pub","rid":1,"events":[{"type":"a.b"}]}"#,
+            Ok(Op::Pub),
+        );
+        check(r#"{"op":"sub","rid":2,"pattern":"a.*"}"#, Ok(Op::Sub));
+        check(
+            r#"{"op":"sub","rid":2,"pattern":"a.*","group":"g","from":"earliest","maxInFlight":5,"policy":{"maxRetries":1}}"#,
+            Ok(Op::Sub),
+        );
+        check(r#"{"op":"ack","sid":1,"deliveryId":9}"#, Ok(Op::Ack));
+        check(
+            r#"{"op":"ack","sid":1,"deliveryIds":[9,10],"rid":3}"#,
+            Ok(Op::Ack),
+        );
+        check(
+            r#"{"op":"nack","sid":1,"deliveryId":9,"delayMs":100,"reason":"x"}"#,
+            Ok(Op::Nack),
+        );
+        check(r#"{"op":"ping"}"#, Ok(Op::Ping));
+        check(
+            r#"{"op":"pub","events":[]}"#,
+            Err("op \"pub\" needs field \"rid\""),
+        );
+        check(r#"{"op":"ack","sid":1}"#, Err("not both and not neither"));
+        check(
+            r#"{"op":"ack","sid":1,"deliveryId":1,"deliveryIds":[2]}"#,
+            Err("not both"),
+        );
+        check(
+            r#"{"op":"ack","sid":1,"deliveryId":1,"pattern":"a"}"#,
+            Err("field \"pattern\" does not belong in op \"ack\""),
+        );
+        check(r#"{"op":"welcome"}"#, Err("needs field"));
+        check(r#"{"op":"pong"}"#, Err("sent by the server"));
+        check(r#"{"op":"fly"}"#, Err("unknown variant"));
+        check(r#"{"rid":1}"#, Err("no \"op\""));
+        check(r#"{"op":"ping","colour":1}"#, Err("unknown field `colour`"));
+        check(
+            r#"{"op":"ack","sid":"one","deliveryId":1}"#,
+            Err("invalid type"),
+        );
+        check("[1]", Err("not a valid JSON frame"));
+        check("{", Err("not a valid JSON frame"));
+    }
+
+    #[test]
+    fn event_frame_decodes_as_a_frame() {
+        let bytes = encode_event_frame(3, Some((7, 2)), br#"{"stream":"a","seq":1}"#);
+        let frame = Frame::decode(&bytes).unwrap();
+        assert_eq!(frame.check().unwrap(), Op::Event);
+        assert_eq!(
+            (frame.sid, frame.delivery_id, frame.attempt),
+            (Some(3), Some(7), Some(2))
+        );
+        assert_eq!(frame.event.unwrap().get(), r#"{"stream":"a","seq":1}"#);
+    }
+
+    #[test]
+    fn server_frames_pass_their_own_check() {
+        let frames = [
+            Frame::puback(1, vec![]),
+            Frame::subscribed(1, 2),
+            Frame::ok(1),
+            Frame::pong(None),
+            Frame::error(
+                Some(1),
+                None,
+                ErrorDetail::new(crate::ErrorCode::BadFrame, "x"),
+            ),
+            Frame::closed(1, ErrorDetail::new(crate::ErrorCode::Unavailable, "x")),
+        ];
+        for frame in frames {
+            let decoded = Frame::decode(frame.encode().as_bytes()).unwrap();
+            assert_eq!(decoded.check().unwrap(), frame.op.unwrap());
+        }
+    }
+}
