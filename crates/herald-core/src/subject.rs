@@ -199,6 +199,26 @@ impl Pattern {
         }
         subject_tokens.next().is_none()
     }
+
+    /// Whether every subject `other` matches is also matched by `self`, so that a permission
+    /// granted as `self` can be checked against a requested pattern without enumerating
+    /// subjects. Decided token by token: `>` covers any non-empty rest, `*` covers one token
+    /// of any kind but `>` (which may stand for several), a literal covers only itself.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut other_tokens = other.tokens();
+        for token in self.tokens() {
+            let Some(other_token) = other_tokens.next() else {
+                return false;
+            };
+            match token {
+                ">" => return true,
+                "*" if other_token != ">" => {}
+                _ if token == other_token => {}
+                _ => return false,
+            }
+        }
+        other_tokens.next().is_none()
+    }
 }
 
 impl From<Subject> for Pattern {
@@ -420,6 +440,127 @@ mod tests {
             ("*.>", "a.b", true),
         ] {
             check_match(pattern, subject, expect);
+        }
+    }
+
+    fn check_covers(wide: &str, narrow: &str, expect: bool) {
+        let wide = Pattern::new(wide).unwrap();
+        let narrow = Pattern::new(narrow).unwrap();
+        assert_eq!(wide.covers(&narrow), expect, "{wide} covers {narrow}");
+    }
+
+    #[test]
+    fn covering() {
+        for (wide, narrow, expect) in [
+            ("user.>", "user.*", true),
+            ("user.>", "user.created", true),
+            ("user.>", "user.*.x", true),
+            ("user.>", "user.>", true),
+            ("user.>", "user.*.>", true),
+            ("user.>", "user", false),
+            ("user.>", ">", false),
+            ("user.>", "*.created", false),
+            ("user.*", "user.created", true),
+            ("user.*", "user.*", true),
+            ("user.*", "user.>", false),
+            ("user.*", "user.created.x", false),
+            ("user.*", "user", false),
+            (">", "a", true),
+            (">", "*", true),
+            (">", ">", true),
+            (">", "a.*.>", true),
+            ("*", "a", true),
+            ("*", "*", true),
+            ("*", ">", false),
+            ("*", "a.b", false),
+            ("*.>", ">", false),
+            ("*.>", "*.>", true),
+            ("*.>", "a.>", true),
+            ("*.*", "*.>", false),
+            ("*.*", "a.*", true),
+            ("a.b", "a.b", true),
+            ("a.b", "a.*", false),
+            ("a.b", "a.>", false),
+            ("a.b", "a.c", false),
+            ("a.b", "a", false),
+            ("a.b", "a.b.c", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.*.d", false),
+        ] {
+            check_covers(wide, narrow, expect);
+        }
+    }
+
+    /// Every dot-joined sequence of 1 to `max` tokens over `alphabet`, valid or not.
+    fn sequences(alphabet: &[&str], max: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut layer = vec![String::new()];
+        for _ in 0..max {
+            layer = layer
+                .iter()
+                .flat_map(|prefix| {
+                    alphabet.iter().map(move |token| match prefix.is_empty() {
+                        true => (*token).to_owned(),
+                        false => format!("{prefix}.{token}"),
+                    })
+                })
+                .collect();
+            all.extend(layer.iter().cloned());
+        }
+        all
+    }
+
+    /// Patterns use the literals `a` and `b`; witnesses may also use `c`, which only a
+    /// wildcard matches, and one token more than either pattern, which only `>` absorbs. That
+    /// is enough for a subject matched by `narrow` and not by `wide` to exist in the set
+    /// whenever any does, so `covers` must equal "no witness" exactly.
+    fn check_covers_brute_force(wide: &Pattern, narrow: &Pattern, subjects: &[Subject]) {
+        let witness = subjects
+            .iter()
+            .find(|subject| narrow.matches(subject) && !wide.matches(subject));
+        assert_eq!(
+            wide.covers(narrow),
+            witness.is_none(),
+            "{wide} covers {narrow}: witness {witness:?}"
+        );
+    }
+
+    fn subjects(max: usize) -> Vec<Subject> {
+        sequences(&["a", "b", "c"], max)
+            .iter()
+            .map(|text| Subject::new(text).unwrap())
+            .collect()
+    }
+
+    /// Every pair of patterns up to 3 tokens, so that no shape depends on the generator's luck.
+    #[test]
+    fn covers_agrees_with_brute_force_exhaustively() {
+        let subjects = subjects(4);
+        let patterns: Vec<Pattern> = sequences(&["a", "b", "*", ">"], 3)
+            .iter()
+            .filter_map(|text| Pattern::new(text).ok())
+            .collect();
+        assert_eq!(patterns.len(), 4 + 3 * 4 + 3 * 3 * 4);
+        for wide in &patterns {
+            for narrow in &patterns {
+                check_covers_brute_force(wide, narrow, &subjects);
+            }
+        }
+    }
+
+    fn pattern_strategy() -> impl proptest::strategy::Strategy<Value = Pattern> {
+        use proptest::prelude::*;
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "*", ">"]), 1..=5)
+            .prop_filter_map("\">\" may only end a pattern", |tokens| {
+                Pattern::new(&tokens.join(".")).ok()
+            })
+    }
+
+    proptest::proptest! {
+        /// Longer patterns than the exhaustive test reaches.
+        #[test]
+        fn covers_agrees_with_brute_force(wide in pattern_strategy(), narrow in pattern_strategy()) {
+            check_covers_brute_force(&wide, &narrow, &subjects(6));
         }
     }
 
