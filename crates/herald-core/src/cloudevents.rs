@@ -64,7 +64,8 @@ pub fn is_attribute_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
 }
 
-fn is_json_content_type(value: &str) -> bool {
+/// Whether a content type carries JSON (`application/json`, `text/json`, any `+json`).
+pub fn is_json_content_type(value: &str) -> bool {
     let media_type = value
         .split(';')
         .next()
@@ -77,6 +78,54 @@ fn is_json_content_type(value: &str) -> bool {
 }
 
 impl Event {
+    /// Decodes one binary-mode CloudEvent (HTTP binding): `attributes` are the `ce-*` headers
+    /// with the prefix removed and names lower-cased, `content_type` the body's, `data` the
+    /// body, which must be JSON. The attributes are checked exactly as in structured mode.
+    pub fn from_cloudevent_binary(
+        attributes: &[(String, String)],
+        content_type: Option<&str>,
+        data: &[u8],
+        context: &ParseContext,
+    ) -> Result<Event, EventError> {
+        if let Some(content_type) = content_type
+            && !is_json_content_type(content_type)
+        {
+            return Err(EventError::UnsupportedDataContentType {
+                value: excerpt(content_type),
+            });
+        }
+        let mut structured = Vec::with_capacity(data.len() + 64 * (attributes.len() + 1));
+        structured.push(b'{');
+        for (name, value) in attributes {
+            if name == "data" || name == "data_base64" || !is_attribute_name(name) {
+                return Err(EventError::InvalidAttributeName {
+                    name: excerpt(name),
+                });
+            }
+            wire::write_key(&mut structured, name);
+            wire::write_string(&mut structured, value);
+            structured.push(b',');
+        }
+        if let Some(content_type) = content_type {
+            wire::write_key(&mut structured, "datacontenttype");
+            wire::write_string(&mut structured, content_type);
+            structured.push(b',');
+        }
+        wire::write_key(&mut structured, "data");
+        if data.iter().all(u8::is_ascii_whitespace) {
+            structured.extend_from_slice(b"null");
+        } else {
+            // Exactly one JSON value, so that the body cannot add attributes of its own.
+            let value: &RawValue =
+                serde_json::from_slice(data).map_err(|error| EventError::Json {
+                    message: format!("binary-mode body: {error}"),
+                })?;
+            structured.extend_from_slice(value.get().as_bytes());
+        }
+        structured.push(b'}');
+        Event::from_cloudevent_json(&structured, context)
+    }
+
     /// Decodes one structured-mode CloudEvent. `id`, `source`, `specversion` and `type` are
     /// required, as the spec says; `time` defaults to `context.now`.
     pub fn from_cloudevent_json(bytes: &[u8], context: &ParseContext) -> Result<Event, EventError> {
@@ -262,3 +311,71 @@ fn decode_herald_metadata(text: &str) -> Result<Vec<(String, String)>, EventErro
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod binary_mode_tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn check(
+        attributes: &[(&str, &str)],
+        content_type: Option<&str>,
+        body: &str,
+        expect: Result<&str, &str>,
+    ) {
+        let attributes: Vec<(String, String)> = attributes
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let context = ParseContext::new(datetime!(2026-11-23 10:00 UTC));
+        let result =
+            Event::from_cloudevent_binary(&attributes, content_type, body.as_bytes(), &context);
+        match (result, expect) {
+            (Ok(event), Ok(data)) => assert_eq!(event.data.get(), data),
+            (Err(error), Err(part)) => assert!(error.to_string().contains(part), "{error}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    const REQUIRED: [(&str, &str); 4] = [
+        ("specversion", "1.0"),
+        ("id", "e-1"),
+        ("source", "shop"),
+        ("type", "order.created"),
+    ];
+
+    #[test]
+    fn binary_mode() {
+        check(
+            &REQUIRED,
+            Some("application/json"),
+            r#"{"total":5}"#,
+            Ok(r#"{"total":5}"#),
+        );
+        check(&REQUIRED, None, "", Ok("null"));
+        let mut with_key = REQUIRED.to_vec();
+        with_key.push(("partitionkey", "o-1"));
+        check(
+            &with_key,
+            Some("application/json; charset=utf-8"),
+            "[1]",
+            Ok("[1]"),
+        );
+        check(
+            &REQUIRED,
+            Some("text/plain"),
+            "hi",
+            Err("unsupported datacontenttype"),
+        );
+        check(&REQUIRED[1..], None, "1", Err("specversion"));
+        check(
+            &REQUIRED,
+            None,
+            r#"{}, "userid": "x""#,
+            Err("binary-mode body"),
+        );
+        let mut bad = REQUIRED.to_vec();
+        bad.push(("Bad-Name", "x"));
+        check(&bad, None, "1", Err("invalid CloudEvents attribute name"));
+    }
+}

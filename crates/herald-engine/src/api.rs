@@ -417,9 +417,8 @@ pub enum VerbError {
 /// The receiving end of a group membership. Dropping it leaves the group; the member's
 /// unacked deliveries are redelivered to other members at once.
 pub struct GroupMember {
-    member_id: u64,
     deliveries: mpsc::Receiver<Delivery>,
-    commands: mpsc::Sender<MemberRequest>,
+    verbs: MemberVerbs,
     closed: watch::Receiver<Option<Closed>>,
     _leave: Box<dyn Send + Sync>,
 }
@@ -440,9 +439,11 @@ impl GroupMember {
         leave: Box<dyn Send + Sync>,
     ) -> GroupMember {
         GroupMember {
-            member_id,
             deliveries,
-            commands,
+            verbs: MemberVerbs {
+                member_id,
+                commands,
+            },
             closed,
             _leave: leave,
         }
@@ -453,6 +454,51 @@ impl GroupMember {
         recv_until_closed(&mut self.deliveries, &mut self.closed).await
     }
 
+    /// The verbs of this member, apart from its deliveries: one task can receive while others
+    /// ack. Verbs sent after the member is dropped are refused as unknown deliveries.
+    pub fn verbs(&self) -> MemberVerbs {
+        self.verbs.clone()
+    }
+
+    /// See [`MemberVerbs::ack`].
+    pub async fn ack(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.verbs.ack(delivery_id).await
+    }
+
+    /// See [`MemberVerbs::ack_sync`].
+    pub async fn ack_sync(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.verbs.ack_sync(delivery_id).await
+    }
+
+    /// See [`MemberVerbs::nack`].
+    pub async fn nack(
+        &self,
+        delivery_id: u64,
+        delay: Option<std::time::Duration>,
+        reason: Option<String>,
+    ) -> Result<(), VerbError> {
+        self.verbs.nack(delivery_id, delay, reason).await
+    }
+
+    /// See [`MemberVerbs::extend`].
+    pub async fn extend(&self, delivery_id: u64) -> Result<(), VerbError> {
+        self.verbs.extend(delivery_id).await
+    }
+
+    /// See [`MemberVerbs::reject`].
+    pub async fn reject(&self, delivery_id: u64, reason: Option<String>) -> Result<(), VerbError> {
+        self.verbs.reject(delivery_id, reason).await
+    }
+}
+
+/// What a member may ask of its group about its own deliveries.
+#[derive(Clone, Debug)]
+pub struct MemberVerbs {
+    member_id: u64,
+    commands: mpsc::Sender<MemberRequest>,
+}
+
+impl MemberVerbs {
     async fn command(&self, command: MemberCommand) -> Result<(), VerbError> {
         let (reply, answer) = oneshot::channel();
         let request = MemberRequest {
@@ -469,7 +515,7 @@ impl GroupMember {
 
     /// Acks without waiting for the group to record it (like a NATS ack or a Redis XACK):
     /// returns once the group has the ack queued. An ack lost to a crash before it was
-    /// recorded means one more delivery, never a lost event. Use [`GroupMember::ack_sync`] to
+    /// recorded means one more delivery, never a lost event. Use [`MemberVerbs::ack_sync`] to
     /// know it was recorded.
     pub async fn ack(&self, delivery_id: u64) -> Result<(), VerbError> {
         let request = MemberRequest {

@@ -11,7 +11,9 @@ pub mod conformance;
 pub mod embedded;
 
 pub use api::{
-    Closed, Engine, EngineError, LiveSubscription, PublishOutcome, StartAt, StreamStats,
+    Backoff, Closed, DeadLetter, Delivery, Engine, EngineError, GroupMember, GroupPolicy,
+    GroupSpec, GroupStats, LiveSubscription, MemberVerbs, PublishOutcome, StartAt, StreamStats,
+    VerbError,
 };
 pub use config::{EngineConfig, Storage, StreamConfig};
 pub use embedded::EmbeddedEngine;

@@ -2,6 +2,7 @@
 //! issues; today it carries the operator tools for Herald's log directories.
 
 mod log_command;
+mod serve_command;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: the HTTP API, the WebSocket protocol at /v1/ws, metrics.
+    Serve(serve_command::ServeArgs),
     /// Inspect, check and repair a stream's log directory (offline).
     #[command(subcommand)]
     Log(log_command::LogCommand),
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Log(command) => log_command::run(command),
+        Command::Serve(args) => serve_command::run(args),
     }
 }

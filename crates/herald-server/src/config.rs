@@ -1,0 +1,522 @@
+//! `herald serve` configuration: defaults, then herald.toml, then `HERALD_*` variables, then
+//! flags (applied by the binary). Every field has a default, so an empty file is a valid config;
+//! unknown keys are errors, so that a misspelt limit is not silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use herald_core::{Limits, Pattern};
+use herald_engine::{EngineConfig, GroupPolicy, Storage, StreamConfig};
+use herald_log::{FsyncPolicy, Retention};
+use herald_protocol::From;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::TokenConfig;
+use crate::convert::group_policy;
+
+/// PRODUCT.md §7: seed 004's `EVENT_BUS_URL` default.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:3003";
+pub const DATA_DIR_DEFAULT: &str = "./herald-data";
+pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncSetting,
+    /// How often `fsync = "interval"` syncs.
+    pub fsync_interval: ConfigDuration,
+    /// Allow listening on a non-loopback address with auth off.
+    pub insecure: bool,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    /// Subjects delivered live but never stored.
+    pub ephemeral: Vec<String>,
+    pub streams: Vec<StreamSetting>,
+    /// Groups created at start-up (as a `PUT /v1/groups/{name}` would).
+    pub groups: Vec<GroupSetting>,
+    /// How long SIGTERM waits for connections to finish before closing the engine.
+    pub shutdown_grace: ConfigDuration,
+    /// Interval of WebSocket pings; a connection silent for three intervals is closed.
+    pub heartbeat: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: LISTEN_DEFAULT
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3003))),
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            fsync: FsyncSetting::Always,
+            fsync_interval: ConfigDuration(FSYNC_INTERVAL_DEFAULT),
+            insecure: false,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            ephemeral: Vec::new(),
+            streams: Vec::new(),
+            groups: Vec::new(),
+            shutdown_grace: ConfigDuration(Duration::from_secs(10)),
+            heartbeat: ConfigDuration(Duration::from_secs(15)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncSetting {
+    Always,
+    Interval,
+    Never,
+}
+
+impl std::str::FromStr for FsyncSetting {
+    type Err = String;
+    fn from_str(text: &str) -> Result<FsyncSetting, String> {
+        match text {
+            "always" => Ok(FsyncSetting::Always),
+            "interval" => Ok(FsyncSetting::Interval),
+            "never" => Ok(FsyncSetting::Never),
+            other => Err(format!(
+                "fsync must be always, interval or never, found {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Service tokens; none means auth is off.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Limits with clear errors (PRODUCT.md §8). Every queue and buffer is bounded by one of these.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub event_bytes_max: usize,
+    /// An HTTP body or a WebSocket frame.
+    pub request_bytes_max: usize,
+    pub batch_events_max: usize,
+    pub connections_max: usize,
+    pub subscriptions_per_connection_max: usize,
+    /// `pub` frames one connection may have unanswered before the server stops reading it.
+    pub pending_publishes_max: usize,
+    /// Events one connection may publish per second (a token bucket one second deep).
+    pub publish_events_per_second_max: u64,
+    /// Frames queued for one connection's socket; a connection that lets this many pile up is
+    /// closed as too slow.
+    pub outbound_frames_max: usize,
+    /// Events one live subscriber may fall behind before it is dropped.
+    pub live_buffer_events: usize,
+    pub replay_events_max: usize,
+    pub dead_letters_page_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let core = Limits::default();
+        LimitsConfig {
+            event_bytes_max: core.event_bytes_max,
+            request_bytes_max: core.batch_bytes_max,
+            batch_events_max: core.batch_events_max,
+            connections_max: 10_000,
+            subscriptions_per_connection_max: 256,
+            pending_publishes_max: 64,
+            publish_events_per_second_max: 1_000_000,
+            outbound_frames_max: 4096,
+            live_buffer_events: herald_engine::config::LIVE_BUFFER_EVENTS_DEFAULT,
+            replay_events_max: 10_000,
+            dead_letters_page_max: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn event_limits(&self) -> Limits {
+        Limits {
+            event_bytes_max: self.event_bytes_max,
+            batch_bytes_max: self.request_bytes_max,
+            batch_events_max: self.batch_events_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSetting {
+    pub name: String,
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<ConfigDuration>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_events: Option<u64>,
+    #[serde(default)]
+    pub dedupe_window: Option<ConfigDuration>,
+    #[serde(default)]
+    pub storage: Option<StorageSetting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageSetting {
+    File,
+    Memory,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSetting {
+    pub name: String,
+    pub pattern: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub ack_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub backoff_initial: Option<ConfigDuration>,
+    #[serde(default)]
+    pub backoff_factor: Option<f64>,
+    #[serde(default)]
+    pub backoff_max: Option<ConfigDuration>,
+    #[serde(default)]
+    pub backoff_jitter: Option<f64>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+}
+
+/// A duration written `"250ms"`, `"30s"`, `"2m"`, `"1h"` or `"7d"`, or a number of milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub fn parse(text: &str) -> Result<ConfigDuration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: u64 = number.parse().map_err(|_| {
+            format!("{text:?} is not a duration such as \"500ms\", \"30s\" or \"2m\"")
+        })?;
+        let millis_per_unit = match unit {
+            "ms" | "" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "{text:?} has an unknown unit {unit:?}; use ms, s, m, h or d"
+                ));
+            }
+        };
+        let millis = value
+            .checked_mul(millis_per_unit)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        Ok(ConfigDuration(Duration::from_millis(millis)))
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ConfigDuration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Millis(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Millis(millis) => Ok(ConfigDuration(Duration::from_millis(millis))),
+            Written::Text(text) => ConfigDuration::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Why the configuration cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `HERALD_*` variables that belong to the client commands, not to the server.
+const CLIENT_VARIABLES: [&str; 2] = ["url", "token"];
+
+impl ServerConfig {
+    /// Defaults, then `path` if given (an explicitly named file must exist), or `herald.toml` in
+    /// the working directory if present, then `HERALD_*` variables (`__` separates levels:
+    /// `HERALD_LIMITS__EVENT_BYTES_MAX`).
+    pub fn load(path: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        match path {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::file("herald.toml")),
+        }
+        figment = figment.merge(
+            Env::prefixed("HERALD_")
+                .filter(|key| !CLIENT_VARIABLES.contains(&key.as_str()))
+                .split("__"),
+        );
+        figment
+            .extract()
+            .map_err(|error| ConfigError::Load(Box::new(error)))
+    }
+
+    /// Checks what serde cannot: limits above zero, patterns and names valid, auth required
+    /// off loopback.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let limits = &self.limits;
+        for (name, value) in [
+            ("limits.event_bytes_max", limits.event_bytes_max),
+            ("limits.request_bytes_max", limits.request_bytes_max),
+            ("limits.batch_events_max", limits.batch_events_max),
+            ("limits.connections_max", limits.connections_max),
+            (
+                "limits.subscriptions_per_connection_max",
+                limits.subscriptions_per_connection_max,
+            ),
+            ("limits.pending_publishes_max", limits.pending_publishes_max),
+            ("limits.outbound_frames_max", limits.outbound_frames_max),
+            ("limits.live_buffer_events", limits.live_buffer_events),
+            ("limits.replay_events_max", limits.replay_events_max),
+            ("limits.dead_letters_page_max", limits.dead_letters_page_max),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if limits.publish_events_per_second_max == 0 {
+            return invalid("limits.publish_events_per_second_max must be at least 1".into());
+        }
+        if limits.event_bytes_max > limits.request_bytes_max {
+            return invalid(format!(
+                "limits.event_bytes_max ({}) exceeds limits.request_bytes_max ({})",
+                limits.event_bytes_max, limits.request_bytes_max
+            ));
+        }
+        if self.fsync == FsyncSetting::Interval && self.fsync_interval.0.is_zero() {
+            return invalid("fsync_interval must be above zero".into());
+        }
+        if self.heartbeat.0 < Duration::from_millis(100) {
+            return invalid("heartbeat must be at least 100ms".into());
+        }
+        for pattern in &self.ephemeral {
+            Pattern::new(pattern)
+                .map_err(|error| ConfigError::Invalid(format!("ephemeral {pattern:?}: {error}")))?;
+        }
+        self.engine_config()?;
+        for group in &self.groups {
+            self.group_spec(group)?;
+        }
+        if self.auth.tokens.is_empty() && !self.listen.ip().is_loopback() && !self.insecure {
+            return invalid(format!(
+                "refusing to listen on {} with auth off: configure [auth] tokens, listen on a \
+                 loopback address, or pass --insecure",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        match self.fsync {
+            FsyncSetting::Always => FsyncPolicy::Always,
+            FsyncSetting::Interval => FsyncPolicy::Interval(self.fsync_interval.0),
+            FsyncSetting::Never => FsyncPolicy::Never,
+        }
+    }
+
+    pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
+        let mut config = EngineConfig::new(&self.data_dir);
+        config.fsync = self.fsync_policy();
+        config.live_buffer_events = self.limits.live_buffer_events;
+        config.ephemeral = self
+            .ephemeral
+            .iter()
+            .map(|pattern| Pattern::new(pattern))
+            .collect::<Result<_, _>>()
+            .map_err(|error| ConfigError::Invalid(format!("ephemeral: {error}")))?;
+        for stream in &self.streams {
+            let subjects = stream
+                .subjects
+                .iter()
+                .map(|pattern| Pattern::new(pattern))
+                .collect::<Result<_, _>>()
+                .map_err(|error| {
+                    ConfigError::Invalid(format!("stream {:?} subjects: {error}", stream.name))
+                })?;
+            config.streams.push(StreamConfig {
+                name: stream.name.clone(),
+                subjects,
+                retention: Retention {
+                    age_max: stream.max_age.map(|age| age.0),
+                    bytes_max: stream.max_bytes,
+                    events_max: stream.max_events,
+                },
+                dedupe_window: stream
+                    .dedupe_window
+                    .map_or(herald_engine::config::DEDUPE_WINDOW_DEFAULT, |window| {
+                        window.0
+                    }),
+                storage: match stream.storage {
+                    Some(StorageSetting::Memory) => Storage::Memory,
+                    Some(StorageSetting::File) | None => Storage::File,
+                },
+            });
+        }
+        Ok(config)
+    }
+
+    /// A declared group as the engine takes it.
+    pub fn group_spec(
+        &self,
+        group: &GroupSetting,
+    ) -> Result<herald_engine::GroupSpec, ConfigError> {
+        let invalid =
+            |message: String| ConfigError::Invalid(format!("group {:?}: {message}", group.name));
+        let pattern = Pattern::new(&group.pattern).map_err(|error| invalid(error.to_string()))?;
+        let from = match &group.from {
+            Some(text) => From::parse(text).map_err(|error| invalid(error.to_string()))?,
+            None => From::Latest,
+        };
+        let defaults = GroupPolicy::default();
+        let wire = herald_protocol::http::GroupPolicyConfig {
+            ack_timeout_ms: group.ack_timeout.map(|timeout| millis(timeout.0)),
+            max_retries: group.max_retries,
+            backoff: Some(herald_protocol::http::BackoffConfig {
+                initial_ms: millis(
+                    group
+                        .backoff_initial
+                        .map_or(defaults.backoff.initial, |d| d.0),
+                ),
+                factor: group.backoff_factor.unwrap_or(defaults.backoff.factor),
+                max_ms: millis(group.backoff_max.map_or(defaults.backoff.max, |d| d.0)),
+                jitter: group.backoff_jitter.unwrap_or(defaults.backoff.jitter),
+            }),
+            max_in_flight: group.max_in_flight,
+        };
+        let policy = group_policy(Some(&wire)).map_err(|error| invalid(error.detail.message))?;
+        crate::convert::group_spec(&group.name, pattern, from, policy)
+            .map_err(|error| invalid(error.detail.message))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_duration(input: &str, expect: Result<u64, &str>) {
+        match (ConfigDuration::parse(input), expect) {
+            (Ok(duration), Ok(millis)) => assert_eq!(duration.0.as_millis() as u64, millis),
+            (Err(error), Err(part)) => assert!(error.contains(part), "{error}"),
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        check_duration("250ms", Ok(250));
+        check_duration("30s", Ok(30_000));
+        check_duration("2m", Ok(120_000));
+        check_duration("1h", Ok(3_600_000));
+        check_duration("7d", Ok(604_800_000));
+        check_duration("15", Ok(15));
+        check_duration("1w", Err("unknown unit"));
+        check_duration("s", Err("not a duration"));
+        check_duration("99999999999999999d", Err("too long"));
+    }
+
+    fn load_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        let config: ServerConfig = Figment::from(Serialized::defaults(ServerConfig::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|error| ConfigError::Load(Box::new(error)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn check_config(text: &str, expect: Result<(), &str>) {
+        match (load_toml(text), expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(error), Err(part)) => {
+                let message = error.to_string();
+                assert!(message.contains(part), "{text}: {message:?} lacks {part:?}");
+            }
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn configs() {
+        check_config("", Ok(()));
+        check_config(
+            r#"
+            fsync = "interval"
+            fsync_interval = "10ms"
+            ephemeral = ["presence.>"]
+            [limits]
+            event_bytes_max = 1024
+            [[streams]]
+            name = "orders"
+            subjects = ["order.>", "payment.>"]
+            max_age = "7d"
+            [[groups]]
+            name = "mailer"
+            pattern = "user.*"
+            max_retries = 5
+            backoff_initial = "500ms"
+            "#,
+            Ok(()),
+        );
+        check_config("fsync = \"sometimes\"", Err("unknown variant"));
+        check_config("colour = 1", Err("unknown field"));
+        check_config("[limits]\nevent_bytes_maxx = 1", Err("unknown field"));
+        check_config(
+            "[limits]\nconnections_max = 0",
+            Err("limits.connections_max must be at least 1"),
+        );
+        check_config("ephemeral = [\"a..b\"]", Err("ephemeral"));
+        check_config(
+            "[[groups]]\nname = \"g\"\npattern = \"a.*\"\nfrom = \"soon\"",
+            Err("group \"g\""),
+        );
+        check_config(
+            "listen = \"0.0.0.0:3003\"",
+            Err("refusing to listen on 0.0.0.0:3003"),
+        );
+        check_config("listen = \"0.0.0.0:3003\"\ninsecure = true", Ok(()));
+    }
+}

@@ -1,0 +1,119 @@
+//! Starting and stopping the server: open the engine, declare configured groups, bind, serve;
+//! on shutdown stop accepting, let connections finish their queued publishes, then close the
+//! engine (which fsyncs).
+
+use std::net::SocketAddr;
+
+use herald_engine::{EmbeddedEngine, Engine, EngineError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::{Auth, AuthConfigError};
+use crate::config::{ConfigError, ServerConfig};
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] AuthConfigError),
+    #[error("opening the engine in {dir}: {source}")]
+    Engine {
+        dir: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("declaring group {group:?}: {source}")]
+    Group {
+        group: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("closing the engine: {0}")]
+    Close(#[source] EngineError),
+}
+
+/// A server accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens (the actual port when configured with port 0).
+    pub addr: SocketAddr,
+    state: AppState,
+    task: JoinHandle<Result<(), std::io::Error>>,
+}
+
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    config.validate()?;
+    let auth = Auth::new(&config.auth.tokens)?;
+    let engine =
+        EmbeddedEngine::open(config.engine_config()?).map_err(|source| ServeError::Engine {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    for group in &config.groups {
+        let spec = config.group_spec(group)?;
+        engine
+            .create_group(spec)
+            .await
+            .map_err(|source| ServeError::Group {
+                group: group.name.clone(),
+                source,
+            })?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let state = AppState::new(engine, config, auth);
+    let app =
+        crate::http::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let shutdown = state.shutdown.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    Ok(RunningServer { addr, state, task })
+}
+
+impl RunningServer {
+    pub fn auth_enabled(&self) -> bool {
+        self.state.auth.is_enabled()
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.state.config
+    }
+
+    /// Drains: stops accepting, tells connections to finish (each answers the publishes it
+    /// has read), waits up to the configured grace, then closes the engine, which fsyncs.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.state.shutdown.cancel();
+        let grace = self.state.config.shutdown_grace.0;
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => return Err(ServeError::Serve(error)),
+            Ok(Err(_)) => tracing::warn!("the server task panicked"),
+            Err(_) => tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "connections did not finish within the shutdown grace; closing anyway"
+            ),
+        }
+        self.state.engine.close().await.map_err(ServeError::Close)
+    }
+}

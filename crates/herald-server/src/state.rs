@@ -1,0 +1,103 @@
+//! What every handler shares: the engine, the configuration, auth, metrics and the shutdown
+//! signal. Cloned per request (one `Arc`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use herald_core::ParseContext;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// The engine the server runs on. The embedded engine today; the Redis engine will make this an
+/// enum that delegates.
+pub type ServerEngine = herald_engine::EmbeddedEngine;
+
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
+    pub engine: ServerEngine,
+    pub config: ServerConfig,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    pub started: Instant,
+    /// Cancelled when the server starts draining.
+    pub shutdown: CancellationToken,
+    connections: AtomicUsize,
+    next_connection_id: AtomicU64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(engine: ServerEngine, config: ServerConfig, auth: Auth) -> AppState {
+        AppState(Arc::new(Shared {
+            engine,
+            config,
+            auth,
+            metrics: Metrics::new(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+            next_connection_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// What decoding a published event needs: now, and the configured limits.
+    pub fn parse_context(&self) -> ParseContext {
+        ParseContext {
+            now: OffsetDateTime::now_utc(),
+            limits: self.config.limits.event_limits(),
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more connection, or `None` at the limit.
+    pub fn admit_connection(&self) -> Option<ConnectionSlot> {
+        let max = self.config.limits.connections_max;
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.metrics.connections_refused.inc();
+            return None;
+        }
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+        Some(ConnectionSlot {
+            state: self.clone(),
+            id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+}
+
+/// Held for the life of a connection; frees its slot when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    state: AppState,
+    pub id: u64,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state.metrics.connections.dec();
+    }
+}

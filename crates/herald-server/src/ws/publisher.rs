@@ -1,0 +1,100 @@
+//! A connection's publisher: stores its `pub` frames in arrival order and answers each with a
+//! `puback`. Frames that queue while a store is in progress are merged into the next engine
+//! call, so a pipelining client shares one write (and one fsync) among many frames.
+
+use axum::extract::ws::Message;
+use herald_core::Event;
+use herald_protocol::http::PublishResult;
+use herald_protocol::ws::Frame;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::http::events::store;
+use crate::state::AppState;
+
+/// Events merged into one engine call at most.
+const MERGED_EVENTS_MAX: usize = 8192;
+
+#[derive(Debug)]
+pub struct PubRequest {
+    pub rid: u64,
+    pub events: Vec<Event>,
+}
+
+/// The sending side; dropping it lets the task finish what is queued and stop.
+pub type PublishQueue = mpsc::Sender<PubRequest>;
+
+pub fn spawn(
+    state: AppState,
+    outbound: mpsc::Sender<Message>,
+    pending_max: usize,
+) -> (PublishQueue, JoinHandle<()>) {
+    let (queue, requests) = mpsc::channel(pending_max);
+    let task = tokio::spawn(run(state, outbound, requests));
+    (queue, task)
+}
+
+async fn run(
+    state: AppState,
+    outbound: mpsc::Sender<Message>,
+    mut requests: mpsc::Receiver<PubRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut merged_events = first.events.len();
+        let mut batch = vec![first];
+        while merged_events < MERGED_EVENTS_MAX {
+            match requests.try_recv() {
+                Ok(next) => {
+                    merged_events += next.events.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        for (rid, answer) in store_batch(&state, batch).await {
+            let frame = match answer {
+                Ok(results) => Frame::puback(rid, results),
+                Err(error) => Frame::error(Some(rid), None, error.detail),
+            };
+            if outbound
+                .send(Message::Text(frame.encode().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// One engine call for the whole batch. Engine errors are not tied to one event (validation
+/// happened when each frame was read), so on failure every request of the batch gets the error;
+/// part of the batch may be stored, and a client that retries with the same ids gets those back
+/// as duplicates with their seqs, never stored twice.
+async fn store_batch(
+    state: &AppState,
+    batch: Vec<PubRequest>,
+) -> Vec<(u64, Result<Vec<PublishResult>, ApiError>)> {
+    let sizes: Vec<(u64, usize)> = batch
+        .iter()
+        .map(|request| (request.rid, request.events.len()))
+        .collect();
+    let all: Vec<Event> = batch
+        .into_iter()
+        .flat_map(|request| request.events)
+        .collect();
+    match store(state, all).await {
+        Ok(results) => {
+            let mut results = results.into_iter();
+            sizes
+                .into_iter()
+                .map(|(rid, size)| (rid, Ok(results.by_ref().take(size).collect())))
+                .collect()
+        }
+        Err(error) => sizes
+            .into_iter()
+            .map(|(rid, _)| (rid, Err(error.clone())))
+            .collect(),
+    }
+}

@@ -1,0 +1,244 @@
+//! A connection's subscriptions: one forwarding task each, from the engine to the outbound
+//! queue, and for group subscriptions the set of deliveries the member may still act on.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::extract::ws::Message;
+use herald_core::StoredEvent;
+use herald_engine::{Closed, GroupMember, LiveSubscription, MemberVerbs};
+use herald_protocol::ws::{Frame, encode_event_frame};
+use herald_protocol::{ErrorCode, ErrorDetail};
+use parking_lot::Mutex;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::state::AppState;
+
+/// Deliveries remembered per group subscription at least; older ones (long timed out and
+/// redelivered elsewhere) are forgotten and their acks refused as unknown.
+const OUTSTANDING_DELIVERIES_MIN: usize = 1024;
+
+/// What a subscription is, for the verbs that name it.
+#[derive(Debug)]
+pub enum Kind {
+    Live,
+    Group {
+        verbs: MemberVerbs,
+        outstanding: Arc<Mutex<Outstanding>>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub kind: Kind,
+    forwarder: AbortHandle,
+}
+
+impl Drop for Subscription {
+    /// Stops forwarding; for a group this drops the member, which leaves the group and has its
+    /// unacked deliveries redelivered at once.
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+/// Delivery ids sent to a member and not yet acked, nacked or rejected through this
+/// connection. Bounded: past `max` the oldest are forgotten.
+#[derive(Debug)]
+pub struct Outstanding {
+    ids: BTreeSet<u64>,
+    max: usize,
+}
+
+impl Outstanding {
+    fn new(max_in_flight: u32) -> Outstanding {
+        Outstanding {
+            ids: BTreeSet::new(),
+            max: (max_in_flight as usize * 4).max(OUTSTANDING_DELIVERIES_MIN),
+        }
+    }
+
+    fn insert(&mut self, delivery_id: u64) {
+        self.ids.insert(delivery_id);
+        while self.ids.len() > self.max {
+            self.ids.pop_first();
+        }
+    }
+
+    pub fn contains(&self, delivery_id: u64) -> bool {
+        self.ids.contains(&delivery_id)
+    }
+
+    /// Whether it was outstanding.
+    pub fn remove(&mut self, delivery_id: u64) -> bool {
+        self.ids.remove(&delivery_id)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_sid: HashMap<u64, Subscription>,
+    next_sid: u64,
+}
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    pub fn get(&self, sid: u64) -> Option<&Subscription> {
+        self.by_sid.get(&sid)
+    }
+
+    pub fn remove(&mut self, sid: u64) -> bool {
+        self.by_sid.remove(&sid).is_some()
+    }
+
+    pub fn next_sid(&mut self) -> u64 {
+        self.next_sid += 1;
+        self.next_sid
+    }
+
+    /// Starts forwarding a live subscription as `sid` (whose `subscribed` frame is already
+    /// queued, so that the client knows the sid before its first event).
+    pub fn add_live(
+        &mut self,
+        state: &AppState,
+        sid: u64,
+        subscription: LiveSubscription,
+        outbound: mpsc::Sender<Message>,
+    ) {
+        let forwarder = tokio::spawn(forward_live(state.clone(), sid, subscription, outbound));
+        self.by_sid.insert(
+            sid,
+            Subscription {
+                kind: Kind::Live,
+                forwarder: forwarder.abort_handle(),
+            },
+        );
+    }
+
+    pub fn add_group(
+        &mut self,
+        state: &AppState,
+        sid: u64,
+        member: GroupMember,
+        max_in_flight: u32,
+        outbound: mpsc::Sender<Message>,
+    ) {
+        let outstanding = Arc::new(Mutex::new(Outstanding::new(max_in_flight)));
+        let verbs = member.verbs();
+        let forwarder = tokio::spawn(forward_group(
+            state.clone(),
+            sid,
+            member,
+            outstanding.clone(),
+            outbound,
+        ));
+        self.by_sid.insert(
+            sid,
+            Subscription {
+                kind: Kind::Group { verbs, outstanding },
+                forwarder: forwarder.abort_handle(),
+            },
+        );
+    }
+}
+
+/// The event as subscribers see it: stored events with `stream` and `seq`; ephemeral ones
+/// (never stored) without.
+fn event_json(stored: &StoredEvent) -> Vec<u8> {
+    if stored.stream.is_empty() {
+        stored.event.to_json()
+    } else {
+        stored.to_json()
+    }
+}
+
+fn observe_delivery(state: &AppState, stored: &StoredEvent, subscribed_at: OffsetDateTime) {
+    if stored.event.timestamp >= subscribed_at {
+        let age = OffsetDateTime::now_utc() - stored.event.timestamp;
+        state
+            .metrics
+            .delivery_seconds
+            .observe(age.as_seconds_f64().max(0.0));
+    }
+}
+
+fn text(bytes: Vec<u8>) -> Message {
+    // Event JSON and frames built around it are UTF-8 by construction.
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
+    Message::Text(text.into())
+}
+
+fn closed_frame(sid: u64, closed: &Closed) -> Message {
+    let code = match closed {
+        Closed::SlowConsumer { .. } => ErrorCode::RateLimited,
+        Closed::ReadFailed(_) => ErrorCode::Internal,
+        Closed::EngineStopped => ErrorCode::Unavailable,
+        Closed::GroupDeleted => ErrorCode::NotFound,
+    };
+    let frame = Frame::closed(sid, ErrorDetail::new(code, closed.to_string()));
+    Message::Text(frame.encode().into())
+}
+
+async fn forward_live(
+    state: AppState,
+    sid: u64,
+    mut subscription: LiveSubscription,
+    outbound: mpsc::Sender<Message>,
+) {
+    let subscribed_at = OffsetDateTime::now_utc();
+    loop {
+        match subscription.recv().await {
+            Ok(stored) => {
+                observe_delivery(&state, &stored, subscribed_at);
+                let frame = encode_event_frame(sid, None, &event_json(&stored));
+                if outbound.send(text(frame)).await.is_err() {
+                    return;
+                }
+                state.metrics.live_delivered.inc();
+            }
+            Err(closed) => {
+                let _ = outbound.send(closed_frame(sid, &closed)).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn forward_group(
+    state: AppState,
+    sid: u64,
+    mut member: GroupMember,
+    outstanding: Arc<Mutex<Outstanding>>,
+    outbound: mpsc::Sender<Message>,
+) {
+    let subscribed_at = OffsetDateTime::now_utc();
+    loop {
+        match member.recv().await {
+            Ok(delivery) => {
+                if delivery.attempt == 1 {
+                    observe_delivery(&state, &delivery.event, subscribed_at);
+                }
+                outstanding.lock().insert(delivery.delivery_id);
+                let frame = encode_event_frame(
+                    sid,
+                    Some((delivery.delivery_id, delivery.attempt)),
+                    &event_json(&delivery.event),
+                );
+                if outbound.send(text(frame)).await.is_err() {
+                    return;
+                }
+                state.metrics.group_delivered_frames.inc();
+            }
+            Err(closed) => {
+                let _ = outbound.send(closed_frame(sid, &closed)).await;
+                return;
+            }
+        }
+    }
+}
