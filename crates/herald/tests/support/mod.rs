@@ -107,7 +107,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.success();
             }
-            assert!(std::time::Instant::now() < deadline, "herald did not exit on SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "herald did not exit on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -141,6 +144,8 @@ pub async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub welcome: Value,
+    /// Frames read while waiting for an answer, handed out by `recv` first.
+    queued: std::collections::VecDeque<Value>,
 }
 
 impl Ws {
@@ -159,6 +164,7 @@ impl Ws {
         let mut ws = Ws {
             stream,
             welcome: Value::Null,
+            queued: Default::default(),
         };
         ws.welcome = ws.recv().await;
         assert_eq!(ws.welcome["op"], "welcome", "{}", ws.welcome);
@@ -176,8 +182,15 @@ impl Ws {
         self.stream.send(message).await.unwrap();
     }
 
-    /// The next text frame as JSON; fails the test after [`WAIT`].
+    /// The next text frame as JSON (queued ones first); fails the test after [`WAIT`].
     pub async fn recv(&mut self) -> Value {
+        if let Some(frame) = self.queued.pop_front() {
+            return frame;
+        }
+        self.recv_from_socket().await
+    }
+
+    async fn recv_from_socket(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(WAIT, self.stream.next())
                 .await
@@ -215,11 +228,23 @@ impl Ws {
         }
     }
 
+    /// Sends `frame` and returns the answer carrying its `rid`; frames that arrive first (such
+    /// as events) stay queued for `recv`.
+    pub async fn ask(&mut self, frame: Value) -> Value {
+        let rid = frame["rid"].clone();
+        self.send(frame).await;
+        loop {
+            let frame = self.recv_from_socket().await;
+            if frame["rid"] == rid && frame["op"] != "event" {
+                return frame;
+            }
+            self.queued.push_back(frame);
+        }
+    }
+
     pub async fn publish(&mut self, rid: u64, events: Value) -> Value {
-        let (answer, _) = self
-            .request(serde_json::json!({"op": "pub", "rid": rid, "events": events}))
-            .await;
-        answer
+        self.ask(serde_json::json!({"op": "pub", "rid": rid, "events": events}))
+            .await
     }
 
     /// Subscribes and returns the sid.
@@ -227,7 +252,7 @@ impl Ws {
         let mut frame = sub;
         frame["op"] = "sub".into();
         frame["rid"] = rid.into();
-        let (answer, _) = self.request(frame).await;
+        let answer = self.ask(frame).await;
         assert_eq!(answer["op"], "subscribed", "{answer}");
         answer["sid"].as_u64().unwrap()
     }
