@@ -63,14 +63,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The code of one event's error, alone or at its index in a batch: a body that is not JSON is
+/// `bad_request` (as a malformed batch is), an oversized event `too_large`, a bad type
+/// `invalid_subject`.
+fn event_error_code(error: &EventError) -> ErrorCode {
+    match error {
+        EventError::Json { .. } => ErrorCode::BadRequest,
+        EventError::TooLarge { .. } => ErrorCode::TooLarge,
+        EventError::InvalidType(_) => ErrorCode::InvalidSubject,
+        _ => ErrorCode::InvalidEvent,
+    }
+}
+
 impl From<EventError> for ApiError {
     fn from(error: EventError) -> ApiError {
-        let code = match error {
-            EventError::TooLarge { .. } => ErrorCode::TooLarge,
-            EventError::InvalidType(_) => ErrorCode::InvalidSubject,
-            _ => ErrorCode::InvalidEvent,
-        };
-        ApiError::new(code, error.to_string())
+        ApiError::new(event_error_code(&error), error.to_string())
     }
 }
 
@@ -92,7 +99,11 @@ impl From<BatchError> for ApiError {
                     })
                     .collect();
                 let first = errors.first().map_or(0, |indexed| indexed.index);
-                ApiError::new(ErrorCode::InvalidEvent, message)
+                // The first offending event's code, as a `pub` frame over /v1/ws answers.
+                let code = errors.first().map_or(ErrorCode::InvalidEvent, |indexed| {
+                    event_error_code(&indexed.error)
+                });
+                ApiError::new(code, message)
                     .with_details(serde_json::json!({ "index": first, "errors": indexes }))
             }
             BatchError::Json { .. } | BatchError::NotAnArray { .. } | BatchError::Empty => {
