@@ -37,10 +37,15 @@ impl Server {
     }
 
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_on("127.0.0.1:0", data_dir, extra, env)
+    }
+
+    /// As [`Server::start_with_env`], listening on `listen` (such as `0.0.0.0:0`).
+    pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -154,13 +159,34 @@ impl Ws {
     }
 
     pub async fn connect_with_token(server: &Server, token: Option<&str>) -> Ws {
-        let mut request = server.ws_url().into_client_request().unwrap();
+        match Ws::try_connect(&server.ws_url(), token).await {
+            Ok(ws) => ws,
+            Err((status, body)) => panic!("upgrade refused: {status} {body}"),
+        }
+    }
+
+    /// Connects to `url` (`server.ws_url()`, perhaps with `?token=`), with `token` as a bearer
+    /// header if given; a refused upgrade is its HTTP status and JSON body.
+    pub async fn try_connect(url: &str, token: Option<&str>) -> Result<Ws, (u16, Value)> {
+        let mut request = url.into_client_request().unwrap();
         if let Some(token) = token {
             request
                 .headers_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
-        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let stream = match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => stream,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                    .unwrap_or(Value::Null);
+                return Err((status, body));
+            }
+            Err(error) => panic!("connecting to {url}: {error}"),
+        };
         let mut ws = Ws {
             stream,
             welcome: Value::Null,
@@ -168,7 +194,7 @@ impl Ws {
         };
         ws.welcome = ws.recv().await;
         assert_eq!(ws.welcome["op"], "welcome", "{}", ws.welcome);
-        ws
+        Ok(ws)
     }
 
     pub async fn send(&mut self, frame: Value) {
