@@ -1,1 +1,47 @@
-//! placeholder
+//! The Rust client for Herald (PRODUCT.md §11).
+//!
+//! One [`Client`] keeps one WebSocket connection to the server (`/v1/ws`, docs/PROTOCOL.md)
+//! for publishing and subscribing, reconnects it with backoff when it drops, and re-creates its
+//! subscriptions on the new connection. The admin and info calls (streams, groups, dead
+//! letters, stats, health) go over HTTP.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), herald_client::Error> {
+//! use herald_client::{Client, ClientOptions, GroupOptions};
+//!
+//! let client = Client::connect(ClientOptions::new("http://127.0.0.1:3003").service_name("photo-api")).await?;
+//! client.publish("photo.uploaded", &serde_json::json!({"photoId": "p1"})).await?;
+//!
+//! let worker = client
+//!     .subscribe_group("photo.*", "thumbnails", GroupOptions::default(), |delivery: herald_client::Delivery<serde_json::Value>| async move {
+//!         println!("{} {}", delivery.event.event_type, delivery.event.data);
+//!         Ok::<(), std::io::Error>(())
+//!     })
+//!     .await?;
+//! # worker.close().await
+//! # }
+//! ```
+//!
+//! Not here yet: publishing to users, rooms and broadcasts (`publishToUser`, `publishToRoom`,
+//! `broadcast`), which arrive with the server's real-time endpoints.
+
+mod client;
+mod connection;
+mod error;
+mod event;
+mod options;
+mod subscription;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use event::{NewEvent, ReceivedEvent};
+pub use herald_protocol::From;
+pub use herald_protocol::http::{
+    BackoffConfig, DeadLetterInfo, GroupDefinition, GroupInfo, GroupPolicyConfig, Health,
+    PublishResult, Readiness, ReadinessPart, ReplayPage, Stats, StreamInfo,
+};
+pub use herald_protocol::{ErrorCode, ErrorDetail};
+pub use options::ClientOptions;
+pub use subscription::{
+    Delivery, GroupOptions, GroupSubscription, GroupWorker, SubscribeOptions, Subscription,
+};
