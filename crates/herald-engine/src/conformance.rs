@@ -221,6 +221,15 @@ pub async fn duplicate_ids_are_stored_once<E: Engine>(fixture: &Fixture<E>) {
         .expect("publish");
     assert!(!batch[0].duplicate && !batch[1].duplicate && batch[2].duplicate);
     assert_eq!(batch[2].seq, batch[0].seq);
+    // Twice in one batch, and stored by an earlier publish: both are duplicates of that one.
+    let twice = engine
+        .publish(vec![original.clone(), original.clone()])
+        .await
+        .expect("publish");
+    assert_eq!(twice.len(), 2, "one outcome per event");
+    for outcome in &twice {
+        assert_eq!((outcome.seq, outcome.duplicate), (first[0].seq, true));
+    }
     let order = engine
         .streams()
         .await

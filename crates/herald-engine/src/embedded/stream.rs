@@ -118,37 +118,84 @@ impl Stream {
         events: Vec<(usize, Event)>,
         now_us: u64,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
+        // A repeat inside the batch is a duplicate of its first occurrence.
+        let mut first_of: hashbrown::HashMap<&str, usize> =
+            hashbrown::HashMap::with_capacity(events.len());
+        let repeat_of: Vec<Option<usize>> = events
+            .iter()
+            .enumerate()
+            .map(
+                |(position, (_, event))| match first_of.entry(event.id.as_str()) {
+                    hashbrown::hash_map::Entry::Occupied(first) => Some(*first.get()),
+                    hashbrown::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(position);
+                        None
+                    }
+                },
+            )
+            .collect();
+        drop(first_of);
+        // Every distinct id claimed under one lock; an id another publish is storing right now
+        // is waited for on its own.
+        let mut seen: Vec<Option<Seen>> = {
+            let mut dedupe = self.dedupe.lock();
+            events
+                .iter()
+                .zip(&repeat_of)
+                .map(|((_, event), repeat)| {
+                    repeat
+                        .is_none()
+                        .then(|| dedupe.check_and_claim(event.id.as_str(), now_us))
+                })
+                .collect()
+        };
+        for (position, (_, event)) in events.iter().enumerate() {
+            if seen[position] == Some(Seen::InFlight) {
+                seen[position] = Some(match self.claim(event.id.as_str(), now_us).await {
+                    Some(seq) => Seen::Stored(seq),
+                    None => Seen::New,
+                });
+            }
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         let mut to_store: Vec<(usize, Event)> = Vec::with_capacity(events.len());
-        // Ids claimed by this batch: a repeat inside the batch is a duplicate of its first.
-        let mut claimed: HashMap<String, usize> = HashMap::new();
+        // For each event stored, its position in `to_store`.
+        let mut store_slot: Vec<Option<usize>> = vec![None; events.len()];
         let mut repeats: Vec<(usize, usize)> = Vec::new();
-        for (index, event) in events {
-            if let Some(&first) = claimed.get(event.id.as_str()) {
-                repeats.push((index, first));
-                continue;
-            }
-            match self.claim(event.id.as_str(), now_us).await {
-                Some(seq) => {
+        for (position, (index, event)) in events.into_iter().enumerate() {
+            match (repeat_of[position], seen[position]) {
+                (Some(first), _) => match seen[first] {
+                    // The first occurrence is a duplicate of an earlier publish: so is this.
+                    Some(Seen::Stored(seq)) => {
+                        self.duplicates.fetch_add(1, Ordering::Relaxed);
+                        outcomes.push((index, self.outcome(&event, seq, true)));
+                    }
+                    _ => repeats.push((index, first)),
+                },
+                (None, Some(Seen::Stored(seq))) => {
                     self.duplicates.fetch_add(1, Ordering::Relaxed);
                     outcomes.push((index, self.outcome(&event, seq, true)));
                 }
-                None => {
-                    claimed.insert(event.id.as_str().to_owned(), to_store.len());
+                (None, _) => {
+                    store_slot[position] = Some(to_store.len());
                     to_store.push((index, event));
                 }
             }
         }
-        if !to_store.is_empty() {
-            let stored = self.store(to_store).await?;
-            for &(index, first) in &repeats {
-                let original = &stored[first].1;
+        let stored = if to_store.is_empty() {
+            Vec::new()
+        } else {
+            self.store(to_store).await?
+        };
+        for (index, first) in repeats {
+            if let Some(slot) = store_slot[first] {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
+                let original = &stored[slot].1;
                 outcomes.push((index, self.outcome(&original.event, original.seq, true)));
             }
-            for (index, event) in stored {
-                outcomes.push((index, self.outcome(&event.event, event.seq, false)));
-            }
+        }
+        for (index, event) in stored {
+            outcomes.push((index, self.outcome(&event.event, event.seq, false)));
         }
         Ok(outcomes)
     }

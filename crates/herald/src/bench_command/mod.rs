@@ -1,0 +1,132 @@
+//! `herald bench`: load against a running server over its public protocols, measured from the
+//! client's side. The workloads speak the `/v1/ws` frames directly, with frames encoded before
+//! the clock starts, so that what is measured is the server (and loopback), not a client library.
+
+mod consume;
+mod http_publish;
+mod latency;
+mod publish;
+mod report;
+mod wire;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server URL [env: HERALD_URL]
+    #[arg(
+        long,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:3003",
+        global = true
+    )]
+    url: String,
+    /// Service token [env: HERALD_TOKEN]
+    #[arg(long, env = "HERALD_TOKEN", global = true)]
+    token: Option<String>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Runs of each workload; the table shows the median and the range.
+    #[arg(long, default_value_t = 1, global = true)]
+    runs: usize,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Acked publish throughput over WebSocket connections, batched and pipelined.
+    Publish(publish::PublishArgs),
+    /// Group consume with acks: a backlog, then members draining it.
+    Consume(consume::ConsumeArgs),
+    /// Publish-to-delivery latency at a fixed rate, from the intended send time.
+    Latency(latency::LatencyArgs),
+    /// Single-event HTTP publishes per second.
+    Http(http_publish::HttpArgs),
+    /// Every workload above with its defaults.
+    All,
+}
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub http_url: String,
+    pub ws_url: String,
+    pub token: Option<String>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let http_url = args.url.trim_end_matches('/').to_owned();
+    let ws_url = format!(
+        "{}/v1/ws",
+        http_url
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    );
+    let target = Target {
+        http_url,
+        ws_url,
+        token: args.token,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let runs = args.runs.max(1);
+    let reports = runtime.block_on(async {
+        let mut reports = Vec::new();
+        let workloads = match args.workload {
+            Workload::All => vec![
+                Workload::Publish(publish::PublishArgs::default()),
+                Workload::Consume(consume::ConsumeArgs::default()),
+                Workload::Latency(latency::LatencyArgs::default()),
+                Workload::Http(http_publish::HttpArgs::default()),
+            ],
+            one => vec![one],
+        };
+        for workload in workloads {
+            let mut samples = Vec::new();
+            for _ in 0..runs {
+                let report = match &workload {
+                    Workload::Publish(args) => publish::run(&target, args, !args_quiet()).await?,
+                    Workload::Consume(args) => consume::run(&target, args, !args_quiet()).await?,
+                    Workload::Latency(args) => latency::run(&target, args, !args_quiet()).await?,
+                    Workload::Http(args) => http_publish::run(&target, args, !args_quiet()).await?,
+                    Workload::All => unreachable_all()?,
+                };
+                samples.push(report);
+            }
+            reports.push(Report::median(samples));
+        }
+        anyhow::Ok(reports)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        report::print_table(&reports);
+    }
+    Ok(())
+}
+
+fn unreachable_all() -> anyhow::Result<Report> {
+    anyhow::bail!("`all` expands into the other workloads")
+}
+
+/// Progress bars go to stderr unless it is not a terminal.
+fn args_quiet() -> bool {
+    use std::io::IsTerminal;
+    !std::io::stderr().is_terminal()
+}
+
+/// A unique suffix, so that runs against one server do not share subjects or groups.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    format!("{:x}", nanos & 0xffff_ffff_ffff)
+}

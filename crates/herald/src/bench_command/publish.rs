@@ -1,0 +1,116 @@
+//! Acked publish throughput: `connections` connections, each pipelining `pub` frames of
+//! `batch` events with at most `window` frames unanswered, until `events` are acknowledged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use futures::SinkExt;
+use tokio::sync::Semaphore;
+
+use super::report::Report;
+use super::wire::{self, next_frame};
+use super::{Target, run_id};
+
+#[derive(Clone, Debug, Args)]
+pub struct PublishArgs {
+    /// Events to publish in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Events per `pub` frame.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Unanswered frames per connection at most.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Bytes of `data` per event.
+    #[arg(long, default_value_t = 100)]
+    pub data_bytes: usize,
+}
+
+impl Default for PublishArgs {
+    fn default() -> PublishArgs {
+        PublishArgs {
+            events: 1_000_000,
+            batch: 100,
+            connections: 1,
+            window: 32,
+            data_bytes: 100,
+        }
+    }
+}
+
+pub async fn run(target: &Target, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {
+    let kind = format!("bench.published.{}", run_id());
+    let bar = super::report::progress_bar(progress, args.events);
+    let (acked, seconds) = drive(target, args, &kind, &bar).await?;
+    bar.finish_and_clear();
+    Ok(Report::new(
+        "publish",
+        format!(
+            "{} conn × batch {}, window {}, {} B data",
+            args.connections, args.batch, args.window, args.data_bytes
+        ),
+        acked,
+        seconds,
+    ))
+}
+
+/// Publishes `args.events` events of `kind` (rounded up to whole frames); returns how many
+/// were acknowledged and how long it took.
+pub async fn drive(
+    target: &Target,
+    args: &PublishArgs,
+    kind: &str,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(u64, f64)> {
+    let batch = args.batch.max(1);
+    let connections = args.connections.max(1);
+    let frames_per_connection = (args.events as usize).div_ceil(batch * connections);
+    // The server echoes rids without interpreting them, so one frame serves every send.
+    let frame = wire::text(wire::pub_frame(1, kind, batch, args.data_bytes));
+    let mut links = Vec::new();
+    for _ in 0..connections {
+        links.push(wire::connect(target).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut sink, mut source) in links {
+        let frame = frame.clone();
+        let window = Arc::new(Semaphore::new(args.window.max(1)));
+        let bar = bar.clone();
+        let reader_window = window.clone();
+        let reader = tokio::spawn(async move {
+            let mut acked = 0u64;
+            for _ in 0..frames_per_connection {
+                let answer = next_frame(&mut source).await?;
+                if answer["op"] != "puback" {
+                    bail!("expected puback, got {answer}");
+                }
+                let results = answer["results"].as_array().map_or(0, Vec::len) as u64;
+                acked += results;
+                bar.inc(results);
+                reader_window.add_permits(1);
+            }
+            anyhow::Ok(acked)
+        });
+        let writer = tokio::spawn(async move {
+            for _ in 0..frames_per_connection {
+                window.acquire().await?.forget();
+                sink.send(frame.clone()).await?;
+            }
+            anyhow::Ok(sink)
+        });
+        tasks.push((writer, reader));
+    }
+    let mut acked = 0;
+    let mut sinks = Vec::new();
+    for (writer, reader) in tasks {
+        acked += reader.await??;
+        sinks.push(writer.await??);
+    }
+    Ok((acked, started.elapsed().as_secs_f64()))
+}

@@ -1,0 +1,108 @@
+//! Results: one report per workload, medians over runs with their range.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub workload: String,
+    /// What was run: connections, batch, rate, fsync as the server reported it.
+    pub conditions: String,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    /// Min and max of `events_per_second` over the runs.
+    pub range: (f64, f64),
+    /// Latency percentiles in microseconds, for latency workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Percentiles>,
+    pub runs: usize,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Report {
+    pub fn new(workload: &str, conditions: String, events: u64, seconds: f64) -> Report {
+        let rate = events as f64 / seconds.max(1e-9);
+        Report {
+            workload: workload.to_owned(),
+            conditions,
+            events,
+            seconds,
+            events_per_second: rate,
+            range: (rate, rate),
+            latency_us: None,
+            runs: 1,
+        }
+    }
+
+    /// The run with the median rate (for latency workloads, the median p99), with the range of
+    /// rates over all runs.
+    pub fn median(mut samples: Vec<Report>) -> Report {
+        let key = |report: &Report| match report.latency_us {
+            Some(latency) => latency.p99,
+            None => report.events_per_second,
+        };
+        samples.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let low = samples
+            .iter()
+            .map(|r| r.events_per_second)
+            .fold(f64::INFINITY, f64::min);
+        let high = samples
+            .iter()
+            .map(|r| r.events_per_second)
+            .fold(0.0, f64::max);
+        let runs = samples.len();
+        let mut median = samples.swap_remove(runs / 2);
+        median.range = (low, high);
+        median.runs = runs;
+        median
+    }
+}
+
+pub fn print_table(reports: &[Report]) {
+    println!(
+        "{:<10} {:>12} {:>22} {:>9} {:>9} {:>9}  conditions",
+        "workload", "events/s", "range", "p50 µs", "p99 µs", "p99.9 µs"
+    );
+    for report in reports {
+        let (p50, p99, p999) = match report.latency_us {
+            Some(l) => (
+                format!("{:.0}", l.p50),
+                format!("{:.0}", l.p99),
+                format!("{:.0}", l.p999),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<10} {:>12.0} {:>22} {:>9} {:>9} {:>9}  {} ({} runs)",
+            report.workload,
+            report.events_per_second,
+            format!("{:.0}–{:.0}", report.range.0, report.range.1),
+            p50,
+            p99,
+            p999,
+            report.conditions,
+            report.runs
+        );
+    }
+}
+
+/// A progress bar on stderr, hidden when `visible` is false.
+pub fn progress_bar(visible: bool, total: u64) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

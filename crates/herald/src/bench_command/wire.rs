@@ -1,0 +1,88 @@
+//! A bench connection: raw `/v1/ws` frames over tokio-tungstenite.
+
+use anyhow::{Context, bail};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::Target;
+
+pub type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+pub type Source = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
+
+/// Connects and reads the `welcome` frame.
+pub async fn connect(target: &Target) -> anyhow::Result<(Sink, Source)> {
+    let mut request = target.ws_url.as_str().into_client_request()?;
+    if let Some(token) = &target.token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    let (stream, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("connecting to {}", target.ws_url))?;
+    let (sink, mut source) = stream.split();
+    let welcome = next_frame(&mut source).await?;
+    if welcome["op"] != "welcome" {
+        bail!("expected welcome, got {welcome}");
+    }
+    Ok((sink, source))
+}
+
+/// The next text frame as JSON; errors if the server sent an `error` frame.
+pub async fn next_frame(source: &mut Source) -> anyhow::Result<Value> {
+    loop {
+        let message = source
+            .next()
+            .await
+            .context("the server closed the connection")??;
+        match message {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text)?;
+                if frame["op"] == "error" {
+                    bail!("server error: {}", frame["error"]);
+                }
+                return Ok(frame);
+            }
+            Message::Close(close) => bail!("the server closed the connection: {close:?}"),
+            _ => continue,
+        }
+    }
+}
+
+pub fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// A `pub` frame of `count` events of `kind`, each with a payload of about `data_bytes`.
+pub fn pub_frame(rid: u64, kind: &str, count: usize, data_bytes: usize) -> String {
+    let padding = "x".repeat(data_bytes.saturating_sub(24));
+    let event = format!(r#"{{"type":"{kind}","data":{{"pad":"{padding}"}}}}"#);
+    let mut frame = format!(r#"{{"op":"pub","rid":{rid},"events":["#);
+    for i in 0..count {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(&event);
+    }
+    frame.push_str("]}");
+    frame
+}
+
+/// Sends a `sub` frame and waits for `subscribed`; returns the sid.
+pub async fn subscribe(sink: &mut Sink, source: &mut Source, sub: Value) -> anyhow::Result<u64> {
+    let mut frame = sub;
+    frame["op"] = "sub".into();
+    frame["rid"] = 1.into();
+    sink.send(text(frame.to_string())).await?;
+    loop {
+        let answer = next_frame(source).await?;
+        if answer["op"] == "subscribed" {
+            return answer["sid"].as_u64().context("subscribed without sid");
+        }
+    }
+}
