@@ -11,13 +11,16 @@ pub enum Error {
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("invalid event type: {0}")]
-    InvalidType(#[source] herald_core::SubjectError),
+    InvalidType(herald_core::SubjectError),
     #[error("invalid pattern: {0}")]
-    InvalidPattern(#[source] herald_core::SubjectError),
+    InvalidPattern(herald_core::SubjectError),
     #[error("invalid event id: {0}")]
-    InvalidId(#[source] herald_core::EventIdError),
-    #[error("event data does not encode as JSON: {0}")]
-    Encode(#[source] serde_json::Error),
+    InvalidId(herald_core::EventIdError),
+    #[error("invalid timestamp {value:?}: {reason}")]
+    InvalidTimestamp { value: String, reason: String },
+    /// The event's data does not encode as JSON, or an event's JSON does not read as one.
+    #[error("event is not valid JSON: {0}")]
+    Encode(serde_json::Error),
     /// The server sent an event this client cannot read, or whose `data` is not the type the
     /// subscriber asked for. The subscription goes on; only this event is affected.
     #[error("event {id} does not decode: {reason}")]
@@ -32,7 +35,7 @@ pub enum Error {
         status: u16,
         body: String,
     },
-    #[error("HTTP request to {url} failed: {source}")]
+    #[error("HTTP request to {url} failed")]
     Http {
         url: String,
         #[source]

@@ -130,6 +130,54 @@ impl NewEvent {
         self
     }
 
+    /// Reads an event in its wire form (PRODUCT.md §1: `type`, `data`, and any envelope
+    /// field), such as a line of an NDJSON file. Unknown fields are refused, as the server does.
+    pub fn from_json(json: &str) -> Result<NewEvent> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Input {
+            id: Option<String>,
+            #[serde(rename = "type")]
+            event_type: String,
+            version: Option<String>,
+            timestamp: Option<String>,
+            source: Option<String>,
+            correlation_id: Option<String>,
+            trace_id: Option<String>,
+            user_id: Option<String>,
+            key: Option<String>,
+            data: Option<Box<RawValue>>,
+            #[serde(default)]
+            metadata: BTreeMap<String, String>,
+        }
+        let input: Input = serde_json::from_str(json).map_err(Error::Encode)?;
+        let data = match input.data {
+            Some(data) => data,
+            None => RawValue::NULL.to_owned(),
+        };
+        let mut event = NewEvent::with_raw_data(&input.event_type, data)?;
+        if let Some(id) = input.id {
+            event = event.id(&id)?;
+        }
+        if let Some(timestamp) = input.timestamp {
+            let parsed = OffsetDateTime::parse(&timestamp, &Rfc3339).map_err(|error| {
+                Error::InvalidTimestamp {
+                    value: timestamp.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+            event.timestamp = Some(parsed);
+        }
+        event.version = input.version;
+        event.source = input.source;
+        event.correlation_id = input.correlation_id;
+        event.trace_id = input.trace_id;
+        event.user_id = input.user_id;
+        event.key = input.key;
+        event.metadata = input.metadata;
+        Ok(event)
+    }
+
     pub fn event_type(&self) -> &str {
         self.event_type.as_str()
     }
@@ -313,6 +361,29 @@ mod tests {
         assert!(error.to_string().contains("empty"), "{error}");
         let error = NewEvent::new("a..b", &1).unwrap_err();
         assert!(error.to_string().contains("token 2"), "{error}");
+    }
+
+    #[test]
+    fn new_event_from_json() {
+        let line = r#"{"type":"order.placed","id":"o-1","key":"order-1","timestamp":"2026-11-22T10:00:00Z","data":{"total":3},"metadata":{"k":"v"}}"#;
+        let event = NewEvent::from_json(line).unwrap();
+        assert_eq!(
+            encoded(event, None),
+            json!({"id": "o-1", "type": "order.placed", "key": "order-1",
+                   "timestamp": "2026-11-22T10:00:00Z", "data": {"total": 3}, "metadata": {"k": "v"}})
+        );
+        let bare = encoded(NewEvent::from_json(r#"{"type":"a.b"}"#).unwrap(), None);
+        assert_eq!(bare["data"], Value::Null);
+        for (line, want) in [
+            (r#"{"type":"a.b","colour":1}"#, "unknown field `colour`"),
+            (r#"{"data":1}"#, "missing field `type`"),
+            (r#"{"type":"a.>"}"#, "wildcard"),
+            (r#"{"type":"a.b","timestamp":"soon"}"#, "timestamp \"soon\""),
+            ("[1]", "invalid type"),
+        ] {
+            let error = NewEvent::from_json(line).unwrap_err().to_string();
+            assert!(error.contains(want), "{line}: {error}");
+        }
     }
 
     #[derive(Debug, serde::Deserialize, PartialEq)]

@@ -25,6 +25,7 @@
 //! Not here yet: publishing to users, rooms and broadcasts (`publishToUser`, `publishToRoom`,
 //! `broadcast`), which arrive with the server's real-time endpoints.
 
+mod admin;
 mod client;
 mod connection;
 mod error;
@@ -32,6 +33,7 @@ mod event;
 mod options;
 mod subscription;
 
+pub use admin::Admin;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use event::{NewEvent, ReceivedEvent};
