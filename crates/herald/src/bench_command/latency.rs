@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use clap::Args;
 use futures::{FutureExt, SinkExt};
 use hdrhistogram::Histogram;
@@ -102,10 +101,7 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
     });
     let acks = tokio::spawn(async move {
         for _ in 0..total {
-            let answer = next_frame(&mut pub_source).await?;
-            if answer["op"] != "puback" {
-                bail!("expected puback, got {answer}");
-            }
+            wire::next_puback(&mut pub_source).await?;
         }
         anyhow::Ok(())
     });

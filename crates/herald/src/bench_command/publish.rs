@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::bail;
 use clap::Args;
 use futures::SinkExt;
 use tokio::sync::Semaphore;
 
 use super::report::Report;
-use super::wire::{self, next_frame};
+use super::wire;
 use super::{Target, run_id};
 
 #[derive(Clone, Debug, Args)]
@@ -86,11 +85,7 @@ pub async fn drive(
         let reader = tokio::spawn(async move {
             let mut acked = 0u64;
             for _ in 0..frames_per_connection {
-                let answer = next_frame(&mut source).await?;
-                if answer["op"] != "puback" {
-                    bail!("expected puback, got {answer}");
-                }
-                let results = answer["results"].as_array().map_or(0, Vec::len) as u64;
+                let results = wire::next_puback(&mut source).await?;
                 acked += results;
                 bar.inc(results);
                 reader_window.add_permits(1);

@@ -54,6 +54,25 @@ pub async fn next_frame(source: &mut Source) -> anyhow::Result<Value> {
     }
 }
 
+/// The next `puback`, counted without decoding it into a tree (the bench client shares the
+/// machine with the server; it should spend as little of it as it can).
+pub async fn next_puback(source: &mut Source) -> anyhow::Result<u64> {
+    loop {
+        let message = source
+            .next()
+            .await
+            .context("the server closed the connection")??;
+        match message {
+            Message::Text(text) if text.starts_with(r#"{"op":"puback""#) => {
+                return Ok(text.matches(r#""duplicate":"#).count() as u64);
+            }
+            Message::Text(text) => bail!("expected puback, got {text}"),
+            Message::Close(close) => bail!("the server closed the connection: {close:?}"),
+            _ => continue,
+        }
+    }
+}
+
 pub fn text(frame: String) -> Message {
     Message::Text(frame.into())
 }
