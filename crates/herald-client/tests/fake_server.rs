@@ -224,3 +224,42 @@ async fn a_group_member_is_recreated_and_skips_deliveries_of_the_lost_connection
     assert!(end.to_string().contains("group deleted"), "{end}");
     assert!(member.next().await.is_none());
 }
+
+#[tokio::test]
+async fn a_live_subscriber_that_falls_behind_is_dropped_with_a_reason() {
+    let (fake, url) = Fake::start().await;
+    let connecting = Client::connect(ClientOptions::new(&url).timeout(WAIT).live_buffer_events(2));
+    let (first, client) = tokio::join!(fake.accept(15_000), connecting);
+    let (mut conn, client) = (first, client.unwrap());
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .subscribe::<Value>("tick", herald_client::SubscribeOptions::default())
+                .await
+        }
+    });
+    let sub = conn.recv().await;
+    conn.send(json!({"op": "subscribed", "rid": sub["rid"], "sid": 3}))
+        .await;
+    let mut live = subscribing.await.unwrap().unwrap();
+    for seq in 1..=3 {
+        conn.send(json!({"op": "event", "sid": 3, "event": {
+            "stream": "tick", "seq": seq, "id": format!("t{seq}"), "type": "tick",
+            "version": "1.0", "timestamp": "2026-11-22T10:00:00Z", "data": seq}}))
+            .await;
+    }
+    // The third event does not fit: the client unsubscribes rather than slow the connection.
+    let unsub = conn.recv().await;
+    assert_eq!((&unsub["op"], &unsub["sid"]), (&json!("unsub"), &json!(3)));
+    for seq in 1..=2 {
+        let event = live.next().await.unwrap().unwrap();
+        assert_eq!(event.seq, Some(seq));
+    }
+    let error = live.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, herald_client::Error::SlowConsumer { buffered: 2 }),
+        "{error}"
+    );
+    assert!(live.next().await.is_none());
+}
