@@ -767,7 +767,7 @@ impl Task {
                 let detail = frame
                     .error
                     .unwrap_or_else(|| ErrorDetail::new(ErrorCode::Internal, "error frame"));
-                self.on_error(conn, frame.rid, frame.sid, detail);
+                return self.on_error(conn, frame.rid, frame.sid, detail);
             }
             Op::Closed => {
                 let (Some(sid), Some(detail)) = (frame.sid, frame.error) else {
@@ -829,10 +829,10 @@ impl Task {
         rid: Option<u64>,
         sid: Option<u64>,
         detail: ErrorDetail,
-    ) {
+    ) -> Result<(), String> {
         let Some(rid) = rid else {
             tracing::warn!(?sid, error = %detail, "herald reported an error");
-            return;
+            return Ok(());
         };
         if let Some(batch) = conn.publishes.remove(&rid) {
             if batch.len() > 1 {
@@ -847,19 +847,32 @@ impl Task {
                     let _ = request.reply.send(Err(Error::Server(detail.clone())));
                 }
             }
-            return;
+            return Ok(());
         }
         match conn.pending.remove(&rid) {
             Some(Pending::Sub { local }) => {
                 let Some(mut sub) = self.subs.remove(&local) else {
-                    return;
+                    return Ok(());
                 };
-                sub.shared.generation.store(0, Ordering::Release);
+                let transient = matches!(
+                    detail.code,
+                    ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+                );
                 match sub.confirm.take() {
                     Some(confirm) => {
                         let _ = confirm.send(Err(Error::Server(detail)));
                     }
-                    None => sub.shared.close(Error::SubscriptionClosed(detail)),
+                    // A subscription the caller already has must not end over a passing
+                    // refusal (a server still starting, a limit for a moment): try it again
+                    // on a new connection, after the reconnect backoff.
+                    None if transient => {
+                        self.subs.insert(local, sub);
+                        return Err(format!("re-subscribing was refused: {detail}"));
+                    }
+                    None => {
+                        sub.shared.generation.store(0, Ordering::Release);
+                        sub.shared.close(Error::SubscriptionClosed(detail));
+                    }
                 }
             }
             Some(
@@ -873,6 +886,7 @@ impl Task {
                 tracing::debug!(rid, error = %detail, "herald refused a request nobody waits for");
             }
         }
+        Ok(())
     }
 
     /// The connection is gone: unanswered publishes go back to the front of the buffer,
