@@ -105,7 +105,8 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.state.shutdown.cancel();
         let grace = self.state.config.shutdown_grace.0;
-        match tokio::time::timeout(grace, self.task).await {
+        let deadline = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => return Err(ServeError::Serve(error)),
             Ok(Err(_)) => tracing::warn!("the server task panicked"),
@@ -113,6 +114,19 @@ impl RunningServer {
                 grace_ms = grace.as_millis() as u64,
                 "connections did not finish within the shutdown grace; closing anyway"
             ),
+        }
+        // The HTTP server's graceful shutdown does not track upgraded connections: wait for
+        // each /v1/ws connection to store and answer what it has read, and close, before the
+        // engine is closed under it.
+        if tokio::time::timeout_at(deadline, self.state.connections_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.state.connections(),
+                grace_ms = grace.as_millis() as u64,
+                "WebSocket connections did not close within the shutdown grace; closing anyway"
+            );
         }
         self.state.engine.close().await.map_err(ServeError::Close)
     }

@@ -30,6 +30,8 @@ pub struct Shared {
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
     connections: AtomicUsize,
+    /// Notified whenever a connection closes, for the drain to wait on.
+    connection_closed: tokio::sync::Notify,
     next_connection_id: AtomicU64,
 }
 
@@ -50,6 +52,7 @@ impl AppState {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
+            connection_closed: tokio::sync::Notify::new(),
             next_connection_id: AtomicU64::new(1),
         }))
     }
@@ -64,6 +67,20 @@ impl AppState {
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn connections_closed(&self) {
+        loop {
+            let closed = self.connection_closed.notified();
+            tokio::pin!(closed);
+            // Registered before the count is read, so a close in between is not missed.
+            closed.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// A slot for one more connection, or `None` at the limit.
@@ -99,5 +116,6 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.state.connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.connections.dec();
+        self.state.connection_closed.notify_waiters();
     }
 }

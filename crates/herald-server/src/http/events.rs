@@ -123,14 +123,10 @@ pub fn authorize_events(
     Ok(())
 }
 
-/// Stores the events and times the engine call.
+/// Stores the events and times the engine call. Refuses nothing while the server drains: a
+/// `/v1/ws` connection stores every `pub` it has read (docs/PROTOCOL.md); new HTTP requests are
+/// refused by [`publish`] instead. Once the engine is closed its `Stopped` is `unavailable`.
 pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<PublishResult>, ApiError> {
-    if state.shutdown.is_cancelled() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the server is shutting down",
-        ));
-    }
     let started = Instant::now();
     let outcomes = state.engine.publish(events).await?;
     state.metrics.observe_publish(started.elapsed());
@@ -165,6 +161,12 @@ pub async fn publish(
     Caller(identity): Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server is shutting down",
+        ));
+    }
     let (parts, body) = request.into_parts();
     let encoding = encoding(&parts.headers)?;
     let body = read_body(&state, body).await?;

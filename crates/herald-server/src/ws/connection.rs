@@ -77,10 +77,12 @@ pub async fn run(state: AppState, identity: Identity, slot: ConnectionSlot, sock
     let Connection {
         subscriptions,
         publishes,
+        outbound: own_outbound,
         ..
     } = connection;
     drop(subscriptions);
     drop(publishes);
+    drop(own_outbound);
     let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, publisher).await;
     if let Some(close) = close {
         let _ = outbound.send(Message::Close(Some(close))).await;
@@ -115,13 +117,14 @@ async fn write_loop(
                     let _ = sink.close().await;
                     return;
                 };
-                let closing = matches!(message, Message::Close(_));
+                let mut closing = matches!(message, Message::Close(_));
                 if sink.feed(message).await.is_err() {
                     return;
                 }
                 let mut written = 1;
                 while written < WRITE_BATCH_FRAMES_MAX && !closing {
                     let Ok(message) = queue.try_recv() else { break };
+                    closing = matches!(message, Message::Close(_));
                     if sink.feed(message).await.is_err() {
                         return;
                     }

@@ -231,6 +231,29 @@ impl Ws {
         }
     }
 
+    /// Sends `frame`; false when the connection is gone (for tests that kill the server).
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_ok()
+    }
+
+    /// The next text frame as JSON (queued ones first), or None once the connection is closed
+    /// or broken; fails the test after [`WAIT`].
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        if let Some(frame) = self.queued.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match self.recv_message().await? {
+                Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
     /// The next message of any kind, or None when the connection ended.
     pub async fn recv_message(&mut self) -> Option<Message> {
         tokio::time::timeout(WAIT, self.stream.next())
