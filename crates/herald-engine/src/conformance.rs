@@ -58,6 +58,8 @@ macro_rules! conformance_tests {
             a_member_that_leaves_has_its_deliveries_redelivered_at_once,
             nothing_is_lost_when_members_crash_mid_flight,
             a_group_pattern_spans_streams,
+            a_group_reads_past_events_it_does_not_match,
+            a_group_with_little_credit_skips_unmatched_new_events,
             a_group_from_latest_gets_all_of_streams_created_after_it,
             a_group_keeps_its_pattern,
             a_member_cannot_act_on_another_members_delivery,
@@ -985,6 +987,60 @@ pub async fn a_group_pattern_spans_streams<E: Engine>(fixture: &Fixture<E>) {
             .await
             .is_none()
     );
+}
+
+/// A group whose pattern matches a few of a stream's events reads past the others, however
+/// many there are, and delivers every match in order.
+pub async fn a_group_reads_past_events_it_does_not_match<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    engine
+        .publish(vec![event("audit.signal", "0")])
+        .await
+        .expect("publish");
+    publish_numbered(engine, "audit.noise", 40_000).await;
+    engine
+        .publish(vec![event("audit.signal", "1")])
+        .await
+        .expect("publish");
+    publish_numbered(engine, "audit.noise", 300).await;
+    engine
+        .publish(vec![event("audit.signal", "2")])
+        .await
+        .expect("publish");
+    let mut member = engine
+        .join_group(group("auditor", "audit.signal"), Some(1))
+        .await
+        .expect("join");
+    for expected in ["0", "1", "2"] {
+        let delivery = next_delivery(&mut member).await;
+        assert_eq!(delivery.event.event.event_type.as_str(), "audit.signal");
+        assert_eq!(delivery.event.event.data.get(), expected);
+        member.ack(delivery.delivery_id).await.expect("ack");
+    }
+    let stats = engine.groups().await;
+    let auditor = stats.iter().find(|stats| stats.name == "auditor").unwrap();
+    assert_eq!((auditor.acked, auditor.lag, auditor.in_flight), (3, 0, 0));
+}
+
+/// A member with a credit of one gets a matching event published after unmatched ones in the
+/// same batch, with no further publish to wake the group.
+pub async fn a_group_with_little_credit_skips_unmatched_new_events<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let mut member = engine
+        .join_group(group("shipper", "parcel.ready"), Some(1))
+        .await
+        .expect("join");
+    let mut batch: Vec<Event> = (0..600)
+        .map(|n| event("parcel.scanned", &n.to_string()))
+        .collect();
+    batch.push(event("parcel.ready", "\"last\""));
+    engine.publish(batch).await.expect("publish");
+    let delivery = next_delivery(&mut member).await;
+    assert_eq!(delivery.event.event.data.get(), "\"last\"");
+    assert_eq!(delivery.event.seq, 601);
+    member.ack(delivery.delivery_id).await.expect("ack");
 }
 
 pub async fn a_group_keeps_its_pattern<E: Engine>(fixture: &Fixture<E>) {

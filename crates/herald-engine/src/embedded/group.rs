@@ -30,6 +30,9 @@ use crate::api::{
 /// Events fetched from one stream per step.
 const FETCH_EVENTS_MAX: usize = 256;
 
+/// Events a group reads in one turn of its loop while looking for ones its pattern matches.
+const SCAN_EVENTS_PER_TURN_MAX: usize = 16 * 1024;
+
 /// Dead letters a group keeps; past it the oldest are dropped (and counted).
 pub const DEAD_LETTERS_MAX: usize = 100_000;
 
@@ -390,34 +393,52 @@ impl GroupActor {
         Some(after)
     }
 
-    /// Reads up to `room` new matching events from the streams into `ready`.
+    /// Reads up to `room` new matching events from the streams into `ready`, reading past
+    /// events the pattern does not match. Past [`SCAN_EVENTS_PER_TURN_MAX`] events read in one
+    /// turn it stops and wakes its own task, so that a sparse pattern over a long stream
+    /// neither stalls (no wake-up would come for events already stored) nor holds up verbs.
     fn fetch(&mut self, room: usize) {
+        let mut scanned = 0;
         for stream in &self.streams {
-            if self.ready.len() >= room {
-                return;
-            }
-            let position = self.positions.get(&stream.name).copied().unwrap_or(1);
-            let events = match stream.fetch(position, FETCH_EVENTS_MAX.min(room.max(1))) {
-                Ok(events) => events,
-                Err(error) => {
-                    warn!(group = %self.name, stream = %stream.name, %error, "fetch failed");
-                    continue;
+            // Only matching events count against `room`; once a batch matched nothing, read
+            // whole batches.
+            let mut limit = FETCH_EVENTS_MAX.min(room.max(1));
+            loop {
+                if self.ready.len() >= room {
+                    return;
                 }
-            };
-            let Some(last) = events.last() else { continue };
-            let next_seq = last.seq + 1;
-            for event in events {
-                if self.pattern.matches(&event.event.event_type) {
-                    self.ready.push_back(Pending {
-                        event,
-                        attempts: 0,
-                        first_delivered_at: None,
-                        last_error: None,
-                        fresh: true,
-                    });
+                if scanned >= SCAN_EVENTS_PER_TURN_MAX {
+                    self.wake.notify_one();
+                    return;
+                }
+                let position = self.positions.get(&stream.name).copied().unwrap_or(1);
+                let events = match stream.fetch(position, limit) {
+                    Ok(events) => events,
+                    Err(error) => {
+                        warn!(group = %self.name, stream = %stream.name, %error, "fetch failed");
+                        break;
+                    }
+                };
+                let Some(last) = events.last() else { break };
+                let next_seq = last.seq + 1;
+                scanned += events.len();
+                let ready_before = self.ready.len();
+                for event in events {
+                    if self.pattern.matches(&event.event.event_type) {
+                        self.ready.push_back(Pending {
+                            event,
+                            attempts: 0,
+                            first_delivered_at: None,
+                            last_error: None,
+                            fresh: true,
+                        });
+                    }
+                }
+                self.positions.insert(stream.name.clone(), next_seq);
+                if self.ready.len() == ready_before {
+                    limit = FETCH_EVENTS_MAX;
                 }
             }
-            self.positions.insert(stream.name.clone(), next_seq);
         }
     }
 
