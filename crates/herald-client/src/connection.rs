@@ -213,7 +213,7 @@ pub(crate) async fn connect(
         request.headers_mut().insert("authorization", value);
     }
     let opened = tokio::time::timeout(timeout, async {
-        let (socket, _) = tokio_tungstenite::connect_async(request)
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(|error| connect_error(handshake_reason(error)))?;
         let (sink, mut stream) = socket.split();

@@ -67,7 +67,7 @@ impl FileLog {
             visible,
             lock,
         });
-        let writer = Writer::new(shared.clone(), inbox, recovered);
+        let writer = Writer::new(shared.clone(), inbox, recovered)?;
         let handle = std::thread::Builder::new()
             .name(format!("herald-log-writer:{}", dir.display()))
             .spawn(move || writer.run())

@@ -24,6 +24,7 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 mod state;
+mod syncer;
 mod verify;
 mod writer;
 

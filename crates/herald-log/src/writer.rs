@@ -6,6 +6,9 @@
 //! `fdatasync` — so many concurrent appenders share one fsync (group commit). Only then are the
 //! new records made visible to readers and the appenders answered.
 //!
+//! Under `interval` and `never` the fsync runs on a syncer thread (`syncer.rs`) so that it never
+//! delays the appends queued behind it.
+//!
 //! A failed write or fsync poisons the log: after an fsync error the kernel may have dropped the
 //! dirty pages, so the only safe continuation is to reopen and let recovery find what is on disk.
 
@@ -25,6 +28,7 @@ use crate::record::{self, RECORD_HEADER_BYTES};
 use crate::recovery::{self, Recovered};
 use crate::segment::{SEGMENT_HEADER_BYTES, SegmentPaths};
 use crate::state::SegmentInfo;
+use crate::syncer::Syncer;
 
 /// What an acknowledged append got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +98,10 @@ impl Gathered {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     requests: flume::Receiver<Request>,
-    file: File,
+    /// Shared with the syncer, which syncs it while the writer appends.
+    file: Arc<File>,
+    /// `None` under `always`, where the writer syncs inline.
+    syncer: Option<Syncer>,
     buffer: Vec<u8>,
     /// Bytes of the active segment on disk (written, maybe not synced).
     position: u64,
@@ -119,10 +126,16 @@ impl Writer {
         shared: Arc<Shared>,
         requests: flume::Receiver<Request>,
         recovered: Recovered,
-    ) -> Writer {
+    ) -> Result<Writer, LogError> {
+        let syncer = match shared.config.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                Some(Syncer::start(&shared.dir.display().to_string())?)
+            }
+        };
         let active = &recovered.set.active;
         let retention_check_interval = shared.config.retention_check_interval;
-        Writer {
+        Ok(Writer {
             position: active.bytes,
             base_seq: active.base_seq,
             next_seq: active.next_seq,
@@ -134,7 +147,8 @@ impl Writer {
                 .max()
                 .unwrap_or(0),
             last_indexed_position: recovered.last_indexed_position,
-            file: recovered.active_file,
+            file: Arc::new(recovered.active_file),
+            syncer,
             shared,
             requests,
             buffer: Vec::with_capacity(1024 * 1024),
@@ -145,7 +159,7 @@ impl Writer {
             last_sync: Instant::now(),
             next_retention_check: Instant::now() + retention_check_interval,
             poisoned: None,
-        }
+        })
     }
 
     pub fn run(mut self) {
@@ -332,20 +346,85 @@ impl Writer {
     fn sync_by_policy(&mut self) -> Result<(), LogError> {
         match self.shared.config.fsync {
             FsyncPolicy::Always => self.sync(),
-            FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => self.sync(),
+            FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => {
+                self.sync_in_background(true)
+            }
             FsyncPolicy::Interval(_) | FsyncPolicy::Never
                 if self.position - self.synced_position >= UNSYNCED_BYTES_MAX =>
             {
-                self.sync()
+                self.sync_in_background(false)
             }
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.absorb_sync_progress(),
         }
     }
 
+    /// Hands a sync of everything written to the syncer. When one is still in flight, waits
+    /// for it if this sync is `due` (the interval elapsed) or the unsynced bytes reached twice
+    /// `UNSYNCED_BYTES_MAX`; otherwise leaves it to the next commit or timer.
+    fn sync_in_background(&mut self, due: bool) -> Result<(), LogError> {
+        let Some(busy) = self.syncer.as_ref().map(Syncer::is_busy) else {
+            return self.sync();
+        };
+        if busy {
+            let far_behind = self.position - self.synced_position >= 2 * UNSYNCED_BYTES_MAX;
+            if !due && !far_behind {
+                return self.absorb_sync_progress();
+            }
+            if let Some(syncer) = &self.syncer {
+                syncer.wait_idle();
+            }
+        }
+        self.absorb_sync_progress()?;
+        self.last_sync = Instant::now();
+        if !self.unsynced {
+            return Ok(());
+        }
+        let path = self.active_paths().log;
+        let started = self
+            .syncer
+            .as_ref()
+            .is_some_and(|syncer| syncer.request(&self.file, path, self.base_seq, self.position));
+        if started {
+            self.unsynced = false;
+            Ok(())
+        } else {
+            self.sync()
+        }
+    }
+
+    /// Takes what the syncer finished: a failure (which poisons the log, as an inline fsync
+    /// failure would) or a newer synced position of the active segment.
+    fn absorb_sync_progress(&mut self) -> Result<(), LogError> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(());
+        };
+        let synced = match syncer.take_progress() {
+            Ok(synced) => synced,
+            Err(failure) => {
+                self.poisoned = Some(failure.to_string());
+                return Err(failure);
+            }
+        };
+        if let Some((base_seq, position)) = synced
+            && base_seq == self.base_seq
+            && position > self.synced_position
+        {
+            self.synced_position = position;
+            self.drop_cache_behind();
+        }
+        Ok(())
+    }
+
+    /// Syncs inline, after any background sync in flight, so that on return everything
+    /// written is durable.
     fn sync(&mut self) -> Result<(), LogError> {
         if let Some(reason) = &self.poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
+        if let Some(syncer) = &self.syncer {
+            syncer.wait_idle();
+        }
+        self.absorb_sync_progress()?;
         if self.unsynced {
             let path = self.active_paths().log;
             self.file.sync_data().at(&path)?;
@@ -368,7 +447,7 @@ impl Writer {
         }
         if let Some(length) = std::num::NonZeroU64::new(until - self.uncached_position) {
             let _ = rustix::fs::fadvise(
-                &self.file,
+                &*self.file,
                 self.uncached_position,
                 Some(length),
                 rustix::fs::Advice::DontNeed,
@@ -387,7 +466,10 @@ impl Writer {
         let sealed_paths = self.active_paths();
         let entries = self.shared.segments.read().active_index.clone();
         index::write_index_file(&sealed_paths.index, &entries)?;
-        self.file = recovery::create_segment_file(&self.shared.dir, self.next_seq)?;
+        self.file = Arc::new(recovery::create_segment_file(
+            &self.shared.dir,
+            self.next_seq,
+        )?);
         debug!(sealed = %sealed_paths.log.display(), next_seq = self.next_seq, "rolled segment");
         self.base_seq = self.next_seq;
         self.position = SEGMENT_HEADER_BYTES;
@@ -424,7 +506,7 @@ impl Writer {
         if let FsyncPolicy::Interval(interval) = self.shared.config.fsync
             && self.unsynced
             && now >= self.last_sync + interval
-            && let Err(failure) = self.sync()
+            && let Err(failure) = self.sync_in_background(true)
         {
             error!(error = %failure, "interval fsync failed; the log refuses writes until reopened");
             self.poisoned = Some(failure.to_string());

@@ -2,6 +2,7 @@
 //! on shutdown stop accepting, let connections finish their queued publishes, then close the
 //! engine (which fsyncs).
 
+use axum::serve::ListenerExt as _;
 use std::net::SocketAddr;
 
 use herald_engine::{EmbeddedEngine, Engine, EngineError};
@@ -84,6 +85,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         crate::http::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     let shutdown = state.shutdown.clone();
     let task = tokio::spawn(async move {
+        // Nagle off: a delivery or an ack is a small frame that must leave at once; the
+        // writers already batch frames per flush where there are several.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

@@ -47,7 +47,8 @@ const ACK_BATCH_MAX: usize = 1000;
 
 pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
     let id = run_id();
-    let kind = format!("bench.consumed.{id}");
+    // A stream of its own, so that the group reads only its backlog and not earlier runs'.
+    let kind = format!("bench-consume-{id}.event");
     let group = format!("bench-{id}");
     let backlog = PublishArgs {
         events: args.events,

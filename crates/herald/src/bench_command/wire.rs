@@ -22,7 +22,8 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Sink, Source)> {
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
-    let (stream, _) = tokio_tungstenite::connect_async(request)
+    // Nagle off: small frames go out at once, as a latency-sensitive client would send them.
+    let (stream, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .with_context(|| format!("connecting to {}", target.ws_url))?;
     let (sink, mut source) = stream.split();

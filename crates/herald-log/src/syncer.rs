@@ -1,0 +1,179 @@
+//! Background `fdatasync` for `fsync = interval` and `never`.
+//!
+//! Under those policies an append is acknowledged once written, never after an fsync, so an
+//! fsync done by the writer thread itself only stalls the appends queued behind it (on the test
+//! machine, a 5 ms interval fsync inline raised the p99 of publish-to-delivery from 1.4 ms to
+//! 5.5 ms at 20 k events/s). The syncer thread syncs a clone of the active segment's handle
+//! while the writer goes on appending; at most one sync is in flight, and the writer waits for
+//! it only when it has run `UNSYNCED_BYTES_MAX` further ahead again, which keeps dirty page
+//! cache bounded. Under `always` the writer syncs inline, since the acknowledgement waits for
+//! the fsync anyway.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{IoContext, LogError};
+
+/// One segment to sync up to `position`.
+struct SyncJob {
+    file: Arc<File>,
+    path: PathBuf,
+    base_seq: u64,
+    position: u64,
+}
+
+/// What the syncer has done, read by the writer.
+#[derive(Default)]
+struct Progress {
+    in_flight: bool,
+    /// The segment and position of the last successful sync.
+    synced: Option<(u64, u64)>,
+    failure: Option<LogError>,
+}
+
+#[derive(Default)]
+struct State {
+    progress: Mutex<Progress>,
+    idle: Condvar,
+}
+
+pub(crate) struct Syncer {
+    jobs: Option<SyncSender<SyncJob>>,
+    state: Arc<State>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    pub fn start(name: &str) -> Result<Syncer, LogError> {
+        let (jobs, inbox) = sync_channel(1);
+        let state = Arc::new(State::default());
+        let thread_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("herald-log-sync:{name}"))
+            .spawn(move || run(inbox, &thread_state))
+            .at(std::path::Path::new(name))?;
+        Ok(Syncer {
+            jobs: Some(jobs),
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts syncing `file` up to `position` unless a sync is already in flight; returns
+    /// whether it started one.
+    pub fn request(&self, file: &Arc<File>, path: PathBuf, base_seq: u64, position: u64) -> bool {
+        let Some(jobs) = &self.jobs else {
+            return false;
+        };
+        {
+            let mut progress = self.state.progress.lock();
+            if progress.in_flight {
+                return false;
+            }
+            progress.in_flight = true;
+        }
+        let job = SyncJob {
+            file: file.clone(),
+            path,
+            base_seq,
+            position,
+        };
+        match jobs.try_send(job) {
+            Ok(()) => true,
+            // The thread is gone (it only stops when the syncer is dropped) or, impossibly,
+            // busy: the writer syncs inline at its next chance instead.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.state.progress.lock().in_flight = false;
+                false
+            }
+        }
+    }
+
+    /// Waits until no sync is in flight.
+    pub fn wait_idle(&self) {
+        let mut progress = self.state.progress.lock();
+        while progress.in_flight {
+            self.state.idle.wait(&mut progress);
+        }
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.state.progress.lock().in_flight
+    }
+
+    /// The last successful sync as `(segment base seq, position)`, or the failure of a sync,
+    /// which the writer must treat like its own fsync failing.
+    pub fn take_progress(&self) -> Result<Option<(u64, u64)>, LogError> {
+        let mut progress = self.state.progress.lock();
+        match progress.failure.take() {
+            Some(failure) => Err(failure),
+            None => Ok(progress.synced),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(inbox: Receiver<SyncJob>, state: &State) {
+    while let Ok(job) = inbox.recv() {
+        let result = job.file.sync_data().at(&job.path);
+        let mut progress = state.progress.lock();
+        match result {
+            Ok(()) => {
+                let newer = progress.synced.is_none_or(|(base_seq, position)| {
+                    job.base_seq > base_seq || (job.base_seq == base_seq && job.position > position)
+                });
+                if newer {
+                    progress.synced = Some((job.base_seq, job.position));
+                }
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure, "background fsync failed; the log refuses writes");
+                progress.failure = Some(failure);
+            }
+        }
+        progress.in_flight = false;
+        state.idle.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn reports_the_furthest_sync_and_takes_one_job_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let file = Arc::new(File::create(&path).unwrap());
+        let syncer = Syncer::start("test").unwrap();
+        assert_eq!(syncer.take_progress().unwrap(), None);
+
+        assert!(syncer.request(&file, path.clone(), 1, 100));
+        syncer.wait_idle();
+        assert!(!syncer.is_busy());
+        assert_eq!(syncer.take_progress().unwrap(), Some((1, 100)));
+
+        // An older position never moves the reported one back; a newer segment moves it on.
+        assert!(syncer.request(&file, path.clone(), 1, 50));
+        syncer.wait_idle();
+        assert_eq!(syncer.take_progress().unwrap(), Some((1, 100)));
+        assert!(syncer.request(&file, path, 7, 10));
+        syncer.wait_idle();
+        assert_eq!(syncer.take_progress().unwrap(), Some((7, 10)));
+    }
+}
