@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extended,
             reject_dead_letters_at_once_and_redrive_delivers_again,
             a_member_that_leaves_has_its_deliveries_redelivered_at_once,
+            acks_sent_just_before_leaving_count,
             nothing_is_lost_when_members_crash_mid_flight,
             a_group_pattern_spans_streams,
             a_group_reads_past_events_it_does_not_match,
@@ -924,6 +925,35 @@ pub async fn a_member_that_leaves_has_its_deliveries_redelivered_at_once<E: Engi
     again.sort_unstable();
     taken.sort_unstable();
     assert_eq!(again, taken);
+}
+
+/// A member that acks and leaves at once (a worker finishing its batch and exiting) has its
+/// acks honoured: nothing it acked is delivered again.
+pub async fn acks_sent_just_before_leaving_count<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    publish_numbered(engine, "batch.item", 50).await;
+    let mut leaving = engine
+        .join_group(group("batcher", "batch.*"), Some(50))
+        .await
+        .expect("join");
+    for _ in 0..50 {
+        let delivery = next_delivery(&mut leaving).await;
+        leaving.ack(delivery.delivery_id).await.expect("ack");
+    }
+    drop(leaving);
+    let mut staying = engine
+        .join_group(group("batcher", "batch.*"), Some(50))
+        .await
+        .expect("join");
+    if let Some(delivery) = delivery_within(&mut staying, Duration::from_secs(120)).await {
+        panic!(
+            "seq {} was acked before its member left, yet delivered again",
+            delivery.event.seq
+        );
+    }
+    let stats = engine.groups().await;
+    let batcher = stats.iter().find(|stats| stats.name == "batcher").unwrap();
+    assert_eq!((batcher.acked, batcher.redelivered), (50, 0));
 }
 
 pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &Fixture<E>) {

@@ -277,6 +277,11 @@ impl GroupActor {
                     }
                 }
                 control = control.recv() => {
+                    // Verbs a member sent before leaving were queued first: apply them before a
+                    // `Leave` (or a stop) so that its last acks are not taken for unacked.
+                    while let Ok(request) = commands.try_recv() {
+                        self.command(request);
+                    }
                     match control {
                         Some(Control::Stop(reason)) => {
                             let _ = self.journal.flush().await;

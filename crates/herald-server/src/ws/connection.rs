@@ -78,8 +78,16 @@ pub async fn run(state: AppState, identity: Identity, slot: ConnectionSlot, sock
         subscriptions,
         publishes,
         outbound: own_outbound,
+        verbs_in_flight,
         ..
     } = connection;
+    // Verbs already read (acks with a `rid`, nacks…) reach their groups before the
+    // subscriptions leave them, or a last ack would count as unacked and be redelivered.
+    let _ = tokio::time::timeout(
+        CLOSE_DRAIN_TIMEOUT,
+        verbs_in_flight.acquire_many(PENDING_VERBS_MAX as u32),
+    )
+    .await;
     drop(subscriptions);
     drop(publishes);
     drop(own_outbound);
