@@ -15,9 +15,14 @@ use herald_engine::conformance::event;
 use herald_engine::{EmbeddedEngine, Engine, EngineConfig, StartAt};
 use herald_log::FsyncPolicy;
 
+/// The allocator the `herald` binary ships with, so that these figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 3;
 const GROUP_EVENTS: usize = 100_000;
 const FANOUT_EVENTS: usize = 50_000;
+const DRAIN_EVENTS: usize = 200_000;
 const BATCH: usize = 100;
 
 fn policies() -> [(&'static str, FsyncPolicy); 2] {
@@ -68,8 +73,8 @@ async fn group_throughput(fsync: FsyncPolicy, members: usize) -> f64 {
         let mut member = engine.join_group(spec.clone(), None).await.unwrap();
         let (done, acked) = (done.clone(), per_member_target.clone());
         tokio::spawn(async move {
-            loop {
-                let delivery = member.recv().await.unwrap();
+            // A member still waiting when the engine closes gets `EngineStopped`: its work is done.
+            while let Ok(delivery) = member.recv().await {
                 member.ack(delivery.delivery_id).await.unwrap();
                 let total = acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if total == GROUP_EVENTS {
@@ -88,6 +93,50 @@ async fn group_throughput(fsync: FsyncPolicy, members: usize) -> f64 {
     }
     finished.recv().await.unwrap();
     let rate = GROUP_EVENTS as f64 / started.elapsed().as_secs_f64();
+    engine.close().await.unwrap();
+    rate
+}
+
+/// A stored backlog of `DRAIN_EVENTS`, then `members` members join and drain it, acking each
+/// delivery; events/s from the first join to the last ack. The group's path alone, without
+/// publishing alongside.
+async fn group_drain(fsync: FsyncPolicy, members: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(engine(dir.path(), fsync));
+    for _ in 0..DRAIN_EVENTS / 1000 {
+        let batch = (0..1000)
+            .map(|_| event("backlog.item", r#"{"n":1}"#))
+            .collect();
+        engine.publish(batch).await.unwrap();
+    }
+    let spec = GroupSpec {
+        name: "drain".into(),
+        pattern: Pattern::new("backlog.*").unwrap(),
+        policy: GroupPolicy {
+            max_in_flight: 1000,
+            ..GroupPolicy::default()
+        },
+        start: StartAt::Earliest,
+    };
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (done, mut finished) = tokio::sync::mpsc::channel::<()>(members);
+    let started = Instant::now();
+    for _ in 0..members {
+        let mut member = engine.join_group(spec.clone(), None).await.unwrap();
+        let (done, acked) = (done.clone(), acked.clone());
+        tokio::spawn(async move {
+            while let Ok(delivery) = member.recv().await {
+                member.ack(delivery.delivery_id).await.unwrap();
+                let total = acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if total == DRAIN_EVENTS {
+                    let _ = done.send(()).await;
+                    return;
+                }
+            }
+        });
+    }
+    finished.recv().await.unwrap();
+    let rate = DRAIN_EVENTS as f64 / started.elapsed().as_secs_f64();
     engine.close().await.unwrap();
     rate
 }
@@ -221,6 +270,17 @@ fn main() {
             if wanted(&name) {
                 let rates = (0..RUNS)
                     .map(|_| runtime.block_on(group_throughput(fsync, members)))
+                    .collect();
+                row(&name, rates, "events/s");
+            }
+        }
+        for members in [1, 4] {
+            let name = format!(
+                "group drain of a stored backlog with acks, {members} member(s), fsync={policy}"
+            );
+            if wanted(&name) {
+                let rates = (0..RUNS)
+                    .map(|_| runtime.block_on(group_drain(fsync, members)))
                     .collect();
                 row(&name, rates, "events/s");
             }
