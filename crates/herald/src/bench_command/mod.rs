@@ -6,6 +6,7 @@ mod consume;
 mod http_publish;
 mod latency;
 mod publish;
+mod redis_streams;
 mod report;
 mod wire;
 
@@ -17,7 +18,8 @@ pub use report::Report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server URL [env: HERALD_URL]
+    /// Server URL [env: HERALD_URL]; a redis:// URL runs publish and consume against Redis
+    /// Streams directly, as the baseline.
     #[arg(
         long,
         env = "HERALD_URL",
@@ -61,6 +63,8 @@ pub struct Target {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let redis_url = (args.url.starts_with("redis://") || args.url.starts_with("rediss://"))
+        .then(|| args.url.clone());
     let http_url = args.url.trim_end_matches('/').to_owned();
     let ws_url = format!(
         "{}/v1/ws",
@@ -91,12 +95,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for workload in workloads {
             let mut samples = Vec::new();
             for _ in 0..runs {
-                let report = match &workload {
-                    Workload::Publish(args) => publish::run(&target, args, !args_quiet()).await?,
-                    Workload::Consume(args) => consume::run(&target, args, !args_quiet()).await?,
-                    Workload::Latency(args) => latency::run(&target, args, !args_quiet()).await?,
-                    Workload::Http(args) => http_publish::run(&target, args, !args_quiet()).await?,
-                    Workload::All => unreachable_all()?,
+                let report = match (&workload, redis_url.as_deref()) {
+                    (Workload::Publish(args), Some(url)) => {
+                        redis_streams::publish(url, args, !args_quiet()).await?
+                    }
+                    (Workload::Consume(args), Some(url)) => {
+                        redis_streams::consume(url, args, !args_quiet()).await?
+                    }
+                    (_, Some(_)) => anyhow::bail!(
+                        "against Redis only `publish` and `consume` run; the other workloads \
+                         need a Herald server"
+                    ),
+                    (workload, None) => match workload {
+                        Workload::Publish(args) => {
+                            publish::run(&target, args, !args_quiet()).await?
+                        }
+                        Workload::Consume(args) => {
+                            consume::run(&target, args, !args_quiet()).await?
+                        }
+                        Workload::Latency(args) => {
+                            latency::run(&target, args, !args_quiet()).await?
+                        }
+                        Workload::Http(args) => {
+                            http_publish::run(&target, args, !args_quiet()).await?
+                        }
+                        Workload::All => unreachable_all()?,
+                    },
                 };
                 samples.push(report);
             }

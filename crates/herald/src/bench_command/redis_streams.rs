@@ -1,0 +1,223 @@
+//! The publish and consume workloads against Redis Streams driven directly with a plain client:
+//! the baseline docs/PERFORMANCE.md compares Herald with, in the same run and at equal
+//! durability (set by the redis-server's own `appendonly`/`appendfsync`; `scripts/bench-peers`
+//! starts one per durability class).
+//!
+//! Each is the way an experienced Redis user would write it: publish is `XADD` pipelined,
+//! `batch` commands per pipeline and `window` pipelines in flight per connection (Herald's `pub`
+//! frames and window); consume is one connection per member sending, in one round trip, the
+//! `XACK` of what it read and the next `XREADGROUP … COUNT maxInFlight` (Herald's credit).
+//! Events are the JSON envelope Herald stores for the same event (about 250 bytes), in one field.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+
+use super::consume::ConsumeArgs;
+use super::publish::PublishArgs;
+use super::report::{Report, progress_bar};
+use super::run_id;
+
+/// How long a member's `XREADGROUP` blocks when the stream has nothing new for it.
+const READ_BLOCK_MS: usize = 100;
+
+async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
+    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// The stored form of one bench event, as Herald would store it.
+fn envelope(kind: &str, data_bytes: usize) -> String {
+    let padding = "x".repeat(data_bytes.saturating_sub(24));
+    format!(
+        r#"{{"id":"0196b1f0-7c3a-7e2b-9d4e-5f6a7b8c9d0e","type":"{kind}","source":"bench","timestamp":"2026-11-23T12:00:00.000000Z","specversion":"1.0","data":{{"pad":"{padding}"}}}}"#
+    )
+}
+
+pub async fn publish(url: &str, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {
+    let key = format!("bench:{}", run_id());
+    let bar = progress_bar(progress, args.events);
+    let (acked, seconds) = fill(url, &key, args, &bar).await?;
+    bar.finish_and_clear();
+    Ok(Report::new(
+        "publish",
+        format!(
+            "Redis Streams XADD: {} conn × pipeline {}, window {}, {} B data",
+            args.connections, args.batch, args.window, args.data_bytes
+        ),
+        acked,
+        seconds,
+    ))
+}
+
+/// XADDs `args.events` events to `key` (rounded up to whole pipelines); returns how many were
+/// acknowledged and how long it took.
+async fn fill(
+    url: &str,
+    key: &str,
+    args: &PublishArgs,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(u64, f64)> {
+    let batch = args.batch.max(1);
+    let connections = args.connections.max(1);
+    let pipelines_per_connection = (args.events as usize).div_ceil(batch * connections);
+    let event = envelope("bench.published", args.data_bytes);
+    let mut pipeline = redis::pipe();
+    for _ in 0..batch {
+        pipeline
+            .cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("event")
+            .arg(&event);
+    }
+    let mut links = Vec::new();
+    for _ in 0..connections {
+        links.push(connect(url).await?);
+    }
+    let window = args.window.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in links {
+        let (pipeline, bar) = (pipeline.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sends = futures::stream::iter(0..pipelines_per_connection)
+                .map(|_| {
+                    let mut connection = connection.clone();
+                    let pipeline = pipeline.clone();
+                    async move { pipeline.query_async::<Vec<String>>(&mut connection).await }
+                })
+                .buffer_unordered(window);
+            let mut acked = 0u64;
+            while let Some(ids) = sends.next().await {
+                let ids = ids?;
+                acked += ids.len() as u64;
+                bar.inc(ids.len() as u64);
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await??;
+    }
+    Ok((acked, started.elapsed().as_secs_f64()))
+}
+
+pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
+    let id = run_id();
+    let key = format!("bench-consume:{id}");
+    let group = format!("bench-{id}");
+    let backlog = PublishArgs {
+        events: args.events,
+        batch: 500,
+        connections: 1,
+        window: 16,
+        data_bytes: args.data_bytes,
+    };
+    let fill_bar = progress_bar(progress, args.events);
+    fill_bar.set_message("backlog");
+    let (stored, _) = fill(url, &key, &backlog, &fill_bar).await?;
+    fill_bar.finish_and_clear();
+    let mut admin = connect(url).await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(&group)
+        .arg("0")
+        .query_async::<()>(&mut admin)
+        .await
+        .context("XGROUP CREATE")?;
+
+    let bar = progress_bar(progress, stored);
+    bar.set_message("consume");
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut members = Vec::new();
+    for _ in 0..args.members.max(1) {
+        members.push(connect(url).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (index, mut connection) in members.into_iter().enumerate() {
+        let (key, group, acked, bar) = (key.clone(), group.clone(), acked.clone(), bar.clone());
+        let count = args.max_in_flight.max(1);
+        tasks.push(tokio::spawn(async move {
+            let consumer = format!("member-{index}");
+            let mut unacked: Vec<String> = Vec::new();
+            loop {
+                let mut round = redis::pipe();
+                if !unacked.is_empty() {
+                    round
+                        .cmd("XACK")
+                        .arg(&key)
+                        .arg(&group)
+                        .arg(&unacked)
+                        .ignore();
+                }
+                let done =
+                    acked.fetch_add(unacked.len() as u64, Ordering::Relaxed) + unacked.len() as u64;
+                bar.inc(unacked.len() as u64);
+                unacked.clear();
+                if done >= stored {
+                    // Only the XACK is left to send.
+                    if !round.is_empty() {
+                        round.query_async::<()>(&mut connection).await?;
+                    }
+                    return anyhow::Ok(());
+                }
+                round
+                    .cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&group)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("BLOCK")
+                    .arg(READ_BLOCK_MS)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">");
+                let (read,): (Option<StreamReadReply>,) =
+                    round.query_async(&mut connection).await?;
+                if let Some(read) = read {
+                    for stream in read.keys {
+                        unacked.extend(stream.ids.into_iter().map(|entry| entry.id));
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg(&group)
+        .query_async(&mut admin)
+        .await
+        .context("XPENDING")?;
+    anyhow::ensure!(
+        pending.count() == 0,
+        "Redis still has {} entries pending in {group}",
+        pending.count()
+    );
+    Ok(Report::new(
+        "consume",
+        format!(
+            "Redis Streams XREADGROUP+XACK: {} members, COUNT {}, {} B data",
+            args.members, args.max_in_flight, args.data_bytes
+        ),
+        acked.load(Ordering::Relaxed),
+        seconds,
+    ))
+}
