@@ -142,6 +142,16 @@ pub(crate) fn write_string(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = text.as_bytes();
+    // Most strings (ids, types, times) need no escaping: one pass the compiler vectorizes, then
+    // a single copy.
+    if !bytes
+        .iter()
+        .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+    {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (position, &byte) in bytes.iter().enumerate() {
         let short: &[u8] = match byte {
