@@ -6,6 +6,7 @@
 
 pub(crate) mod wire;
 
+use bytes::Bytes;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -434,17 +435,55 @@ pub(crate) fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>
 }
 
 /// An event as stored and delivered: with the stream it lives in and its position there.
+///
+/// It carries the event's JSON as stored, so that delivering it to many subscribers (and
+/// reading it back from the log) copies bytes instead of encoding the event again each time.
+/// Build it with [`StoredEvent::new`] or [`StoredEvent::from_stored`]; the public fields are for
+/// reading (changing `event` afterwards would leave the JSON stale).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
     pub stream: String,
     pub seq: u64,
     pub event: Event,
+    /// `event.to_json()`, shared.
+    json: Bytes,
 }
 
 impl StoredEvent {
+    pub fn new(stream: String, seq: u64, event: Event) -> StoredEvent {
+        let json = Bytes::from(event.to_json());
+        StoredEvent {
+            stream,
+            seq,
+            event,
+            json,
+        }
+    }
+
+    /// An event read back from storage with the bytes it was decoded from, which must be its
+    /// JSON form (`Event::to_json`): the log stores exactly that, checksummed.
+    pub fn from_stored(stream: String, seq: u64, event: Event, json: Bytes) -> StoredEvent {
+        debug_assert_eq!(
+            json.as_ref(),
+            event.to_json().as_slice(),
+            "stored bytes are the event's JSON"
+        );
+        StoredEvent {
+            stream,
+            seq,
+            event,
+            json,
+        }
+    }
+
+    /// The event's own JSON (without `stream` and `seq`), as stored.
+    pub fn event_json(&self) -> &Bytes {
+        &self.json
+    }
+
     /// `{"stream":…,"seq":…,` then the event's own fields.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(300 + self.event.data.get().len());
+        let mut out = Vec::with_capacity(40 + self.stream.len() + self.json.len());
         out.push(b'{');
         wire::write_key(&mut out, "stream");
         wire::write_string(&mut out, &self.stream);
@@ -452,8 +491,8 @@ impl StoredEvent {
         wire::write_key(&mut out, "seq");
         out.extend_from_slice(self.seq.to_string().as_bytes());
         out.push(b',');
-        self.event.write_members(&mut out);
-        out.push(b'}');
+        // The event's JSON is an object with at least `id` and `type`: its members follow.
+        out.extend_from_slice(self.json.get(1..).unwrap_or_default());
         out
     }
 
@@ -468,7 +507,7 @@ impl StoredEvent {
         let members = parse_object(bytes)?;
         let (event, position) = decode_members(members, Origin::Stored)?;
         let (stream, seq) = position.ok_or(EventError::MissingField { name: "stream" })?;
-        Ok(StoredEvent { stream, seq, event })
+        Ok(StoredEvent::new(stream, seq, event))
     }
 }
 

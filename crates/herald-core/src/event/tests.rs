@@ -274,11 +274,7 @@ fn stored_events() {
     let json =
         br#"{"id":"e1","type":"photo.uploaded","timestamp":"2026-11-22T10:00:00Z","data":{"n":1}}"#;
     let event = Event::from_json(json, &ParseContext::new(NOW)).unwrap();
-    let stored = StoredEvent {
-        stream: "photo".to_owned(),
-        seq: 42,
-        event,
-    };
+    let stored = StoredEvent::new("photo".to_owned(), 42, event);
     let encoded = stored.to_json();
     assert_eq!(
         String::from_utf8(encoded.clone()).unwrap(),
@@ -415,7 +411,7 @@ proptest! {
 
     #[test]
     fn stored_round_trip(event in event_strategy(), seq in 1u64.., stream in "[A-Za-z0-9_-]{1,16}") {
-        let stored = StoredEvent { stream, seq, event };
+        let stored = StoredEvent::new(stream, seq, event);
         let back = StoredEvent::from_json(&stored.to_json(), &Limits::default()).unwrap();
         prop_assert_eq!(back, stored);
     }

@@ -213,11 +213,7 @@ impl GroupActor {
         let event = Event::from_json(dead.event.as_bytes(), &context).ok()?;
         Some(DeadLetter {
             group: self.name.clone(),
-            event: Arc::new(StoredEvent {
-                stream: dead.stream,
-                seq: dead.seq,
-                event,
-            }),
+            event: Arc::new(StoredEvent::new(dead.stream, dead.seq, event)),
             attempts: dead.attempts,
             last_error: dead.error,
             first_delivered_at: from_unix_ms(dead.first_delivered_ms),
@@ -798,7 +794,7 @@ fn dead_state(letter: &DeadLetter) -> DeadState {
         error: letter.last_error.clone(),
         first_delivered_ms: unix_ms(letter.first_delivered_at),
         dead_ms: unix_ms(letter.dead_at),
-        event: String::from_utf8_lossy(&letter.event.event.to_json()).into_owned(),
+        event: String::from_utf8_lossy(letter.event.event_json()).into_owned(),
     }
 }
 

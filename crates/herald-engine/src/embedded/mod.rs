@@ -384,11 +384,7 @@ impl EmbeddedEngine {
     }
 
     fn deliver_ephemeral(&self, event: Event) {
-        let stored = Arc::new(StoredEvent {
-            stream: String::new(),
-            seq: 0,
-            event,
-        });
+        let stored = Arc::new(StoredEvent::new(String::new(), 0, event));
         let matches = self
             .inner
             .live

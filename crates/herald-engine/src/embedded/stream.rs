@@ -220,11 +220,11 @@ impl Stream {
         &self,
         events: Vec<(usize, Event)>,
     ) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
-        let payloads = events
+        let payloads: Vec<Bytes> = events
             .iter()
             .map(|(_, event)| Bytes::from(event.to_json()))
             .collect();
-        let appended = self.log.append(payloads).await;
+        let appended = self.log.append(payloads.clone()).await;
         let ack = match appended {
             Ok(ack) => ack,
             Err(source) => {
@@ -240,13 +240,10 @@ impl Stream {
         debug_assert_eq!(ack.last_seq - ack.first_seq + 1, events.len() as u64);
         let stored: Vec<(usize, Arc<StoredEvent>)> = events
             .into_iter()
+            .zip(payloads)
             .zip(ack.first_seq..)
-            .map(|((index, event), seq)| {
-                let stored = StoredEvent {
-                    stream: self.name.clone(),
-                    seq,
-                    event,
-                };
+            .map(|(((index, event), json), seq)| {
+                let stored = StoredEvent::from_stored(self.name.clone(), seq, event, json);
                 (index, Arc::new(stored))
             })
             .collect();
@@ -462,11 +459,14 @@ impl Stream {
                 reason: error.to_string(),
             }
         })?;
-        Ok(StoredEvent {
-            stream: self.name.clone(),
-            seq: record.seq,
+        // A copy: the payload is a slice of the reader's whole read-ahead chunk, which an
+        // event kept in a cache or a dead-letter list would otherwise keep alive.
+        Ok(StoredEvent::from_stored(
+            self.name.clone(),
+            record.seq,
             event,
-        })
+            Bytes::copy_from_slice(&record.payload),
+        ))
     }
 
     fn outcome(&self, event: &Event, seq: u64, duplicate: bool) -> PublishOutcome {

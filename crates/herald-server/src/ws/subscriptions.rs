@@ -149,11 +149,11 @@ impl Subscriptions {
 
 /// The event as subscribers see it: stored events with `stream` and `seq`; ephemeral ones
 /// (never stored) without.
-fn event_json(stored: &StoredEvent) -> Vec<u8> {
+fn event_json(stored: &StoredEvent) -> std::borrow::Cow<'_, [u8]> {
     if stored.stream.is_empty() {
-        stored.event.to_json()
+        std::borrow::Cow::Borrowed(stored.event_json())
     } else {
-        stored.to_json()
+        std::borrow::Cow::Owned(stored.to_json())
     }
 }
 
