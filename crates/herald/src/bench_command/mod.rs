@@ -5,6 +5,7 @@
 mod consume;
 mod http_publish;
 mod latency;
+mod nats_jetstream;
 mod publish;
 mod redis_streams;
 mod report;
@@ -18,8 +19,8 @@ pub use report::Report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server URL [env: HERALD_URL]; a redis:// URL runs publish and consume against Redis
-    /// Streams directly, as the baseline.
+    /// Server URL [env: HERALD_URL]; a redis:// or nats:// URL runs publish and consume against
+    /// Redis Streams or NATS JetStream directly, as baselines.
     #[arg(
         long,
         env = "HERALD_URL",
@@ -54,6 +55,25 @@ enum Workload {
     All,
 }
 
+/// A baseline system driven directly instead of a Herald server, chosen by the URL's scheme.
+#[derive(Clone, Debug)]
+enum Peer {
+    Redis(String),
+    Nats(String),
+}
+
+impl Peer {
+    fn from_url(url: &str) -> Option<Peer> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Some(Peer::Redis(url.to_owned()))
+        } else if url.starts_with("nats://") {
+            Some(Peer::Nats(url.to_owned()))
+        } else {
+            None
+        }
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -63,8 +83,7 @@ pub struct Target {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let redis_url = (args.url.starts_with("redis://") || args.url.starts_with("rediss://"))
-        .then(|| args.url.clone());
+    let peer = Peer::from_url(&args.url);
     let http_url = args.url.trim_end_matches('/').to_owned();
     let ws_url = format!(
         "{}/v1/ws",
@@ -95,15 +114,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for workload in workloads {
             let mut samples = Vec::new();
             for _ in 0..runs {
-                let report = match (&workload, redis_url.as_deref()) {
-                    (Workload::Publish(args), Some(url)) => {
+                let report = match (&workload, &peer) {
+                    (Workload::Publish(args), Some(Peer::Redis(url))) => {
                         redis_streams::publish(url, args, !args_quiet()).await?
                     }
-                    (Workload::Consume(args), Some(url)) => {
+                    (Workload::Consume(args), Some(Peer::Redis(url))) => {
                         redis_streams::consume(url, args, !args_quiet()).await?
                     }
+                    (Workload::Publish(args), Some(Peer::Nats(url))) => {
+                        nats_jetstream::publish(url, args, !args_quiet()).await?
+                    }
+                    (Workload::Consume(args), Some(Peer::Nats(url))) => {
+                        nats_jetstream::consume(url, args, !args_quiet()).await?
+                    }
                     (_, Some(_)) => anyhow::bail!(
-                        "against Redis only `publish` and `consume` run; the other workloads \
+                        "against a peer only `publish` and `consume` run; the other workloads \
                          need a Herald server"
                     ),
                     (workload, None) => match workload {
@@ -153,4 +178,13 @@ fn run_id() -> String {
         .unwrap_or(Duration::ZERO)
         .as_nanos();
     format!("{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+/// One bench event as Herald stores it (about 250 bytes with 100 bytes of data): what the peer
+/// baselines store, so that every system moves the same bytes.
+fn envelope(kind: &str, data_bytes: usize) -> String {
+    let padding = "x".repeat(data_bytes.saturating_sub(24));
+    format!(
+        r#"{{"id":"0196b1f0-7c3a-7e2b-9d4e-5f6a7b8c9d0e","type":"{kind}","source":"bench","timestamp":"2026-11-23T12:00:00.000000Z","specversion":"1.0","data":{{"pad":"{padding}"}}}}"#
+    )
 }

@@ -21,7 +21,7 @@ use redis::streams::StreamReadReply;
 use super::consume::ConsumeArgs;
 use super::publish::PublishArgs;
 use super::report::{Report, progress_bar};
-use super::run_id;
+use super::{envelope, run_id};
 
 /// How long a member's `XREADGROUP` blocks when the stream has nothing new for it.
 const READ_BLOCK_MS: usize = 100;
@@ -32,14 +32,6 @@ async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("connecting to {url}"))
-}
-
-/// The stored form of one bench event, as Herald would store it.
-fn envelope(kind: &str, data_bytes: usize) -> String {
-    let padding = "x".repeat(data_bytes.saturating_sub(24));
-    format!(
-        r#"{{"id":"0196b1f0-7c3a-7e2b-9d4e-5f6a7b8c9d0e","type":"{kind}","source":"bench","timestamp":"2026-11-23T12:00:00.000000Z","specversion":"1.0","data":{{"pad":"{padding}"}}}}"#
-    )
 }
 
 pub async fn publish(url: &str, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {

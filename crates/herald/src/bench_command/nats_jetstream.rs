@@ -1,0 +1,217 @@
+//! The publish and consume workloads against NATS JetStream driven directly with the official
+//! client (async-nats), the other baseline of docs/PERFORMANCE.md: file storage, publishes
+//! awaited for their JetStream acks, a durable pull consumer with explicit acks.
+//!
+//! As an experienced NATS user writes them: publish sends `batch` publishes and then awaits their
+//! acks, with `window` such batches in flight per connection (Herald's `pub` frames and window);
+//! consume is one connection per member pulling from one durable consumer in batches of
+//! `maxInFlight` (`max_ack_pending` is the group's total credit) and acking each message as it
+//! is read. Events are the JSON envelope Herald stores for the same event, as the payload.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+use super::consume::ConsumeArgs;
+use super::publish::PublishArgs;
+use super::report::{Report, progress_bar};
+use super::{envelope, run_id};
+
+async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(jetstream::new(client))
+}
+
+/// A file-backed stream of its own for one run.
+async fn create_stream(js: &jetstream::Context, name: &str, subject: &str) -> anyhow::Result<()> {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating JetStream stream {name}"))?;
+    Ok(())
+}
+
+pub async fn publish(url: &str, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {
+    let id = run_id();
+    let (name, subject) = (format!("BENCH_{id}"), format!("bench.{id}.published"));
+    let admin = connect(url).await?;
+    create_stream(&admin, &name, &subject).await?;
+    let bar = progress_bar(progress, args.events);
+    let outcome = fill(url, &subject, args, &bar).await;
+    bar.finish_and_clear();
+    let _ = admin.delete_stream(&name).await;
+    let (acked, seconds) = outcome?;
+    Ok(Report::new(
+        "publish",
+        format!(
+            "NATS JetStream publish with acks: {} conn × batch {}, window {}, {} B data",
+            args.connections, args.batch, args.window, args.data_bytes
+        ),
+        acked,
+        seconds,
+    ))
+}
+
+/// Publishes `args.events` events on `subject` (rounded up to whole batches), each acked by
+/// JetStream; returns how many and how long it took.
+async fn fill(
+    url: &str,
+    subject: &str,
+    args: &PublishArgs,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(u64, f64)> {
+    let batch = args.batch.max(1);
+    let connections = args.connections.max(1);
+    let batches_per_connection = (args.events as usize).div_ceil(batch * connections);
+    let payload = bytes::Bytes::from(envelope("bench.published", args.data_bytes));
+    let mut links = Vec::new();
+    for _ in 0..connections {
+        links.push(connect(url).await?);
+    }
+    let window = args.window.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for js in links {
+        let (payload, bar, subject) = (payload.clone(), bar.clone(), subject.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut batches = futures::stream::iter(0..batches_per_connection)
+                .map(|_| {
+                    let (js, payload, subject) = (js.clone(), payload.clone(), subject.clone());
+                    async move {
+                        let mut acks = Vec::with_capacity(batch);
+                        for _ in 0..batch {
+                            acks.push(js.publish(subject.clone(), payload.clone()).await?);
+                        }
+                        for ack in acks {
+                            ack.await?;
+                        }
+                        anyhow::Ok(batch as u64)
+                    }
+                })
+                .buffer_unordered(window);
+            let mut acked = 0u64;
+            while let Some(done) = batches.next().await {
+                let done = done?;
+                acked += done;
+                bar.inc(done);
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await??;
+    }
+    Ok((acked, started.elapsed().as_secs_f64()))
+}
+
+pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
+    let id = run_id();
+    let (name, subject) = (format!("BENCH_{id}"), format!("bench.{id}.consumed"));
+    let admin = connect(url).await?;
+    create_stream(&admin, &name, &subject).await?;
+    let outcome = drain(url, &admin, &name, &subject, args, progress).await;
+    let _ = admin.delete_stream(&name).await;
+    let (acked, seconds) = outcome?;
+    Ok(Report::new(
+        "consume",
+        format!(
+            "NATS JetStream pull consumer, explicit acks: {} members, batch {}, {} B data",
+            args.members, args.max_in_flight, args.data_bytes
+        ),
+        acked,
+        seconds,
+    ))
+}
+
+async fn drain(
+    url: &str,
+    admin: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    args: &ConsumeArgs,
+    progress: bool,
+) -> anyhow::Result<(u64, f64)> {
+    // At most 3 200 publishes awaiting their acks: async-nats limits a context's acks in flight
+    // (5 000 by default) and a publisher holding more of them than that waits forever.
+    let backlog = PublishArgs {
+        events: args.events,
+        batch: 100,
+        connections: 1,
+        window: 32,
+        data_bytes: args.data_bytes,
+    };
+    let fill_bar = progress_bar(progress, args.events);
+    fill_bar.set_message("backlog");
+    let (stored, _) = fill(url, subject, &backlog, &fill_bar).await?;
+    fill_bar.finish_and_clear();
+    let members = args.members.max(1);
+    let stream = admin.get_stream(name).await.context("the bench stream")?;
+    let durable = format!("bench-{}", run_id());
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: i64::from(args.max_in_flight.max(1)) * members as i64,
+            ..Default::default()
+        })
+        .await
+        .context("creating the durable consumer")?;
+
+    let bar = progress_bar(progress, stored);
+    bar.set_message("consume");
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut links = Vec::new();
+    for _ in 0..members {
+        let js = connect(url).await?;
+        let stream = js.get_stream(name).await.context("the bench stream")?;
+        let consumer: consumer::PullConsumer = stream
+            .get_consumer(&durable)
+            .await
+            .map_err(|error| anyhow::anyhow!("the durable consumer: {error}"))?;
+        links.push(consumer);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for consumer in links {
+        let (acked, bar) = (acked.clone(), bar.clone());
+        let batch = args.max_in_flight.max(1) as usize;
+        tasks.push(tokio::spawn(async move {
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await?;
+            while acked.load(Ordering::Relaxed) < stored {
+                let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
+                let Ok(next) = next else { continue };
+                let message = next.context("the consumer's message stream ended")?;
+                let message = message.map_err(|error| anyhow::anyhow!("{error}"))?;
+                message
+                    .ack()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                acked.fetch_add(1, Ordering::Relaxed);
+                bar.inc(1);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((acked.load(Ordering::Relaxed), seconds))
+}
