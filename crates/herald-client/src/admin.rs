@@ -1,4 +1,5 @@
-//! The admin and info API over HTTP: streams, replay, groups, dead letters, stats, health.
+//! The admin and info API over HTTP: streams, replay, groups, dead letters, stats, health,
+//! and real-time sends to browsers.
 //! Usable alone ([`Admin::new`]) by tools that need no WebSocket, or as [`Client::admin`].
 //!
 //! [`Client::admin`]: crate::Client::admin
@@ -10,9 +11,11 @@ use herald_protocol::http::{
     DeadLetterInfo, DeadLetterList, GroupDefinition, GroupInfo, GroupList, Purged, Readiness,
     Redriven, ReplayPage, Stats, StreamInfo, StreamList,
 };
+use herald_protocol::realtime::{RealtimeSent, Target};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::event::NewEvent;
 use crate::options::{ClientOptions, backoff_delay};
 
 #[derive(Clone, Debug)]
@@ -116,6 +119,29 @@ impl Admin {
         let request = self.http.delete(url.clone());
         let purged: Purged = self.send(url, request).await?;
         Ok(purged.purged)
+    }
+
+    /// Sends `event` to browsers — every socket of a user, of a room, or every socket — without
+    /// storing it (PRODUCT.md §6). Returns the event's id and the sockets it reached. Not
+    /// retried: a send is not idempotent for the browsers that got it.
+    pub async fn send_realtime(
+        &self,
+        target: &Target,
+        mut event: NewEvent,
+    ) -> Result<RealtimeSent> {
+        let segments: Vec<&str> = match target {
+            Target::User(user) => vec!["v1", "realtime", "users", user.as_str()],
+            Target::Room(room) => vec!["v1", "realtime", "rooms", room.as_str()],
+            Target::Broadcast(_) => vec!["v1", "realtime", "broadcast"],
+        };
+        let body = event.encode(self.options.service_name.as_deref())?;
+        let url = self.url(&segments, &[]);
+        let request = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.get().to_owned());
+        self.send(url, request).await
     }
 
     pub async fn stats(&self) -> Result<Stats> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::Pattern;
 use herald_protocol::http::PublishResult;
+use herald_protocol::realtime::{RealtimeSent, Target};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -132,6 +133,42 @@ impl Client {
             Err(_) => return Err(Error::Timeout(timeout)),
         }
         request(answer, timeout).await
+    }
+
+    /// Sends an event of `event_type` with `data` to every browser socket of `user` (the
+    /// JWT's `sub`), without storing it. Returns how many sockets it reached.
+    pub async fn publish_to_user(
+        &self,
+        user: &str,
+        event_type: &str,
+        data: &impl Serialize,
+    ) -> Result<RealtimeSent> {
+        let event = NewEvent::new(event_type, data)?;
+        self.send_realtime(&Target::User(user.to_owned()), event)
+            .await
+    }
+
+    /// Sends an event to every browser socket in `room`, without storing it.
+    pub async fn publish_to_room(
+        &self,
+        room: &str,
+        event_type: &str,
+        data: &impl Serialize,
+    ) -> Result<RealtimeSent> {
+        let event = NewEvent::new(event_type, data)?;
+        self.send_realtime(&Target::Room(room.to_owned()), event)
+            .await
+    }
+
+    /// Sends an event to every connected browser socket, without storing it.
+    pub async fn broadcast(&self, event_type: &str, data: &impl Serialize) -> Result<RealtimeSent> {
+        let event = NewEvent::new(event_type, data)?;
+        self.send_realtime(&Target::Broadcast(true), event).await
+    }
+
+    /// Sends an event with its envelope fields to browsers (see [`Admin::send_realtime`]).
+    pub async fn send_realtime(&self, target: &Target, event: NewEvent) -> Result<RealtimeSent> {
+        self.inner.admin.send_realtime(target, event).await
     }
 
     /// A live subscription to `pattern`: every matching event from now (or `options.from`).

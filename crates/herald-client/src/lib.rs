@@ -42,6 +42,7 @@ pub use herald_protocol::http::{
     BackoffConfig, DeadLetterInfo, GroupDefinition, GroupInfo, GroupPolicyConfig, Health,
     PublishResult, Readiness, ReadinessPart, ReplayPage, Stats, StreamInfo,
 };
+pub use herald_protocol::realtime::{RealtimeSent, Target};
 pub use herald_protocol::{ErrorCode, ErrorDetail};
 pub use options::ClientOptions;
 pub use subscription::{

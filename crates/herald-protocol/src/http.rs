@@ -157,6 +157,9 @@ pub struct Stats {
     pub connections: u64,
     pub streams: Vec<StreamInfo>,
     pub groups: Vec<GroupInfo>,
+    /// The Socket.IO gateway; absent from servers older than it.
+    #[serde(default)]
+    pub realtime: crate::realtime::RealtimeStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

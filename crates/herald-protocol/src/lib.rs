@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod http;
+pub mod realtime;
 pub mod start;
 pub mod ws;
 

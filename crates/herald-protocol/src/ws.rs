@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use crate::From;
 use crate::error::ErrorDetail;
 use crate::http::{GroupPolicyConfig, PublishResult};
+use crate::realtime::Target;
 
 /// A WebSocket frame's operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub enum Op {
     Reject,
     /// Answered by `pong`.
     Ping,
+    /// Send `event` to browsers (`to` a user, a room, or everyone) without storing it;
+    /// answered by `ok` with `delivered`.
+    Send,
     // Server → client.
     /// First frame of a connection.
     Welcome,
@@ -57,6 +61,7 @@ impl Op {
             Op::Extend => "extend",
             Op::Reject => "reject",
             Op::Ping => "ping",
+            Op::Send => "send",
             Op::Welcome => "welcome",
             Op::Puback => "puback",
             Op::Subscribed => "subscribed",
@@ -82,6 +87,7 @@ impl Op {
             Op::Extend => (&["sid", "deliveryId"], &["rid"]),
             Op::Reject => (&["sid", "deliveryId"], &["rid", "reason"]),
             Op::Ping => (&[], &["rid"]),
+            Op::Send => (&["rid", "to", "event"], &[]),
             Op::Welcome => (
                 &["connectionId", "server", "heartbeatMs", "limits"],
                 &["identity"],
@@ -89,7 +95,7 @@ impl Op {
             Op::Puback => (&["rid", "results"], &[]),
             Op::Subscribed => (&["rid", "sid"], &[]),
             Op::Event => (&["sid", "event"], &["deliveryId", "attempt"]),
-            Op::Ok => (&["rid"], &[]),
+            Op::Ok => (&["rid"], &["delivered"]),
             Op::Error => (&["error"], &["rid", "sid"]),
             Op::Closed => (&["sid", "error"], &[]),
             Op::Pong => (&[], &["rid"]),
@@ -100,7 +106,15 @@ impl Op {
     pub fn is_client_op(self) -> bool {
         matches!(
             self,
-            Op::Pub | Op::Sub | Op::Unsub | Op::Ack | Op::Nack | Op::Extend | Op::Reject | Op::Ping
+            Op::Pub
+                | Op::Sub
+                | Op::Unsub
+                | Op::Ack
+                | Op::Nack
+                | Op::Extend
+                | Op::Reject
+                | Op::Ping
+                | Op::Send
         )
     }
 }
@@ -174,6 +188,12 @@ pub struct Frame {
     pub identity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ConnectionLimits>,
+    /// Who a `send` goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Target>,
+    /// In the `ok` answering a `send`: the sockets the event was queued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
 }
 
 /// Why a frame was refused before it was acted on.
@@ -230,7 +250,7 @@ impl Frame {
     }
 
     fn present_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 22] = [
+        let fields: [(&'static str, bool); 24] = [
             ("rid", self.rid.is_some()),
             ("sid", self.sid.is_some()),
             ("events", self.events.is_some()),
@@ -252,6 +272,8 @@ impl Frame {
             ("heartbeatMs", self.heartbeat_ms.is_some()),
             ("identity", self.identity.is_some()),
             ("limits", self.limits.is_some()),
+            ("to", self.to.is_some()),
+            ("delivered", self.delivered.is_some()),
             ("op", false),
         ];
         fields
@@ -309,6 +331,15 @@ impl Frame {
     pub fn ok(rid: u64) -> Frame {
         Frame {
             rid: Some(rid),
+            ..Frame::new(Op::Ok)
+        }
+    }
+
+    /// The answer to a `send`.
+    pub fn sent(rid: u64, delivered: u64) -> Frame {
+        Frame {
+            rid: Some(rid),
+            delivered: Some(delivered),
             ..Frame::new(Op::Ok)
         }
     }
@@ -393,6 +424,26 @@ mod tests {
         );
         check(r#"{"op":"ping"}"#, Ok(Op::Ping));
         check(
+            r#"{"op":"send","rid":4,"to":{"user":"u1"},"event":{"type":"a.b"}}"#,
+            Ok(Op::Send),
+        );
+        check(
+            r#"{"op":"send","rid":4,"to":{"broadcast":true},"event":{"type":"a.b"}}"#,
+            Ok(Op::Send),
+        );
+        check(
+            r#"{"op":"send","rid":4,"event":{"type":"a.b"}}"#,
+            Err("op \"send\" needs field \"to\""),
+        );
+        check(
+            r#"{"op":"send","rid":4,"to":{"user":"u1","room":"r"},"event":{}}"#,
+            Err("not a valid JSON frame"),
+        );
+        check(
+            r#"{"op":"pub","rid":4,"to":{"user":"u1"},"events":[]}"#,
+            Err("field \"to\" does not belong in op \"pub\""),
+        );
+        check(
             r#"{"op":"pub","events":[]}"#,
             Err("op \"pub\" needs field \"rid\""),
         );
@@ -436,6 +487,7 @@ mod tests {
             Frame::puback(1, vec![]),
             Frame::subscribed(1, 2),
             Frame::ok(1),
+            Frame::sent(1, 3),
             Frame::pong(None),
             Frame::error(
                 Some(1),

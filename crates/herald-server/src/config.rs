@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub shutdown_grace: ConfigDuration,
     /// Interval of WebSocket pings; a connection silent for three intervals is closed.
     pub heartbeat: ConfigDuration,
+    /// The Socket.IO gateway for browsers (PRODUCT.md §6).
+    pub realtime: RealtimeConfig,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             groups: Vec::new(),
             shutdown_grace: ConfigDuration(Duration::from_secs(10)),
             heartbeat: ConfigDuration(Duration::from_secs(15)),
+            realtime: RealtimeConfig::default(),
         }
     }
 }
@@ -93,6 +96,224 @@ impl std::str::FromStr for FsyncSetting {
 pub struct AuthConfig {
     /// Service tokens; none means auth is off.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// Browsers: a connection is a socket of the Socket.IO gateway at `/socket.io/`.
+pub const REALTIME_CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// Named rooms one socket may be in, besides its own `user:<sub>` room.
+pub const REALTIME_ROOMS_PER_SOCKET_MAX_DEFAULT: usize = 64;
+pub const REALTIME_SUBSCRIPTIONS_PER_SOCKET_MAX_DEFAULT: usize = 32;
+/// Packets queued for one socket (socketioxide's `max_buffer_size`); a socket that lets this
+/// many pile up is disconnected as too slow. 256 small events is well under 16 KiB of queue
+/// per idle socket, and several seconds of a busy browser's traffic.
+pub const REALTIME_OUTBOUND_BUFFER_PACKETS_DEFAULT: usize = 256;
+/// Events one browser socket may publish per second.
+pub const REALTIME_PUBLISH_EVENTS_PER_SECOND_MAX_DEFAULT: u64 = 100;
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
+/// Clocks of the token issuer and of Herald may differ by this much when `exp` and `nbf` are
+/// checked.
+pub const JWT_LEEWAY_DEFAULT: Duration = Duration::from_secs(30);
+
+/// `[realtime]`: the Socket.IO gateway for browsers (PRODUCT.md §6).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Serve Socket.IO at `/socket.io/`.
+    pub enabled: bool,
+    /// How browsers' tokens are verified; without it only anonymous sockets can connect.
+    pub jwt: Option<JwtConfig>,
+    /// Accept sockets without a token (they get the `anonymous` grants and no user room).
+    pub allow_anonymous: bool,
+    /// What anonymous sockets may do.
+    pub anonymous: BrowserGrantsConfig,
+    pub limits: RealtimeLimitsConfig,
+    /// Rules that send stored events to browsers as they are published.
+    pub forward: Vec<ForwardRule>,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> RealtimeConfig {
+        RealtimeConfig {
+            enabled: true,
+            jwt: None,
+            allow_anonymous: false,
+            anonymous: BrowserGrantsConfig::default(),
+            limits: RealtimeLimitsConfig::default(),
+            forward: Vec::new(),
+        }
+    }
+}
+
+/// The algorithms a browser's token may be signed with; the configured one is the only one
+/// accepted, so that a token cannot choose its own (the `alg: none` and HS/RS confusion attacks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+/// As the config and the JWT header write it.
+impl std::fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
+        })
+    }
+}
+
+/// `[realtime.jwt]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    /// The shared secret, for HS256.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A PEM file holding the public key (`BEGIN PUBLIC KEY`), for RS256 and ES256.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// The `iss` every token must carry, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default = "jwt_leeway_default")]
+    pub leeway: ConfigDuration,
+}
+
+fn jwt_leeway_default() -> ConfigDuration {
+    ConfigDuration(JWT_LEEWAY_DEFAULT)
+}
+
+/// Configs get logged and printed in errors; the secret must not be.
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// Patterns of what a browser may do: the token's `herald` claim, or `[realtime.anonymous]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserGrantsConfig {
+    /// Rooms it may join (room names are subjects: `chat.general`, `photo.*`).
+    pub rooms: Vec<String>,
+    /// Patterns it may subscribe to; a subscription must lie within one of them.
+    pub subscribe: Vec<String>,
+    /// Event types it may publish.
+    pub publish: Vec<String>,
+}
+
+/// `[realtime.limits]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeLimitsConfig {
+    pub connections_max: usize,
+    pub rooms_per_socket_max: usize,
+    pub subscriptions_per_socket_max: usize,
+    pub outbound_buffer_packets: usize,
+    pub publish_events_per_second_max: u64,
+}
+
+impl Default for RealtimeLimitsConfig {
+    fn default() -> RealtimeLimitsConfig {
+        RealtimeLimitsConfig {
+            connections_max: REALTIME_CONNECTIONS_MAX_DEFAULT,
+            rooms_per_socket_max: REALTIME_ROOMS_PER_SOCKET_MAX_DEFAULT,
+            subscriptions_per_socket_max: REALTIME_SUBSCRIPTIONS_PER_SOCKET_MAX_DEFAULT,
+            outbound_buffer_packets: REALTIME_OUTBOUND_BUFFER_PACKETS_DEFAULT,
+            publish_events_per_second_max: REALTIME_PUBLISH_EVENTS_PER_SECOND_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Who a forwarded event goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardTo {
+    /// Every socket of the user named by the event.
+    User,
+    /// Every socket in the room named by the event.
+    Room,
+    /// Every socket.
+    Broadcast,
+}
+
+/// `[[realtime.forward]]`: every event matching `pattern` goes to browsers, to the user or
+/// room named by the first of `target` present in the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRule {
+    pub pattern: String,
+    pub to: ForwardTo,
+    /// Where the user or room is read, tried in order: `data.<path>` is a field of the event's
+    /// data (`data.owner.id` nests), anything else an envelope field (`userId`, `key`,
+    /// `correlationId`, `source`). Defaults to `["data.userId", "userId"]`.
+    #[serde(default)]
+    pub target: Vec<String>,
+    /// Put before the value read, as in `prefix = "photo."` with `target = ["data.photoId"]`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// What a forwarding rule reads the user from when it names no `target`.
+pub const FORWARD_TARGET_DEFAULT: [&str; 2] = ["data.userId", "userId"];
+
+impl RealtimeConfig {
+    /// Limits above zero, patterns valid, the token key readable, rules complete.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        for (name, value) in [
+            ("realtime.limits.connections_max", limits.connections_max),
+            (
+                "realtime.limits.rooms_per_socket_max",
+                limits.rooms_per_socket_max,
+            ),
+            (
+                "realtime.limits.subscriptions_per_socket_max",
+                limits.subscriptions_per_socket_max,
+            ),
+            (
+                "realtime.limits.outbound_buffer_packets",
+                limits.outbound_buffer_packets,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if limits.publish_events_per_second_max == 0 {
+            return Err(ConfigError::Invalid(
+                "realtime.limits.publish_events_per_second_max must be at least 1".into(),
+            ));
+        }
+        crate::realtime::BrowserGrants::parse(&self.anonymous)
+            .map_err(|error| ConfigError::Invalid(format!("realtime.anonymous: {error}")))?;
+        if let Some(jwt) = &self.jwt {
+            crate::realtime::jwt::JwtVerifier::new(jwt)
+                .map_err(|error| ConfigError::Invalid(error.to_string()))?;
+        }
+        for (index, rule) in self.forward.iter().enumerate() {
+            crate::realtime::forwarding::Rule::new(rule).map_err(|error| {
+                ConfigError::Invalid(format!("realtime.forward[{index}]: {error}"))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Limits with clear errors (PRODUCT.md §8). Every queue and buffer is bounded by one of these.
@@ -334,6 +555,7 @@ impl ServerConfig {
                 .map_err(|error| ConfigError::Invalid(format!("ephemeral {pattern:?}: {error}")))?;
         }
         self.engine_config()?;
+        self.realtime.validate()?;
         for group in &self.groups {
             self.group_spec(group)?;
         }
@@ -518,5 +740,58 @@ mod tests {
             Err("refusing to listen on 0.0.0.0:3003"),
         );
         check_config("listen = \"0.0.0.0:3003\"\ninsecure = true", Ok(()));
+    }
+
+    #[test]
+    fn realtime_configs() {
+        let hs256 = "[realtime.jwt]\nalgorithm = \"HS256\"\naudience = \"herald\"\n";
+        let secret = "secret = \"0123456789abcdef0123456789abcdef\"\n";
+        check_config(&format!("{hs256}{secret}"), Ok(()));
+        check_config(
+            &format!("{hs256}{secret}leeway = \"5s\"\nissuer = \"auth\""),
+            Ok(()),
+        );
+        check_config(hs256, Err("realtime.jwt.secret is required for HS256"));
+        check_config(
+            &format!("{hs256}secret = \"short\""),
+            Err("fewer than the 32"),
+        );
+        check_config(
+            "[realtime.jwt]\nalgorithm = \"HS512\"\naudience = \"x\"\nsecret = \"s\"",
+            Err("unknown variant"),
+        );
+        check_config(
+            "[realtime.jwt]\nalgorithm = \"RS256\"\naudience = \"x\"\npublic_key_file = \"/nonexistent.pem\"",
+            Err("/nonexistent.pem"),
+        );
+        check_config(
+            "[realtime]\nallow_anonymous = true\n[realtime.anonymous]\nrooms = [\"lobby\"]\nsubscribe = [\"news.*\"]",
+            Ok(()),
+        );
+        check_config(
+            "[realtime.anonymous]\nrooms = [\"a..b\"]",
+            Err("realtime.anonymous: rooms pattern \"a..b\""),
+        );
+        check_config(
+            "[realtime.limits]\nrooms_per_socket_max = 0",
+            Err("realtime.limits.rooms_per_socket_max must be at least 1"),
+        );
+        check_config("[realtime.limits]\nsockets = 1", Err("unknown field"));
+        check_config(
+            "[[realtime.forward]]\npattern = \"photo.processing.*\"\nto = \"user\"",
+            Ok(()),
+        );
+        check_config(
+            "[[realtime.forward]]\npattern = \"photo.*\"\nto = \"room\"\ntarget = [\"data.photoId\"]\nprefix = \"photo.\"",
+            Ok(()),
+        );
+        check_config(
+            "[[realtime.forward]]\npattern = \"photo.*\"\nto = \"room\"",
+            Err("realtime.forward[0]: to = \"room\" needs target"),
+        );
+        check_config(
+            "[[realtime.forward]]\npattern = \"photo.*\"\nto = \"everyone\"",
+            Err("unknown variant"),
+        );
     }
 }

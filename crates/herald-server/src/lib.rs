@@ -1,5 +1,6 @@
 //! `herald serve`: the HTTP API (PRODUCT.md §7), the `/v1/ws` protocol for services
-//! (docs/PROTOCOL.md), auth (§8) and metrics (§9), over an engine.
+//! (docs/PROTOCOL.md), the Socket.IO gateway for browsers (§6), auth (§8) and metrics (§9),
+//! over an engine.
 //!
 //! The server owns no event state: everything durable lives in the engine. What it adds is
 //! the edge — decoding and validating untrusted input, checking permissions, bounding every
@@ -12,6 +13,7 @@ pub mod convert;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod realtime;
 pub mod serve;
 pub mod state;
 pub mod ws;

@@ -15,6 +15,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+#[cfg(doc)]
+use herald_protocol::realtime::ROOM_STATS_MAX;
+use herald_protocol::realtime::RealtimeStats;
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -31,6 +35,21 @@ pub struct Metrics {
     pub group_delivered_frames: Counter,
     pub rate_limited_events: Counter,
     pub bad_frames: Counter,
+    pub realtime: RealtimeMetrics,
+}
+
+/// The Socket.IO gateway's own counters; rooms and members are read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct RealtimeMetrics {
+    pub connections: Gauge,
+    pub refused: Counter,
+    /// Events queued for sockets (one per socket reached).
+    pub sent: Counter,
+    pub slow_disconnects: Counter,
+    /// Events a forwarding rule sent on, and those naming no user or room.
+    pub forwarded: Counter,
+    pub forward_untargeted: Counter,
+    pub forward_resubscribed: Counter,
 }
 
 impl Metrics {
@@ -49,6 +68,7 @@ impl Metrics {
             group_delivered_frames: Counter::default(),
             rate_limited_events: Counter::default(),
             bad_frames: Counter::default(),
+            realtime: RealtimeMetrics::default(),
             engine: metrics_engine.clone(),
             registry: Registry::default(),
         };
@@ -97,6 +117,46 @@ impl Metrics {
             "WebSocket frames refused as malformed or out of order",
             metrics.bad_frames.clone(),
         );
+        let realtime = &metrics.realtime;
+        for (name, help, metric) in [
+            (
+                "realtime_connections_refused",
+                "Socket.IO handshakes refused (token, limit, draining)",
+                realtime.refused.clone(),
+            ),
+            (
+                "realtime_sent",
+                "Events queued for Socket.IO sockets, one per socket reached",
+                realtime.sent.clone(),
+            ),
+            (
+                "realtime_slow_disconnects",
+                "Socket.IO sockets disconnected for letting their outbound buffer fill",
+                realtime.slow_disconnects.clone(),
+            ),
+            (
+                "realtime_forwarded",
+                "Events sent to browsers by forwarding rules",
+                realtime.forwarded.clone(),
+            ),
+            (
+                "realtime_forward_untargeted",
+                "Events matching a forwarding rule that named no user or room",
+                realtime.forward_untargeted.clone(),
+            ),
+            (
+                "realtime_forward_resubscribed",
+                "Forwarding rules that fell behind and subscribed again",
+                realtime.forward_resubscribed.clone(),
+            ),
+        ] {
+            registry.register(name, help, metric);
+        }
+        registry.register(
+            "realtime_connections",
+            "Open Socket.IO sockets",
+            realtime.connections.clone(),
+        );
         registry.register_collector(Box::new(metrics_engine));
         Metrics {
             registry,
@@ -104,9 +164,15 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with the engine's counters as of `streams` and `groups`.
-    pub fn render(&self, streams: Vec<StreamStats>, groups: Vec<GroupStats>) -> String {
-        *self.engine.latest.lock() = (streams, groups);
+    /// The Prometheus text exposition, with the engine's counters as of `streams` and `groups`
+    /// and the gateway's rooms as of `realtime`.
+    pub fn render(
+        &self,
+        streams: Vec<StreamStats>,
+        groups: Vec<GroupStats>,
+        realtime: RealtimeStats,
+    ) -> String {
+        *self.engine.latest.lock() = (streams, groups, realtime);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -127,7 +193,7 @@ impl Default for Metrics {
 /// The engine's counters as of the scrape in progress.
 #[derive(Debug, Default)]
 struct EngineSnapshot {
-    latest: Mutex<(Vec<StreamStats>, Vec<GroupStats>)>,
+    latest: Mutex<(Vec<StreamStats>, Vec<GroupStats>, RealtimeStats)>,
 }
 
 /// One metric family labelled by stream or group, from `(name, value)` pairs.
@@ -257,7 +323,7 @@ const GROUP_FAMILIES: [(&str, &str, bool, GroupField); 10] = [
 impl Collector for EngineSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let latest = self.latest.lock();
-        let (streams, groups) = &*latest;
+        let (streams, groups, realtime) = &*latest;
         for (name, help, counter, field) in STREAM_FAMILIES {
             let values = streams
                 .iter()
@@ -269,8 +335,47 @@ impl Collector for EngineSnapshot {
             let values = groups.iter().map(|g| (g.name.as_str(), field(g))).collect();
             family(&mut encoder, (name, help), "group", counter, values)?;
         }
-        Ok(())
+        encode_realtime(&mut encoder, realtime)
     }
+}
+
+/// Users and rooms of the gateway; members per room for the largest rooms only
+/// ([`ROOM_STATS_MAX`]), since room names are chosen by clients and labels must stay bounded.
+fn encode_realtime(
+    encoder: &mut DescriptorEncoder,
+    realtime: &RealtimeStats,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    for (name, help, value) in [
+        (
+            "realtime_users",
+            "Distinct users with a Socket.IO socket",
+            realtime.users,
+        ),
+        (
+            "realtime_rooms",
+            "Named Socket.IO rooms with at least one member",
+            realtime.rooms_total,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?;
+    }
+    let values = realtime
+        .rooms
+        .iter()
+        .map(|room| (room.name.as_str(), room.members))
+        .collect();
+    family(
+        encoder,
+        (
+            "realtime_room_members",
+            "Sockets in each of the largest Socket.IO rooms",
+        ),
+        "room",
+        false,
+        values,
+    )
 }
 
 #[cfg(test)]
@@ -308,7 +413,17 @@ mod tests {
             redelivered: 1,
             dead_lettered: 1,
         };
-        let text = metrics.render(vec![stream], vec![group]);
+        metrics.realtime.connections.set(2);
+        let realtime = RealtimeStats {
+            connections: 2,
+            users: 1,
+            rooms_total: 1,
+            rooms: vec![herald_protocol::realtime::RoomStats {
+                name: "chat.general".into(),
+                members: 2,
+            }],
+        };
+        let text = metrics.render(vec![stream], vec![group], realtime);
         for line in [
             "herald_connections 1",
             "herald_published_total{stream=\"orders\"} 7",
@@ -316,6 +431,10 @@ mod tests {
             "herald_acked_total{group=\"mailer\"} 4",
             "herald_group_lag{group=\"mailer\"} 3",
             "herald_publish_latency_seconds_count 1",
+            "herald_realtime_connections 2",
+            "herald_realtime_users 1",
+            "herald_realtime_rooms 1",
+            "herald_realtime_room_members{room=\"chat.general\"} 2",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, AuthConfigError};
 use crate::config::{ConfigError, ServerConfig};
+use crate::realtime::RealtimeConfigError;
+use crate::realtime::forwarding::{self, Rule};
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("auth configuration: {0}")]
     Auth(#[from] AuthConfigError),
+    #[error("realtime configuration: {0}")]
+    Realtime(#[from] RealtimeConfigError),
     #[error("opening the engine in {dir}: {source}")]
     Engine {
         dir: String,
@@ -52,6 +56,10 @@ pub struct RunningServer {
     task: JoinHandle<Result<(), std::io::Error>>,
 }
 
+/// Room in a Socket.IO message (or a long-polling body) around the largest event a browser may
+/// publish: the packet's framing and the envelope's fields.
+const SOCKET_IO_PAYLOAD_OVERHEAD_BYTES: usize = 64 * 1024;
+
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
     let auth = Auth::new(&config.auth.tokens)?;
@@ -80,9 +88,28 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         addr: config.listen,
         source,
     })?;
-    let state = AppState::new(engine, config, auth);
-    let app =
-        crate::http::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let rules = config
+        .realtime
+        .forward
+        .iter()
+        .map(Rule::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Invalid)?;
+    let (socket_io, io) = socketioxide::SocketIo::builder()
+        .max_buffer_size(config.realtime.limits.outbound_buffer_packets)
+        .max_payload(
+            u64::try_from(config.limits.event_bytes_max + SOCKET_IO_PAYLOAD_OVERHEAD_BYTES)
+                .unwrap_or(u64::MAX),
+        )
+        .build_layer();
+    let state = AppState::new(engine, config, auth, io)?;
+    let mut app = crate::http::router(state.clone());
+    if state.config.realtime.enabled {
+        crate::realtime::gateway::register(&state);
+        forwarding::spawn(state.engine.clone(), state.realtime.clone(), rules);
+        app = app.layer(socket_io);
+    }
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     let shutdown = state.shutdown.clone();
     let task = tokio::spawn(async move {
         // Nagle off: a delivery or an ack is a small frame that must leave at once; the
@@ -114,6 +141,16 @@ impl RunningServer {
         self.state.shutdown.cancel();
         let grace = self.state.config.shutdown_grace.0;
         let deadline = tokio::time::Instant::now() + grace;
+        // Browser sockets hold long-polling requests and WebSockets that the HTTP server's
+        // graceful shutdown would wait out; they have nothing to flush. A socket that stopped
+        // reading cannot take its disconnect packet, hence the deadline.
+        if self.state.config.realtime.enabled
+            && tokio::time::timeout_at(deadline, self.state.realtime.io().close())
+                .await
+                .is_err()
+        {
+            tracing::warn!("browser sockets did not close within the shutdown grace");
+        }
         match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => return Err(ServeError::Serve(error)),

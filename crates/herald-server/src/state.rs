@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::realtime::{Realtime, RealtimeConfigError};
 
 /// The engine the server runs on. The embedded engine today; the Redis engine will make this an
 /// enum that delegates.
@@ -26,6 +27,9 @@ pub struct Shared {
     pub config: ServerConfig,
     pub auth: Auth,
     pub metrics: Metrics,
+    /// The Socket.IO gateway (PRODUCT.md §6), built whether or not it is served, so that
+    /// service-side sends work (reaching no socket) either way.
+    pub realtime: Arc<Realtime>,
     pub started: Instant,
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
@@ -43,18 +47,30 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(engine: ServerEngine, config: ServerConfig, auth: Auth) -> AppState {
-        AppState(Arc::new(Shared {
+    pub fn new(
+        engine: ServerEngine,
+        config: ServerConfig,
+        auth: Auth,
+        io: socketioxide::SocketIo,
+    ) -> Result<AppState, RealtimeConfigError> {
+        let metrics = Metrics::new();
+        let realtime = Arc::new(Realtime::new(
+            io,
+            &config.realtime,
+            metrics.realtime.clone(),
+        )?);
+        Ok(AppState(Arc::new(Shared {
             engine,
             config,
             auth,
-            metrics: Metrics::new(),
+            metrics,
+            realtime,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
             connection_closed: tokio::sync::Notify::new(),
             next_connection_id: AtomicU64::new(1),
-        }))
+        })))
     }
 
     /// What decoding a published event needs: now, and the configured limits.

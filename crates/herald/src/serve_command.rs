@@ -70,6 +70,22 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     );
     eprintln!("  data:  {} (fsync {fsync})", data_dir.display());
     eprintln!("  auth:  {auth}");
+    let realtime = &config.realtime;
+    if realtime.enabled {
+        let tokens = match &realtime.jwt {
+            Some(jwt) => format!("{} tokens", jwt.algorithm),
+            None => "no tokens ([realtime.jwt] unset)".to_owned(),
+        };
+        let anonymous = if realtime.allow_anonymous {
+            "anonymous allowed"
+        } else {
+            "anonymous refused"
+        };
+        eprintln!(
+            "  browsers: socket.io at /socket.io/ ({tokens}, {anonymous}, {} forwarding rules)",
+            realtime.forward.len()
+        );
+    }
     eprintln!(
         "  api:   http://{}/openapi.json   metrics: /metrics   ws: /v1/ws",
         server.addr

@@ -3,6 +3,7 @@
 pub mod events;
 mod groups;
 mod ops;
+pub mod realtime;
 mod streams;
 
 use axum::Router;
@@ -37,6 +38,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/groups/{name}/dead-letters/redrive",
             post(groups::redrive),
         )
+        .route("/v1/realtime/users/{id}", post(realtime::to_user))
+        .route("/v1/realtime/rooms/{room}", post(realtime::to_room))
+        .route("/v1/realtime/broadcast", post(realtime::broadcast))
         .route("/v1/stats", get(ops::stats))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -52,8 +56,9 @@ pub fn router(state: AppState) -> Router {
     info(
         title = "Herald",
         description = "The event bus in one binary: publish events, read streams, manage consumer \
-                       groups and dead letters. Services consume over the WebSocket protocol at \
-                       /v1/ws (docs/PROTOCOL.md)."
+                       groups and dead letters, send events to browsers. Services consume over \
+                       the WebSocket protocol at /v1/ws (docs/PROTOCOL.md); browsers connect \
+                       with Socket.IO at /socket.io/."
     ),
     paths(
         events::publish,
@@ -67,6 +72,9 @@ pub fn router(state: AppState) -> Router {
         groups::dead_letters,
         groups::redrive,
         groups::purge,
+        realtime::to_user,
+        realtime::to_room,
+        realtime::broadcast,
         ops::stats,
         ops::healthz,
         ops::readyz,

@@ -16,7 +16,7 @@ use crate::state::AppState;
 /// How long the engine may take to answer a readiness probe before it counts as unhealthy.
 const ENGINE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Streams, groups and connections in one document.
+/// Streams, groups, connections, and the browsers' sockets and rooms in one document.
 #[utoipa::path(get, path = "/v1/stats", tag = "operations",
     responses((status = 200, body = Stats), (status = 401, body = herald_protocol::ErrorBody)))]
 pub async fn stats(State(state): State<AppState>, _caller: Caller) -> Json<Stats> {
@@ -40,6 +40,7 @@ pub async fn stats(State(state): State<AppState>, _caller: Caller) -> Json<Stats
         connections: state.connections() as u64,
         streams,
         groups,
+        realtime: state.realtime.stats(),
     })
 }
 
@@ -117,7 +118,9 @@ fn part(name: &str, status: Health, message: Option<String>) -> ReadinessPart {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let streams = state.engine.streams().await;
     let groups = state.engine.groups().await;
-    let text = state.metrics.render(streams, groups);
+    let text = state
+        .metrics
+        .render(streams, groups, state.realtime.stats());
     (
         [(
             header::CONTENT_TYPE,

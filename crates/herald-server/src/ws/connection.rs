@@ -237,7 +237,10 @@ impl Connection {
         let (op, frame) = match Frame::decode_client(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
-                let rid = Frame::decode(bytes).ok().and_then(|frame| frame.rid);
+                // A frame refused for one bad field still names its request, if it has one.
+                let rid = serde_json::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .and_then(|frame| frame.get("rid")?.as_u64());
                 return self
                     .refuse(
                         rid,
@@ -254,6 +257,7 @@ impl Connection {
             Op::Unsub => self.on_unsub(&frame),
             Op::Ack | Op::Nack | Op::Extend | Op::Reject => self.on_verb(op, frame).await,
             Op::Ping => Ok(Some(Frame::pong(rid))),
+            Op::Send => self.on_send(frame),
             _ => Err(ApiError::new(
                 ErrorCode::BadFrame,
                 format!("op {op:?} is the server's"),
@@ -318,6 +322,31 @@ impl Connection {
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the publisher stopped"))?;
         Ok(None)
+    }
+
+    /// An event for browsers, not stored; answered at once with the sockets it reached.
+    fn on_send(&mut self, frame: Frame) -> Result<Option<Frame>, ApiError> {
+        let rid = frame.rid.unwrap_or_default();
+        let (Some(target), Some(raw)) = (frame.to, frame.event) else {
+            return Err(ApiError::new(
+                ErrorCode::BadFrame,
+                "op \"send\" needs \"to\" and \"event\"",
+            ));
+        };
+        let event = Event::from_json(raw.get().as_bytes(), &self.state.parse_context())?;
+        if !self.bucket.try_take(1, Instant::now()) {
+            self.state.metrics.rate_limited_events.inc();
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "publish rate above {} events per second on this connection; nothing was \
+                     sent, retry later",
+                    self.state.config.limits.publish_events_per_second_max
+                ),
+            ));
+        }
+        let sent = crate::http::realtime::send(&self.state, &self.identity, &target, event)?;
+        Ok(Some(Frame::sent(rid, sent.delivered)))
     }
 
     async fn on_sub(&mut self, frame: Frame) -> Result<Option<Frame>, ApiError> {

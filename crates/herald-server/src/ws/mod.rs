@@ -9,7 +9,7 @@
 
 mod connection;
 mod publisher;
-mod rate;
+pub(crate) mod rate;
 mod subscriptions;
 
 use axum::extract::ws::WebSocketUpgrade;

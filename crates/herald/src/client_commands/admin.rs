@@ -193,6 +193,11 @@ pub async fn stats(args: ListArgs) -> anyhow::Result<()> {
         "{}  up {}s  {} connections",
         stats.version, stats.uptime_seconds, stats.connections
     );
+    let realtime = &stats.realtime;
+    println!(
+        "browsers: {} sockets, {} users, {} rooms",
+        realtime.connections, realtime.users, realtime.rooms_total
+    );
     println!();
     print!("{}", streams_table(&stats.streams));
     println!();

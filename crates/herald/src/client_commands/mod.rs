@@ -1,5 +1,5 @@
 //! The client commands of the `herald` binary: `pub`, `sub`, `tail`, `streams`, `groups`,
-//! `dlq`, `stats`, against a running server through `herald-client`.
+//! `dlq`, `stats`, `send`, against a running server through `herald-client`.
 //!
 //! Output meant for programs (events, results) goes to stdout as JSON, one value per line;
 //! what is meant for people (progress, summaries, tables) is readable and, where a program
@@ -7,6 +7,7 @@
 
 mod admin;
 mod publish;
+mod send;
 mod subscribe;
 mod table;
 
@@ -34,6 +35,8 @@ pub enum ClientCommand {
     Dlq(admin::DlqCommand),
     /// Server statistics.
     Stats(admin::ListArgs),
+    /// Send one event to browsers (--user, --room or --broadcast) without storing it.
+    Send(send::SendArgs),
 }
 
 /// Where the server is; every client command takes these.
@@ -87,6 +90,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             ClientCommand::Groups(args) => admin::groups(args).await,
             ClientCommand::Dlq(command) => admin::dlq(command).await,
             ClientCommand::Stats(args) => admin::stats(args).await,
+            ClientCommand::Send(args) => send::run(args).await,
         }
     })
 }
