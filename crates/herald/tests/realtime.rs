@@ -347,6 +347,20 @@ async fn socket_io_handshake_join_and_delivery_over_long_polling() {
             "unauthorized: the token is malformed",
         ),
         (json!({}), "unauthorized: a token is required"),
+        // Hostile handshakes: refused with a reason, never a crash.
+        (
+            json!({"token": "x".repeat(20_000)}),
+            "unauthorized: the token is longer than",
+        ),
+        (json!([1, 2, 3]), "unauthorized: a token is required"),
+        (
+            json!({"token": {"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}),
+            "bad_request: auth.token must be a string",
+        ),
+        (
+            json!({"token": "a.b.c"}),
+            "unauthorized: the token is malformed",
+        ),
     ] {
         let socket = Polling::open(&server).await;
         socket.send(&format!("0{auth}")).await;
