@@ -18,6 +18,7 @@ import {
   stalledSocket,
   startServer,
   token,
+  APP_ORIGIN,
 } from './support.js';
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -36,6 +37,28 @@ describe('handshake', () => {
       assert.equal(socket.connected, true);
       socket.close();
     }
+  });
+
+  test('a page on the allowed origin may start long-polling across origins; others may not', async () => {
+    // What a browser does before io(url) from the app's own origin: a preflight, then the
+    // Engine.IO polling handshake, each of which it refuses to use without CORS headers.
+    const handshake = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const preflight = await fetch(handshake, {
+      method: 'OPTIONS',
+      headers: {
+        Origin: APP_ORIGIN,
+        'Access-Control-Request-Method': 'POST',
+        'Access-Control-Request-Headers': 'content-type',
+      },
+    });
+    assert.ok(preflight.status < 300, `preflight answered ${preflight.status}`);
+    assert.equal(preflight.headers.get('access-control-allow-origin'), APP_ORIGIN);
+    const allowed = await fetch(handshake, { headers: { Origin: APP_ORIGIN } });
+    assert.equal(allowed.status, 200);
+    assert.equal(allowed.headers.get('access-control-allow-origin'), APP_ORIGIN);
+    assert.match(await allowed.text(), /"sid"/);
+    const other = await fetch(handshake, { headers: { Origin: 'http://elsewhere.test' } });
+    assert.equal(other.headers.get('access-control-allow-origin'), null);
   });
 
   const refusals = [

@@ -37,6 +37,9 @@ export const SERVICE_TOKEN = 'service-token-0123456789abcdef';
 /** A service that may publish chat.* only. */
 export const LIMITED_TOKEN = 'limited-token-0123456789abcdef';
 
+/** The origin of the web app allowed to reach Herald across origins (CORS). */
+export const APP_ORIGIN = 'http://app.example.test:8080';
+
 /** herald.toml for the tests: service tokens, HS256 browsers, forwarding rules. */
 export function config({ allowAnonymous = false, limits = '' } = {}) {
   return `
@@ -54,6 +57,7 @@ publish = ["chat.*"]
 
 [realtime]
 allow_anonymous = ${allowAnonymous}
+cors_origins = ["${APP_ORIGIN}"]
 
 [realtime.limits]
 ${limits}

@@ -130,6 +130,10 @@ pub struct RealtimeConfig {
     pub limits: RealtimeLimitsConfig,
     /// Rules that send stored events to browsers as they are published.
     pub forward: Vec<ForwardRule>,
+    /// Origins of web pages allowed to reach Herald from a browser across origins (CORS), such
+    /// as `https://app.example.com`, or `"*"` for any. Socket.IO starts with HTTP long-polling,
+    /// which a browser refuses cross-origin without these headers. Empty: same origin only.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for RealtimeConfig {
@@ -141,6 +145,7 @@ impl Default for RealtimeConfig {
             anonymous: BrowserGrantsConfig::default(),
             limits: RealtimeLimitsConfig::default(),
             forward: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -276,6 +281,20 @@ pub const FORWARD_TARGET_DEFAULT: [&str; 2] = ["data.userId", "userId"];
 impl RealtimeConfig {
     /// Limits above zero, patterns valid, the token key readable, rules complete.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.cors_origins {
+            let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
+            let well_formed = origin == "*"
+                || (scheme_ok
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !well_formed {
+                return Err(ConfigError::Invalid(format!(
+                    "realtime.cors_origins: {origin:?} is not an origin; write it as \
+                     scheme://host[:port] with no path (such as \"https://app.example.com\"), \
+                     or \"*\""
+                )));
+            }
+        }
         let limits = &self.limits;
         for (name, value) in [
             ("realtime.limits.connections_max", limits.connections_max),
@@ -793,5 +812,24 @@ mod tests {
             "[[realtime.forward]]\npattern = \"photo.*\"\nto = \"everyone\"",
             Err("unknown variant"),
         );
+    }
+
+    #[test]
+    fn cors_origins() {
+        let origins = |list: &str| format!("[realtime]\ncors_origins = [{list}]");
+        check_config(&origins(""), Ok(()));
+        check_config(&origins("\"*\""), Ok(()));
+        check_config(
+            &origins("\"https://app.example.com\", \"http://127.0.0.1:5173\""),
+            Ok(()),
+        );
+        for bad in [
+            "\"app.example.com\"",
+            "\"https://app.example.com/\"",
+            "\"ftp://app.example.com\"",
+            "\"https://app.example.com\\n\"",
+        ] {
+            check_config(&origins(bad), Err("is not an origin"));
+        }
     }
 }

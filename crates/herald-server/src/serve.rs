@@ -109,6 +109,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         forwarding::spawn(state.engine.clone(), state.realtime.clone(), rules);
         app = app.layer(socket_io);
     }
+    if let Some(cors) = cors_layer(&state.config.realtime.cors_origins) {
+        app = app.layer(cors);
+    }
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     let shutdown = state.shutdown.clone();
     let task = tokio::spawn(async move {
@@ -175,4 +178,30 @@ impl RunningServer {
         }
         self.state.engine.close().await.map_err(ServeError::Close)
     }
+}
+
+/// CORS for the configured origins, around the Socket.IO gateway and the HTTP API, so that a page
+/// served elsewhere can open Socket.IO's long-polling transport (and call the API with a token).
+/// Credentials are not allowed: browsers send their JWT in the handshake's `auth`, not a cookie.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        // Validated when the config was loaded.
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| axum::http::HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any),
+    )
 }
