@@ -58,13 +58,7 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
     // A stream of its own, so that the group reads only its backlog and not earlier runs'.
     let kind = format!("bench-consume-{id}.event");
     let group = format!("bench-{id}");
-    let backlog = PublishArgs {
-        events: args.events,
-        batch: 500,
-        connections: 1,
-        window: 16,
-        data_bytes: args.data_bytes,
-    };
+    let backlog = PublishArgs::backlog(args.events, args.data_bytes);
     let fill_bar = progress_bar(progress, args.events);
     fill_bar.set_message("backlog");
     let (stored, _) = publish::drive(target, &backlog, &kind, &fill_bar).await?;

@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
 use super::consume::ConsumeArgs;
-use super::publish::PublishArgs;
+use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
 
@@ -71,48 +71,26 @@ async fn fill(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(u64, f64)> {
     let batch = args.batch.max(1);
-    let connections = args.connections.max(1);
-    let batches_per_connection = (args.events as usize).div_ceil(batch * connections);
     let payload = bytes::Bytes::from(envelope("bench.published", args.data_bytes));
+    let subject = subject.to_owned();
     let mut links = Vec::new();
-    for _ in 0..connections {
+    for _ in 0..args.connections.max(1) {
         links.push(connect(url).await?);
     }
-    let window = args.window.max(1);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for js in links {
-        let (payload, bar, subject) = (payload.clone(), bar.clone(), subject.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let mut batches = futures::stream::iter(0..batches_per_connection)
-                .map(|_| {
-                    let (js, payload, subject) = (js.clone(), payload.clone(), subject.clone());
-                    async move {
-                        let mut acks = Vec::with_capacity(batch);
-                        for _ in 0..batch {
-                            acks.push(js.publish(subject.clone(), payload.clone()).await?);
-                        }
-                        for ack in acks {
-                            ack.await?;
-                        }
-                        anyhow::Ok(batch as u64)
-                    }
-                })
-                .buffer_unordered(window);
-            let mut acked = 0u64;
-            while let Some(done) = batches.next().await {
-                let done = done?;
-                acked += done;
-                bar.inc(done);
+    drive_windowed(links, args, bar, move |js| {
+        let (payload, subject) = (payload.clone(), subject.clone());
+        async move {
+            let mut acks = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                acks.push(js.publish(subject.clone(), payload.clone()).await?);
             }
-            anyhow::Ok(acked)
-        }));
-    }
-    let mut acked = 0;
-    for task in tasks {
-        acked += task.await??;
-    }
-    Ok((acked, started.elapsed().as_secs_f64()))
+            for ack in acks {
+                ack.await?;
+            }
+            Ok(batch as u64)
+        }
+    })
+    .await
 }
 
 pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
@@ -145,11 +123,9 @@ async fn drain(
     // At most 3 200 publishes awaiting their acks: async-nats limits a context's acks in flight
     // (5 000 by default) and a publisher holding more of them than that waits forever.
     let backlog = PublishArgs {
-        events: args.events,
         batch: 100,
-        connections: 1,
         window: 32,
-        data_bytes: args.data_bytes,
+        ..PublishArgs::backlog(args.events, args.data_bytes)
     };
     let fill_bar = progress_bar(progress, args.events);
     fill_bar.set_message("backlog");

@@ -42,6 +42,62 @@ impl Default for PublishArgs {
     }
 }
 
+impl PublishArgs {
+    /// How the consume workloads store their backlog before the members join: one connection,
+    /// large pipelined batches.
+    pub fn backlog(events: u64, data_bytes: usize) -> PublishArgs {
+        PublishArgs {
+            events,
+            batch: 500,
+            connections: 1,
+            window: 16,
+            data_bytes,
+        }
+    }
+}
+
+/// Runs `send` on each of `links` until `args.events` are sent (rounded up to whole batches of
+/// `args.batch`), at most `args.window` sends in flight per link; each send returns how many
+/// events it had acknowledged. Returns the total and the seconds it took. The peer baselines
+/// use it, so that they pipeline exactly as Herald's `pub` frames do.
+pub async fn drive_windowed<L, S, F>(
+    links: Vec<L>,
+    args: &PublishArgs,
+    bar: &indicatif::ProgressBar,
+    send: S,
+) -> anyhow::Result<(u64, f64)>
+where
+    L: Clone + Send + Sync + 'static,
+    S: Fn(L) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let sends_per_link = (args.events as usize).div_ceil(args.batch.max(1) * links.len().max(1));
+    let window = args.window.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for link in links {
+        let (send, bar) = (send.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sends = futures::stream::iter(0..sends_per_link)
+                .map(|_| send(link.clone()))
+                .buffer_unordered(window);
+            let mut acked = 0u64;
+            while let Some(done) = sends.next().await {
+                let done = done?;
+                acked += done;
+                bar.inc(done);
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await??;
+    }
+    Ok((acked, started.elapsed().as_secs_f64()))
+}
+
 pub async fn run(target: &Target, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {
     let kind = format!("bench.published.{}", run_id());
     let bar = super::report::progress_bar(progress, args.events);

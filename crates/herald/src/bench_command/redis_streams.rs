@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 
 use super::consume::ConsumeArgs;
-use super::publish::PublishArgs;
+use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
 
@@ -58,12 +57,9 @@ async fn fill(
     args: &PublishArgs,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(u64, f64)> {
-    let batch = args.batch.max(1);
-    let connections = args.connections.max(1);
-    let pipelines_per_connection = (args.events as usize).div_ceil(batch * connections);
     let event = envelope("bench.published", args.data_bytes);
     let mut pipeline = redis::pipe();
-    for _ in 0..batch {
+    for _ in 0..args.batch.max(1) {
         pipeline
             .cmd("XADD")
             .arg(key)
@@ -72,49 +68,24 @@ async fn fill(
             .arg(&event);
     }
     let mut links = Vec::new();
-    for _ in 0..connections {
+    for _ in 0..args.connections.max(1) {
         links.push(connect(url).await?);
     }
-    let window = args.window.max(1);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for connection in links {
-        let (pipeline, bar) = (pipeline.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut sends = futures::stream::iter(0..pipelines_per_connection)
-                .map(|_| {
-                    let mut connection = connection.clone();
-                    let pipeline = pipeline.clone();
-                    async move { pipeline.query_async::<Vec<String>>(&mut connection).await }
-                })
-                .buffer_unordered(window);
-            let mut acked = 0u64;
-            while let Some(ids) = sends.next().await {
-                let ids = ids?;
-                acked += ids.len() as u64;
-                bar.inc(ids.len() as u64);
-            }
-            anyhow::Ok(acked)
-        }));
-    }
-    let mut acked = 0;
-    for task in tasks {
-        acked += task.await??;
-    }
-    Ok((acked, started.elapsed().as_secs_f64()))
+    drive_windowed(links, args, bar, move |mut connection| {
+        let pipeline = pipeline.clone();
+        async move {
+            let ids: Vec<String> = pipeline.query_async(&mut connection).await?;
+            Ok(ids.len() as u64)
+        }
+    })
+    .await
 }
 
 pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
     let id = run_id();
     let key = format!("bench-consume:{id}");
     let group = format!("bench-{id}");
-    let backlog = PublishArgs {
-        events: args.events,
-        batch: 500,
-        connections: 1,
-        window: 16,
-        data_bytes: args.data_bytes,
-    };
+    let backlog = PublishArgs::backlog(args.events, args.data_bytes);
     let fill_bar = progress_bar(progress, args.events);
     fill_bar.set_message("backlog");
     let (stored, _) = fill(url, &key, &backlog, &fill_bar).await?;
