@@ -41,7 +41,7 @@ export const LIMITED_TOKEN = 'limited-token-0123456789abcdef';
 export const APP_ORIGIN = 'http://app.example.test:8080';
 
 /** herald.toml for the tests: service tokens, HS256 browsers, forwarding rules. */
-export function config({ allowAnonymous = false, limits = '' } = {}) {
+export function config({ allowAnonymous = false, limits = '', corsOrigins = [APP_ORIGIN] } = {}) {
   return `
 [[auth.tokens]]
 name = "api"
@@ -57,7 +57,7 @@ publish = ["chat.*"]
 
 [realtime]
 allow_anonymous = ${allowAnonymous}
-cors_origins = ["${APP_ORIGIN}"]
+cors_origins = ${JSON.stringify(corsOrigins)}
 
 [realtime.limits]
 ${limits}
