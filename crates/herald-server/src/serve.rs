@@ -59,6 +59,9 @@ pub struct RunningServer {
 /// Room in a Socket.IO message (or a long-polling body) around the largest event a browser may
 /// publish: the packet's framing and the envelope's fields.
 const SOCKET_IO_PAYLOAD_OVERHEAD_BYTES: usize = 64 * 1024;
+/// What a browser's WebSocket is read with at a time: its frames are small, and the buffer is
+/// held by every idle socket (socketioxide's default is 4 KiB). Larger frames still arrive whole.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
@@ -97,6 +100,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         .map_err(ConfigError::Invalid)?;
     let (socket_io, io) = socketioxide::SocketIo::builder()
         .max_buffer_size(config.realtime.limits.outbound_buffer_packets)
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_payload(
             u64::try_from(config.limits.event_bytes_max + SOCKET_IO_PAYLOAD_OVERHEAD_BYTES)
                 .unwrap_or(u64::MAX),
@@ -107,7 +111,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     if state.config.realtime.enabled {
         crate::realtime::gateway::register(&state);
         forwarding::spawn(state.engine.clone(), state.realtime.clone(), rules);
-        app = app.layer(socket_io);
+        app = app.layer(socket_io).layer(axum::middleware::map_request(
+            crate::realtime::gateway::own_handshake_request,
+        ));
     }
     if let Some(cors) = cors_layer(&state.config.realtime.cors_origins) {
         app = app.layer(cors);

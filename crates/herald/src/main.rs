@@ -1,5 +1,5 @@
-//! `herald`: one binary for the event bus. The server and the client commands arrive with their
-//! issues; today it carries the operator tools for Herald's log directories.
+//! `herald`: one binary for the event bus: the server, the client commands, the log tools and
+//! the benchmarks.
 
 mod bench_command;
 mod client_commands;
@@ -9,7 +9,9 @@ mod serve_command;
 use clap::{Parser, Subcommand};
 
 /// The engine allocates per event (envelopes, ids, frames); glibc's allocator spent a third of
-/// the server's time on the publish path in profiles, mimalloc a fraction of that.
+/// the server's time on the publish path in profiles, mimalloc a fraction of that. Without the
+/// `mimalloc` feature the system allocator serves, for heap profilers that hook malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

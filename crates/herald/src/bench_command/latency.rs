@@ -142,11 +142,6 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
         measured,
         args.seconds as f64,
     );
-    report.latency_us = Some(Percentiles {
-        p50: histogram.value_at_quantile(0.5) as f64,
-        p99: histogram.value_at_quantile(0.99) as f64,
-        p999: histogram.value_at_quantile(0.999) as f64,
-        max: histogram.max() as f64,
-    });
+    report.latency_us = Some(Percentiles::of(&histogram));
     Ok(report)
 }

@@ -9,6 +9,7 @@ mod nats_jetstream;
 mod publish;
 mod redis_streams;
 mod report;
+mod socketio;
 mod wire;
 
 use std::time::Duration;
@@ -51,6 +52,10 @@ enum Workload {
     Latency(latency::LatencyArgs),
     /// Single-event HTTP publishes per second.
     Http(http_publish::HttpArgs),
+    /// Socket.IO at scale: memory per idle browser connection, broadcast and user-targeted
+    /// delivery times (not part of `all`: it opens 10 000 connections).
+    #[command(name = "socketio")]
+    SocketIo(socketio::SocketIoArgs),
     /// Every workload above with its defaults.
     All,
 }
@@ -112,20 +117,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             one => vec![one],
         };
         for workload in workloads {
-            let mut samples = Vec::new();
+            // One list per run; a workload may report several figures.
+            let mut samples: Vec<Vec<Report>> = Vec::new();
             for _ in 0..runs {
-                let report = match (&workload, &peer) {
+                let produced = match (&workload, &peer) {
                     (Workload::Publish(args), Some(Peer::Redis(url))) => {
-                        redis_streams::publish(url, args, !args_quiet()).await?
+                        vec![redis_streams::publish(url, args, !args_quiet()).await?]
                     }
                     (Workload::Consume(args), Some(Peer::Redis(url))) => {
-                        redis_streams::consume(url, args, !args_quiet()).await?
+                        vec![redis_streams::consume(url, args, !args_quiet()).await?]
                     }
                     (Workload::Publish(args), Some(Peer::Nats(url))) => {
-                        nats_jetstream::publish(url, args, !args_quiet()).await?
+                        vec![nats_jetstream::publish(url, args, !args_quiet()).await?]
                     }
                     (Workload::Consume(args), Some(Peer::Nats(url))) => {
-                        nats_jetstream::consume(url, args, !args_quiet()).await?
+                        vec![nats_jetstream::consume(url, args, !args_quiet()).await?]
                     }
                     (_, Some(_)) => anyhow::bail!(
                         "against a peer only `publish` and `consume` run; the other workloads \
@@ -133,23 +139,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     ),
                     (workload, None) => match workload {
                         Workload::Publish(args) => {
-                            publish::run(&target, args, !args_quiet()).await?
+                            vec![publish::run(&target, args, !args_quiet()).await?]
                         }
                         Workload::Consume(args) => {
-                            consume::run(&target, args, !args_quiet()).await?
+                            vec![consume::run(&target, args, !args_quiet()).await?]
                         }
                         Workload::Latency(args) => {
-                            latency::run(&target, args, !args_quiet()).await?
+                            vec![latency::run(&target, args, !args_quiet()).await?]
                         }
                         Workload::Http(args) => {
-                            http_publish::run(&target, args, !args_quiet()).await?
+                            vec![http_publish::run(&target, args, !args_quiet()).await?]
+                        }
+                        Workload::SocketIo(args) => {
+                            socketio::run(&target, args, !args_quiet()).await?
                         }
                         Workload::All => unreachable_all()?,
                     },
                 };
-                samples.push(report);
+                samples.push(produced);
             }
-            reports.push(Report::median(samples));
+            let figures = samples.first().map_or(0, Vec::len);
+            for figure in 0..figures {
+                let runs = samples.iter().filter_map(|run| run.get(figure).cloned());
+                reports.push(Report::median(runs.collect()));
+            }
         }
         anyhow::Ok(reports)
     })?;
@@ -161,7 +174,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unreachable_all() -> anyhow::Result<Report> {
+fn unreachable_all() -> anyhow::Result<Vec<Report>> {
     anyhow::bail!("`all` expands into the other workloads")
 }
 

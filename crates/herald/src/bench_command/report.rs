@@ -26,6 +26,18 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+impl Percentiles {
+    /// The percentiles of a histogram of microseconds.
+    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: histogram.value_at_quantile(0.50) as f64,
+            p99: histogram.value_at_quantile(0.99) as f64,
+            p999: histogram.value_at_quantile(0.999) as f64,
+            max: histogram.max() as f64,
+        }
+    }
+}
+
 impl Report {
     pub fn new(workload: &str, conditions: String, events: u64, seconds: f64) -> Report {
         let rate = events as f64 / seconds.max(1e-9);
