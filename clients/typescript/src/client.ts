@@ -193,22 +193,22 @@ export class EventBusClient extends EventEmitter {
   // ---- real-time sends to browsers ----
 
   /** Sends an event to every socket in `room` (not stored). */
-  publishToRoom<T = unknown>(room: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
+  async publishToRoom<T = unknown>(room: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
     return this.send({ room: checkName('room', room) }, type, data, options);
   }
 
   /** Sends an event to every socket of user `userId` (the browsers' JWT `sub`); not stored. */
-  publishToUser<T = unknown>(userId: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
+  async publishToUser<T = unknown>(userId: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
     return this.send({ user: checkName('user id', userId) }, type, data, options);
   }
 
   /** The same as publishToUser (seed 004 has both names). */
-  sendToUser<T = unknown>(userId: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
+  async sendToUser<T = unknown>(userId: string, type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
     return this.publishToUser(userId, type, data, options);
   }
 
   /** Sends an event to every connected socket (not stored). */
-  broadcast<T = unknown>(type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
+  async broadcast<T = unknown>(type: string, data: T, options: PublishOptions = {}): Promise<SendResult> {
     return this.send({ broadcast: true }, type, data, options);
   }
 
@@ -312,7 +312,7 @@ export class EventBusClient extends EventEmitter {
   }
 
   /** A group's figures: lag, in flight, dead letters, … (`GET /v1/groups/{name}`). */
-  getGroup(name: string): Promise<Record<string, any>> {
+  async getGroup(name: string): Promise<Record<string, any>> {
     return this.http('GET', `/v1/groups/${encodeURIComponent(stringOption('group', name))}`);
   }
 

@@ -963,8 +963,8 @@ export class Connection extends EventEmitter {
   /** Keeps the process alive while the client has work, and lets it exit when it has none
    * (a script that only publishes ends once its publishes are answered). */
   private updateRef(): void {
-    const socket = (this.ws as unknown as { _socket?: { ref(): void; unref(): void } } | undefined)?._socket;
-    if (socket === undefined) return;
+    const socket = (this.ws as unknown as { _socket?: { ref(): void; unref(): void } | null } | undefined)?._socket;
+    if (socket === undefined || socket === null) return;
     let busy = this.hasWork();
     for (const sub of this.subs.values()) if (sub.running > 0) busy = true;
     if (busy) socket.ref();
