@@ -14,7 +14,8 @@ export interface ExampleOptions {
 
 /** One client per service, named after it. */
 export function serviceClient(serviceName: string, options: ExampleOptions, extra: EventBusClientOptions = {}): EventBusClient {
-  return new EventBusClient({ ...options, serviceName, logLevel: 'error', ...extra });
+  const { eventBusUrl, authToken } = options;
+  return new EventBusClient({ eventBusUrl, authToken, serviceName, logLevel: 'error', ...extra });
 }
 
 /**
