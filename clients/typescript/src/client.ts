@@ -1,6 +1,6 @@
 // EventBusClient: seed 004's interface on Herald (PRODUCT.md §11).
 
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 
 import { Connection, type SubSpec, type SubState } from './connection.js';
@@ -461,18 +461,10 @@ function positiveInteger(name: string, value: unknown): number {
   return value;
 }
 
-/** A UUIDv7: 48 bits of Unix milliseconds, then random bits (RFC 9562). */
+/** A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version, then random bits. The
+ * random bits and the variant come from randomUUID, which draws its entropy in bulk. */
 export function uuidv7(): string {
-  const bytes = randomBytes(16);
-  const now = Date.now();
-  bytes[0] = Math.floor(now / 2 ** 40) & 0xff;
-  bytes[1] = Math.floor(now / 2 ** 32) & 0xff;
-  bytes[2] = (now >>> 24) & 0xff;
-  bytes[3] = (now >>> 16) & 0xff;
-  bytes[4] = (now >>> 8) & 0xff;
-  bytes[5] = now & 0xff;
-  bytes[6] = (bytes[6]! & 0x0f) | 0x70;
-  bytes[8] = (bytes[8]! & 0x3f) | 0x80;
-  const hex = bytes.toString('hex');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  const random = randomUUID(); // xxxxxxxx-xxxx-4xxx-Vxxx-xxxxxxxxxxxx
+  const time = Date.now().toString(16).padStart(12, '0');
+  return `${time.slice(0, 8)}-${time.slice(8, 12)}-7${random.slice(15)}`;
 }

@@ -38,9 +38,17 @@ function check(kind: 'event type' | 'pattern', value: unknown, wildcards: boolea
   return value;
 }
 
+/** Types already found valid; most services publish a handful of types over and over. */
+const validTypes = new Set<string>();
+const VALID_TYPES_CACHED_MAX = 1024;
+
 /** A concrete event type such as `photo.uploaded`. */
 export function checkType(value: unknown): string {
-  return check('event type', value, false);
+  if (typeof value === 'string' && validTypes.has(value)) return value;
+  const type = check('event type', value, false);
+  if (validTypes.size >= VALID_TYPES_CACHED_MAX) validTypes.clear();
+  validTypes.add(type);
+  return type;
 }
 
 /** A pattern such as `user.*` or `photo.>`. */
