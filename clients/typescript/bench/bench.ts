@@ -41,7 +41,8 @@ async function startHerald(): Promise<{ url: string; stop(): Promise<void> }> {
     const timer = setTimeout(() => reject(new Error(`herald did not start: ${log}`)), 10_000);
     child.stderr.on('data', (chunk: Buffer) => {
       log += chunk.toString();
-      const match = log.match(/listening on (http:\/\/\S+)/);
+      // Only a whole line: a chunk may end inside the address.
+      const match = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+)\s/);
       if (match) {
         clearTimeout(timer);
         resolve(match[1]!);
