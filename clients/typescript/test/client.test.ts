@@ -419,6 +419,18 @@ describe('connection', () => {
   });
 });
 
+test('a script that only publishes exits by itself once its publishes are answered', () => {
+  const script = `
+    import { eventBus } from '@herald/client';
+    const result = await eventBus.publish('exit.ok', { done: true });
+    console.log(result.stream);`;
+  const output = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, EVENT_BUS_URL: server.url, EVENT_BUS_TOKEN: SERVICE_TOKEN },
+    timeout: 10_000,
+  }).toString();
+  assert.equal(output.trim(), 'exit');
+});
+
 describe('timeouts', () => {
   test('a subscribe that is never answered times out', async () => {
     const bus = client({ eventBusUrl: 'http://127.0.0.1:1', maxRetries: 100, timeout: 300, reconnectDelayMs: 50 });
