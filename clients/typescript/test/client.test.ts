@@ -284,6 +284,74 @@ describe('subscribe', () => {
     assert.deepEqual(attempts, [1]);
   });
 
+  test('a member that goes away has its unsettled deliveries redelivered to another member', async () => {
+    const stuck = client({ timeout: 300 });
+    const other = client();
+    const first = deferred<number>();
+    const second = deferred<number>();
+    await stuck.subscribe('handoff.*', (_event, context) => {
+      first.resolve(context.attempt);
+      return new Promise(() => {}); // never finishes
+    }, { group: 'handoff' });
+    await stuck.publish('handoff.job', { n: 1 });
+    assert.equal(await within(first.promise, 'the first delivery'), 1);
+    await other.subscribe('handoff.*', (_event, context) => second.resolve(context.attempt), { group: 'handoff' });
+    await stuck.close(); // gives up on the stuck handler after its timeout
+    assert.equal(await within(second.promise, 'the redelivery'), 2, 'counted as an attempt');
+  });
+
+  test('concurrency runs that many handlers of a subscription at once', async () => {
+    const bus = client();
+    let running = 0;
+    let most = 0;
+    let handled = 0;
+    await bus.subscribe('parallel.*', async () => {
+      running += 1;
+      most = Math.max(most, running);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      running -= 1;
+      handled += 1;
+    }, { group: 'parallel', concurrency: 4, maxInFlight: 10 });
+    await Promise.all(Array.from({ length: 12 }, (_, n) => bus.publish('parallel.job', { n })));
+    await waitFor(() => handled === 12, '12 handled');
+    assert.equal(most, 4);
+  });
+
+  test('a live subscription whose handler falls behind is dropped, not the publishers', async () => {
+    const bus = client({ liveBufferEvents: 5 });
+    const release = deferred();
+    const closed = deferred<{ error: Error }>();
+    bus.on('subscriptionClosed', (info) => closed.resolve(info));
+    const sub = await bus.subscribe('flood.*', () => release.promise);
+    await Promise.all(Array.from({ length: 20 }, (_, n) => bus.publish('flood.tick', { n })));
+    const error = await within(sub.ended, 'the subscription to end');
+    assert.equal((error as { code?: string }).code, 'slow_consumer');
+    assert.match(error!.message, /fell 5 events behind/);
+    assert.equal((await closed.promise).error, error);
+    release.resolve();
+  });
+
+  test('Subscription.unsubscribe and connect()', async () => {
+    const bus = client();
+    await bus.connect();
+    assert.equal(bus.connected, true);
+    const sub = await bus.subscribe('handle.*', () => {});
+    assert.equal(bus.metrics().activeSubscriptions, 1);
+    await sub.unsubscribe();
+    assert.equal(await sub.ended, undefined);
+    assert.equal(bus.metrics().activeSubscriptions, 0);
+  });
+
+  test('HTTP refusals are ServerErrors with the status', async () => {
+    const bus = client();
+    await assert.rejects(bus.getGroup('no-such-group'), (error: unknown) => {
+      assert.ok(error instanceof ServerError);
+      assert.equal(error.code, 'not_found');
+      assert.equal(error.status, 404);
+      return true;
+    });
+  });
+
   test('a group keeps its pattern: another pattern is a conflict', async () => {
     const bus = client();
     await bus.subscribe('fixed.a', () => {}, { group: 'fixed' });
