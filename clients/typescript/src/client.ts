@@ -400,7 +400,7 @@ class SubscriptionHandle implements Subscription {
     this.id = state.id;
     this.pattern = state.spec.pattern;
     this.group = state.spec.group;
-    this.ended = (state as SubState & { endedPromise: Promise<Error | undefined> }).endedPromise;
+    this.ended = state.endedPromise;
     this.local = state.local;
   }
 

@@ -115,6 +115,8 @@ export interface SubState {
   queue: Deque<Incoming>;
   running: number;
   ended: boolean;
+  /** Resolves when the subscription ends: undefined when asked to, else why. */
+  endedPromise: Promise<Error | undefined>;
   end(error?: Error): void;
 }
 
@@ -418,13 +420,13 @@ export class Connection extends EventEmitter {
       queue: new Deque<Incoming>(),
       running: 0,
       ended: false,
+      endedPromise: ended,
       end: (error) => {
         if (sub.ended) return;
         sub.ended = true;
         end(error);
       },
     };
-    (sub as SubState & { endedPromise: Promise<Error | undefined> }).endedPromise = ended;
     return new Promise<SubState>((resolve, reject) => {
       sub.waiter = {
         resolve: () => resolve(sub),
