@@ -74,6 +74,37 @@ test('a server restart loses no group delivery: the member reconnects, re-subscr
   }, 'a live event after the restart');
 });
 
+test('after a crash (kill -9) under load, every publish is answered and every event handled by the group', async () => {
+  const worker = client({ timeout: 30_000 });
+  const publisher = client({ timeout: 30_000, maxBufferedEvents: 5000 });
+  const handled = new Set<number>();
+  await worker.subscribe(
+    'crash.*',
+    (event) => {
+      handled.add(event.data.n);
+    },
+    { group: 'crash-survivors', maxInFlight: 50 },
+  );
+  const total = 2000;
+  // Publish in waves so that some pub frames are unanswered when the server dies.
+  const publishes: Promise<PublishResult>[] = [];
+  for (let n = 0; n < total; n += 1) {
+    publishes.push(publisher.publish('crash.job', { n }));
+    if (n === 1000) {
+      await waitFor(() => handled.size > 100, 'the worker to be working');
+      await server.kill();
+      await server.start();
+    }
+  }
+  const results = await Promise.all(publishes);
+  assert.equal(results.length, total);
+  await waitFor(() => handled.size === total, `all ${total} events handled (have ${handled.size})`, 30_000);
+  // Frames re-sent after the crash were deduplicated by id: the stream holds each event once.
+  const stream = (await call(server.url, 'GET', '/v1/streams/crash')).body;
+  assert.equal(stream.events, total);
+  assert.equal(new Set(results.map((result) => result.seq)).size, total);
+});
+
 test('publishes wait in a bounded buffer while the server is down, and are stored once when it is back', async () => {
   const bus = client({ maxBufferedEvents: 20, timeout: 20_000 });
   await bus.publish('buffered.warmup', {});

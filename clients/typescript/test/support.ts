@@ -68,6 +68,8 @@ export interface Server {
   log: string[];
   /** SIGTERM (drain) and wait for the exit; the data directory stays. */
   stop(): Promise<void>;
+  /** SIGKILL: a crash, no drain. */
+  kill(): Promise<void>;
   /** Starts again on the same port and data directory. */
   start(): Promise<void>;
   restart(): Promise<void>;
@@ -114,12 +116,12 @@ export async function startServer(toml = config()): Promise<Server> {
     });
   }
 
-  async function stop(): Promise<void> {
+  async function stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const running = child;
     child = undefined;
     if (running === undefined || running.exitCode !== null) return;
     const exited = new Promise((resolve) => running.once('exit', resolve));
-    running.kill('SIGTERM');
+    running.kill(signal);
     await exited;
   }
 
@@ -140,7 +142,8 @@ export async function startServer(toml = config()): Promise<Server> {
   return {
     url,
     log,
-    stop,
+    stop: () => stop(),
+    kill: () => stop('SIGKILL'),
     start,
     async restart() {
       await stop();
