@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 
 import { BufferFullError, EventBusClient, type PublishResult } from '@herald/client';
 
-import { SERVICE_TOKEN, call, startServer, waitFor, type Server } from './support.js';
+import { SERVICE_TOKEN, call, config, deferred, startServer, waitFor, within, type Server } from './support.js';
 
 let server: Server;
 const clients: EventBusClient[] = [];
@@ -131,4 +131,32 @@ test('publishes wait in a bounded buffer while the server is down, and are store
     'each stored once, in order',
   );
   assert.equal(bus.metrics().bufferedEvents, 0);
+});
+
+test('a server that hangs (three silent heartbeats) counts as lost; the client reconnects once it answers again', async () => {
+  const hanging = await startServer(config('', 'heartbeat = "200ms"'));
+  const bus = new EventBusClient({ eventBusUrl: hanging.url, authToken: SERVICE_TOKEN, timeout: 1000, reconnectDelayMs: 50, reconnectDelayMaxMs: 200, logLevel: 'silent' });
+  try {
+    const seen: number[] = [];
+    await bus.subscribe('hang.*', (event) => {
+      seen.push(event.data.n);
+    });
+    const lost = deferred<string>();
+    bus.once('disconnected', ({ reason }) => lost.resolve(reason));
+    hanging.signal('SIGSTOP');
+    const reason = await within(lost.promise, 'the client to notice the silence');
+    assert.match(reason, /nothing heard from herald for 600 ms/);
+    hanging.signal('SIGCONT');
+    await waitFor(() => bus.connected, 'the client to reconnect');
+    let n = 0;
+    await waitFor(async () => {
+      if (seen.length > 0) return true;
+      await bus.publish('hang.tick', { n: n++ });
+      return false;
+    }, 'the re-created subscription to receive');
+  } finally {
+    hanging.signal('SIGCONT');
+    await bus.close();
+    await hanging.dispose();
+  }
 });

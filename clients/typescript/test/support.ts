@@ -26,8 +26,10 @@ export const LIMITED_TOKEN = 'ts-limited-token-0123456789abcdef';
 
 /** herald.toml for the tests: service tokens, HS256 browser tokens, forwarding rules for the
  * photo pipeline (progress and completion to the user's browsers). */
-export function config(extra = ''): string {
+export function config(extra = '', top = ''): string {
   return `
+${top}
+
 [[auth.tokens]]
 name = "api"
 token = "${SERVICE_TOKEN}"
@@ -68,6 +70,8 @@ export interface Server {
   log: string[];
   /** SIGTERM (drain) and wait for the exit; the data directory stays. */
   stop(): Promise<void>;
+  /** Sends `signal` to the running server (SIGSTOP / SIGCONT: a server that hangs). */
+  signal(signal: NodeJS.Signals): void;
   /** SIGKILL: a crash, no drain. */
   kill(): Promise<void>;
   /** Starts again on the same port and data directory. */
@@ -144,6 +148,9 @@ export async function startServer(toml = config()): Promise<Server> {
     log,
     stop: () => stop(),
     kill: () => stop('SIGKILL'),
+    signal: (signal) => {
+      child?.kill(signal);
+    },
     start,
     async restart() {
       await stop();
