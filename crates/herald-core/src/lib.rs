@@ -16,6 +16,8 @@ pub use event::{
     EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, Limits, ParseContext,
     StoredEvent,
 };
-pub use room::{ROOM_BYTES_MAX, ROOM_TOKENS_MAX, RoomError, RoomName, RoomPattern, USER_ROOM_PREFIX};
+pub use room::{
+    ROOM_BYTES_MAX, ROOM_TOKENS_MAX, RoomError, RoomName, RoomPattern, USER_ROOM_PREFIX,
+};
 pub use subject::{Pattern, SUBJECT_BYTES_MAX, SUBJECT_TOKENS_MAX, Subject, SubjectError};
 pub use subject_index::{MATCH_CACHE_ENTRIES_MAX, SubjectIndex, SubscriptionId};

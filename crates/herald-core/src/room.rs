@@ -308,8 +308,8 @@ mod tests {
             check_name(name, Err(error));
         }
         check_name(&"a".repeat(ROOM_BYTES_MAX + 1), Err("exceeds the limit"));
-        check_name(&"a:".repeat(16).trim_end_matches(':'), Ok(()));
-        check_name(&"a:".repeat(17).trim_end_matches(':'), Err("17 tokens"));
+        check_name("a:".repeat(16).trim_end_matches(':'), Ok(()));
+        check_name("a:".repeat(17).trim_end_matches(':'), Err("17 tokens"));
     }
 
     #[test]

@@ -504,7 +504,10 @@ mod tests {
             r#"{"op":"join","rid":5,"room":"session:abc123"}"#,
             Ok(Op::Join),
         );
-        check(r#"{"op":"leave","rid":6,"room":"chat.general"}"#, Ok(Op::Leave));
+        check(
+            r#"{"op":"leave","rid":6,"room":"chat.general"}"#,
+            Ok(Op::Leave),
+        );
         check(
             r#"{"op":"join","rid":5}"#,
             Err("op \"join\" needs field \"room\""),
@@ -570,14 +573,26 @@ mod tests {
         for (input, expect) in [
             (r#"{"op":"event","sid":1,"event":{}}"#, Ok(Op::Event)),
             (r#"{"op":"event","room":"r","event":{}}"#, Ok(Op::Event)),
-            (r#"{"op":"event","event":{}}"#, Err("not both and not neither")),
-            (r#"{"op":"event","sid":1,"room":"r","event":{}}"#, Err("not both")),
+            (
+                r#"{"op":"event","event":{}}"#,
+                Err("not both and not neither"),
+            ),
+            (
+                r#"{"op":"event","sid":1,"room":"r","event":{}}"#,
+                Err("not both"),
+            ),
             (
                 r#"{"op":"event","room":"r","deliveryId":1,"attempt":1,"event":{}}"#,
                 Err("for a room has no"),
             ),
-            (r#"{"op":"closed","room":"r","error":{"code":"rate_limited","message":"x"}}"#, Ok(Op::Closed)),
-            (r#"{"op":"closed","error":{"code":"rate_limited","message":"x"}}"#, Err("not both")),
+            (
+                r#"{"op":"closed","room":"r","error":{"code":"rate_limited","message":"x"}}"#,
+                Ok(Op::Closed),
+            ),
+            (
+                r#"{"op":"closed","error":{"code":"rate_limited","message":"x"}}"#,
+                Err("not both"),
+            ),
         ] {
             let got = Frame::decode(input.as_bytes()).unwrap().check();
             match (got, expect) {

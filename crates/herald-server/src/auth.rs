@@ -657,7 +657,11 @@ mod tests {
             let got = render(identity(&auth, name).check_room(&room));
             assert_eq!(got, expect, "{name} join {room}");
         }
-        assert!(Identity::anonymous().check_room(&RoomName::new("a:b").unwrap()).is_ok());
+        assert!(
+            Identity::anonymous()
+                .check_room(&RoomName::new("a:b").unwrap())
+                .is_ok()
+        );
         let mut bad = token("bad", &[], &[], &[]);
         bad.rooms = Some(vec!["session:".into()]);
         let error = Auth::new(&[bad]).unwrap_err().to_string();

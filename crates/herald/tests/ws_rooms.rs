@@ -73,7 +73,8 @@ async fn post_to_room(server: &Server, room: &str, event: Value) -> (u16, Value)
 }
 
 async fn join(ws: &mut Ws, rid: u64, room: &str) -> Value {
-    ws.ask(json!({"op": "join", "rid": rid, "room": room})).await
+    ws.ask(json!({"op": "join", "rid": rid, "room": room}))
+        .await
 }
 
 /// The next room event on `ws`, checked to be for `room`.
@@ -123,7 +124,10 @@ async fn joins_are_checked_and_answered() {
         (
             READER,
             "session:",
-            Err(("invalid_subject", "token 2 of room name \"session:\" is empty")),
+            Err((
+                "invalid_subject",
+                "token 2 of room name \"session:\" is empty",
+            )),
         ),
         (
             READER,
@@ -196,15 +200,20 @@ async fn events_sent_to_a_room_reach_the_connections_that_joined_it() {
 
     // The `send` frame, from another connection.
     let answer = other
-        .ask(json!({"op": "send", "rid": 2, "to": {"room": "session:abc123"},
-                     "event": {"type": "notification.new", "data": 2}}))
+        .ask(
+            json!({"op": "send", "rid": 2, "to": {"room": "session:abc123"},
+                     "event": {"type": "notification.new", "data": 2}}),
+        )
         .await;
     assert_eq!(answer, json!({"op": "ok", "rid": 2, "delivered": 1}));
     assert_eq!(room_event(&mut listener, "session:abc123").await["data"], 2);
 
     // A forwarding rule with to = "room": the stored event, with its stream and seq.
     let answer = other
-        .publish(3, json!([{"type": "doc.edited", "data": {"doc": 42, "by": "u1"}}]))
+        .publish(
+            3,
+            json!([{"type": "doc.edited", "data": {"doc": 42, "by": "u1"}}]),
+        )
         .await;
     assert_eq!(answer["op"], "puback", "{answer}");
     let event = room_event(&mut listener, "doc:42").await;
@@ -235,7 +244,10 @@ async fn events_sent_to_a_room_reach_the_connections_that_joined_it() {
         if body["delivered"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the closed connection is still in its room");
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection is still in its room"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -259,8 +271,10 @@ async fn a_slow_listener_is_dropped_from_its_rooms_without_slowing_others() {
         sent += 1;
         assert!(sent < 5_000, "the slow listener was never dropped");
         let answer = sender
-            .ask(json!({"op": "send", "rid": sent, "to": {"room": "live:feed"},
-                         "event": {"type": "feed.item", "data": {"n": sent, "padding": padding}}}))
+            .ask(
+                json!({"op": "send", "rid": sent, "to": {"room": "live:feed"},
+                         "event": {"type": "feed.item", "data": {"n": sent, "padding": padding}}}),
+            )
             .await;
         assert_eq!(answer["op"], "ok", "{answer}");
         // The fast listener keeps up, in order.
@@ -290,12 +304,17 @@ async fn a_slow_listener_is_dropped_from_its_rooms_without_slowing_others() {
     }
     closed.sort();
     assert_eq!(closed, ["live:feed", "live:other"]);
-    assert!(next <= sent, "the last send was not queued for the slow listener");
+    assert!(
+        next <= sent,
+        "the last send was not queued for the slow listener"
+    );
     // It may join again and receive.
     assert_eq!(join(&mut slow, 3, "live:feed").await["op"], "ok");
     let answer = sender
-        .ask(json!({"op": "send", "rid": 1_000_000, "to": {"room": "live:feed"},
-                     "event": {"type": "feed.item", "data": {"n": 0}}}))
+        .ask(
+            json!({"op": "send", "rid": 1_000_000, "to": {"room": "live:feed"},
+                     "event": {"type": "feed.item", "data": {"n": 0}}}),
+        )
         .await;
     assert_eq!(answer["delivered"], 2, "{answer}");
     assert_eq!(room_event(&mut slow, "live:feed").await["data"]["n"], 0);

@@ -105,7 +105,12 @@ impl RoomListeners {
         }
     }
 
-    fn join(&self, listener: &Arc<Listener>, room: &RoomName, max: usize) -> Result<bool, ApiError> {
+    fn join(
+        &self,
+        listener: &Arc<Listener>,
+        room: &RoomName,
+        max: usize,
+    ) -> Result<bool, ApiError> {
         let mut rooms = self.rooms.write();
         let mut state = listener.state.lock();
         if state.rooms.contains(room.as_str()) {
@@ -269,11 +274,17 @@ mod tests {
         assert_eq!(a.join(&room("chat.general"), 2), Ok(true));
         let refused = a.join(&room("chat.other"), 2).unwrap_err();
         assert_eq!(refused.code(), ErrorCode::RateLimited);
-        assert!(refused.detail.message.contains("limits.rooms_per_connection_max"));
+        assert!(
+            refused
+                .detail
+                .message
+                .contains("limits.rooms_per_connection_max")
+        );
 
         assert_eq!(listeners.deliver("session:abc123", br#"{"type":"a.b"}"#), 2);
         assert_eq!(listeners.deliver("nobody", br#"{"type":"a.b"}"#), 0);
-        let expect = serde_json::json!({"op":"event","room":"session:abc123","event":{"type":"a.b"}});
+        let expect =
+            serde_json::json!({"op":"event","room":"session:abc123","event":{"type":"a.b"}});
         assert_eq!(text(&mut a_in).await, expect);
         assert_eq!(text(&mut b_in).await, expect);
 
