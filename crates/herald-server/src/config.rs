@@ -215,7 +215,7 @@ impl std::fmt::Debug for JwtConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrowserGrantsConfig {
-    /// Rooms it may join (room names are subjects: `chat.general`, `photo.*`).
+    /// Room patterns of the rooms it may join (`chat.*`, `session:*`; see `herald_core::room`).
     pub rooms: Vec<String>,
     /// Patterns it may subscribe to; a subscription must lie within one of them.
     pub subscribe: Vec<String>,

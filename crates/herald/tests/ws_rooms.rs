@@ -318,4 +318,16 @@ async fn a_slow_listener_is_dropped_from_its_rooms_without_slowing_others() {
         .await;
     assert_eq!(answer["delivered"], 2, "{answer}");
     assert_eq!(room_event(&mut slow, "live:feed").await["data"]["n"], 0);
+    let metrics = http()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_realtime_room_listener_drops_total 1\n"),
+        "{metrics}"
+    );
 }

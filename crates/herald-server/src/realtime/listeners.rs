@@ -21,6 +21,7 @@ use herald_core::RoomName;
 use herald_protocol::ws::{Frame, encode_room_event_frame};
 use herald_protocol::{ErrorCode, ErrorDetail};
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 
@@ -30,6 +31,9 @@ use crate::error::ApiError;
 #[derive(Debug, Default)]
 pub struct RoomListeners {
     rooms: RwLock<HashMap<String, HashMap<u64, Arc<Listener>>>>,
+    /// `herald_realtime_room_listener_sent` and `…_drops`.
+    sent: Counter,
+    drops: Counter,
 }
 
 /// One service connection's side of its rooms.
@@ -82,6 +86,14 @@ impl Membership {
 }
 
 impl RoomListeners {
+    pub fn new(sent: Counter, drops: Counter) -> RoomListeners {
+        RoomListeners {
+            rooms: RwLock::default(),
+            sent,
+            drops,
+        }
+    }
+
     /// A connection's membership, with the task that moves its room events to `outbound`, at
     /// most `buffer` of them waiting.
     pub fn membership(
@@ -178,9 +190,16 @@ impl RoomListeners {
                 }
             }
         }
+        self.sent.inc_by(delivered as u64);
         for listener in slow {
             let left = self.leave_all(&listener);
             if !left.is_empty() {
+                self.drops.inc();
+                tracing::warn!(
+                    connection = listener.connection,
+                    rooms = left.len(),
+                    "a /v1/ws connection fell behind on its rooms; it leaves them"
+                );
                 listener.state.lock().dropped_from.extend(left);
                 listener.dropped.notify_one();
             }
@@ -283,6 +302,7 @@ mod tests {
 
         assert_eq!(listeners.deliver("session:abc123", br#"{"type":"a.b"}"#), 2);
         assert_eq!(listeners.deliver("nobody", br#"{"type":"a.b"}"#), 0);
+        assert_eq!(listeners.sent.get(), 2);
         let expect =
             serde_json::json!({"op":"event","room":"session:abc123","event":{"type":"a.b"}});
         assert_eq!(text(&mut a_in).await, expect);
@@ -342,6 +362,7 @@ mod tests {
             closed.push(frame["room"].as_str().unwrap().to_owned());
         }
         assert_eq!(closed, ["r:1", "r:2"]);
+        assert_eq!(listeners.drops.get(), 1);
         // It may join again.
         assert_eq!(slow.join(&room("r:1"), 4), Ok(true));
     }

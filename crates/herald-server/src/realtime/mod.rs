@@ -248,7 +248,10 @@ impl Realtime {
             verifier,
             anonymous: BrowserGrants::parse(&config.anonymous)?,
             registry: Mutex::new(Registry::default()),
-            listeners: Arc::default(),
+            listeners: Arc::new(listeners::RoomListeners::new(
+                metrics.room_listener_sent.clone(),
+                metrics.room_listener_drops.clone(),
+            )),
             metrics,
         })
     }
