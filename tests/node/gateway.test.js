@@ -200,10 +200,11 @@ describe('users, rooms and broadcast', () => {
     assert.deepEqual(await request(member, 'join', { room: 'chat.general' }), { ok: true });
     const forbidden = await request(outsider, 'join', 'admin.ops');
     assert.equal(forbidden.error.code, 'forbidden');
-    assert.match(forbidden.error.message, /user "dave" may not join room "admin.ops" \(its rooms patterns: chat\.\*, match\.\*\)/);
-    // A user room is not a room name a socket can join.
+    assert.match(forbidden.error.message, /user "dave" may not join room "admin.ops" \(its rooms patterns: chat\.\*, match\.\*, session:\*\)/);
+    // A user room is Herald's: no socket joins one by name.
     const userRoom = await request(outsider, 'join', 'user:carol');
-    assert.equal(userRoom.error.code, 'invalid_subject');
+    assert.equal(userRoom.error.code, 'forbidden');
+    assert.match(userRoom.error.message, /reserved for Herald's per-user rooms/);
 
     const outsiderSeen = record(outsider, 'chat.message');
     const got = next(member, 'chat.message');
@@ -227,6 +228,46 @@ describe('users, rooms and broadcast', () => {
     });
     assert.equal(afterLeave.body.delivered, 0);
     assert.deepEqual(outsiderSeen, []);
+  });
+
+  test("room names with ':' (seed 004's session:abc123), granted by patterns with the same separators", async () => {
+    const socket = await connected(server.connect({ auth: { token: token('sam', GRANTS) } }));
+    const other = await connected(server.connect({ auth: { token: token('tess', GRANTS) } }));
+    assert.deepEqual(await request(socket, 'join', 'session:abc123'), { ok: true });
+    assert.deepEqual(await request(other, 'join', { room: 'match-7' }), { error: { code: 'forbidden', message: 'user "tess" may not join room "match-7" (its rooms patterns: chat.*, match.*, session:*)' } });
+    // session:* grants session:<id>, not session.<id> nor session:<a>:<b>.
+    for (const room of ['session.abc123', 'session:a:b']) {
+      const refused = await request(other, 'join', room);
+      assert.equal(refused.error.code, 'forbidden', room);
+    }
+    for (const [room, character] of [['session room', "' ' at byte 8"], ['session/1', "'/' at byte 8"]]) {
+      const refused = await request(other, 'join', room);
+      assert.equal(refused.error.code, 'invalid_subject', room);
+      assert.ok(refused.error.message.includes(`the character ${character}`), refused.error.message);
+    }
+    const empty = await request(other, 'join', 'session:');
+    assert.equal(empty.error.code, 'invalid_subject');
+    assert.match(empty.error.message, /token 2 of room name "session:" is empty/);
+
+    const otherSeen = record(other, 'notification.new');
+    const got = next(socket, 'notification.new');
+    const sent = await call(server.url, 'POST', '/v1/realtime/rooms/session:abc123', {
+      type: 'notification.new',
+      data: { title: 'Welcome back!' },
+    });
+    assert.equal(sent.status, 200, JSON.stringify(sent.body));
+    assert.equal(sent.body.delivered, 1);
+    assert.deepEqual((await got).data, { title: 'Welcome back!' });
+    // Percent-encoded, as clients that encode path segments send it.
+    const encoded = next(socket, 'notification.new');
+    const again = await call(server.url, 'POST', '/v1/realtime/rooms/session%3Aabc123', { type: 'notification.new', data: 2 });
+    assert.equal(again.body.delivered, 1);
+    assert.equal((await encoded).data, 2);
+    const reserved = await call(server.url, 'POST', '/v1/realtime/rooms/user:sam', { type: 'notification.new' });
+    assert.equal(reserved.status, 403);
+    assert.equal(reserved.body.error.code, 'forbidden');
+    assert.deepEqual(await request(socket, 'leave', 'session:abc123'), { ok: true });
+    assert.deepEqual(otherSeen, []);
   });
 
   test('broadcast reaches every socket', async () => {
@@ -374,7 +415,7 @@ describe('subscriptions, publishing and forwarding', () => {
       [['publish', { type: 'billing.invoice', data: 1 }], 'forbidden', /may not publish "billing.invoice"/],
       [['publish', { data: 1 }], 'invalid_event', /type/],
       [['publish', 'chat.message'], 'bad_request', /publish takes an event/],
-      [['join', 'chat..x'], 'invalid_subject', /not a valid room name/],
+      [['join', 'chat..x'], 'invalid_subject', /invalid room name: token 2 of room name "chat..x" is empty/],
       [['join', 7], 'bad_request', /expected a room name/],
       [['leave', { name: 'x' }], 'bad_request', /expected a room name/],
       [['subscribe', 'billing.>'], 'forbidden', /may not subscribe to "billing.>"/],

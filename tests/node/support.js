@@ -150,7 +150,7 @@ export function token(sub, claims = {}, options = {}) {
 
 /** The grants most tests use. */
 export const GRANTS = {
-  herald: { rooms: ['chat.*', 'match.*'], subscribe: ['photo.>', 'news.*'], publish: ['chat.message'] },
+  herald: { rooms: ['chat.*', 'match.*', 'session:*'], subscribe: ['photo.>', 'news.*'], publish: ['chat.message'] },
 };
 
 /** Resolves once connected; rejects with the connect_error. */

@@ -222,7 +222,12 @@ export class EventBusClient extends EventEmitter {
 
   // ---- rooms, listened to from the service ----
 
-  /** Puts this service in `room`: events sent to the room reach subscribeToRoom handlers. */
+  /**
+   * Puts this service's connection in `room` (the /v1/ws `join` frame): events sent to the room
+   * (publishToRoom, POST /v1/realtime/rooms/{room}, forwarding rules with to = "room") reach
+   * subscribeToRoom handlers. Needs the token's `rooms` patterns (or its `subscribe` ones) to
+   * match the room. Rooms are joined again after a reconnect.
+   */
   async joinRoom(room: string): Promise<void> {
     await this.roomListener().join(checkName('room', room));
   }
@@ -231,7 +236,7 @@ export class EventBusClient extends EventEmitter {
     await this.roomListener().leave(checkName('room', room));
   }
 
-  /** Joins `room` and calls `handler` for each event sent to it. */
+  /** Joins `room` and calls `handler` for each event sent to it, one at a time, in order. */
   async subscribeToRoom<T = any>(room: string, handler: EventHandler<T>): Promise<Subscription> {
     checkName('room', room);
     if (typeof handler !== 'function') throw new InvalidArgumentError(`handler must be a function, got ${describe(handler)}`);
@@ -240,7 +245,7 @@ export class EventBusClient extends EventEmitter {
 
   private roomListener(): RoomListener {
     if (this.closed) throw new ClosedError();
-    if (this.rooms === undefined) this.rooms = new RoomListener(this.options, this.logger);
+    if (this.rooms === undefined) this.rooms = new RoomListener(() => this.conn(), this.options, this.logger);
     return this.rooms;
   }
 
@@ -380,9 +385,8 @@ export class EventBusClient extends EventEmitter {
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    const connection = this.connection;
-    const rooms = this.rooms;
-    await Promise.all([connection?.close(), rooms?.close()]);
+    this.rooms?.close();
+    await this.connection?.close();
     this.closed = true;
   }
 }

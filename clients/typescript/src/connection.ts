@@ -67,7 +67,7 @@ interface PendingPublish {
   alone: boolean;
 }
 
-type RequestKind = 'sub' | 'unsub' | 'send' | 'verb' | 'ping';
+type RequestKind = 'sub' | 'unsub' | 'send' | 'verb' | 'ping' | 'room';
 
 interface PendingRequest {
   kind: RequestKind;
@@ -79,7 +79,7 @@ interface PendingRequest {
 
 /** A request that waits for the connection (a real-time send, a ping). */
 interface Outgoing {
-  kind: 'send' | 'ping';
+  kind: 'send' | 'ping' | 'room';
   what: string;
   frame(rid: number): Record<string, unknown>;
   resolve(value: any): void;
@@ -126,6 +126,8 @@ export class Connection extends EventEmitter {
   private state: State = 'idle';
   private ws: WebSocket | undefined;
   private generation = 0;
+  /** Rooms joined (set by the room listener): like subscriptions, they keep the process alive. */
+  private roomsJoined = 0;
   private everConnected = false;
   private attempts = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -346,6 +348,12 @@ export class Connection extends EventEmitter {
     this.afterSettle();
   }
 
+  /** The room listener tells how many rooms it holds, so that they keep the process alive. */
+  setRoomsJoined(count: number): void {
+    this.roomsJoined = count;
+    this.updateRef();
+  }
+
   get bufferedEvents(): number {
     return this.queuedEvents;
   }
@@ -353,7 +361,7 @@ export class Connection extends EventEmitter {
   // ---- real-time sends, pings ----
 
   /** Sends a request that needs the connection; waits for it up to the timeout. */
-  request(kind: 'send' | 'ping', what: string, frame: (rid: number) => Record<string, unknown>): Promise<any> {
+  request(kind: 'send' | 'ping' | 'room', what: string, frame: (rid: number) => Record<string, unknown>): Promise<any> {
     if (this.isClosed) return Promise.reject(new ClosedError());
     if (kind === 'send' && this.outbox.length >= this.options.maxBufferedEvents) {
       return Promise.reject(new BufferFullError(this.outbox.length, this.options.maxBufferedEvents));
@@ -801,7 +809,9 @@ export class Connection extends EventEmitter {
   private onFrame(frame: any): void {
     switch (frame.op) {
       case 'event':
-        this.onEvent(frame);
+        // An event sent to a room this connection joined: the room listener's (rooms.ts).
+        if (frame.room !== undefined) this.emit('roomEvent', frame);
+        else this.onEvent(frame);
         return;
       case 'puback':
         this.onPuback(frame.rid, frame.results);
@@ -841,6 +851,11 @@ export class Connection extends EventEmitter {
         return;
       case 'closed': {
         const detail = frame.error ?? {};
+        if (frame.room !== undefined) {
+          // The server made this connection leave a room (it fell behind).
+          this.emit('roomClosed', frame);
+          return;
+        }
         if (detail.code === 'unavailable') {
           // The server is stopping: reconnect (to it or a sibling) and subscribe again.
           throw new HeraldError('unavailable', `subscription closed: ${detail.message}`);
@@ -959,7 +974,7 @@ export class Connection extends EventEmitter {
   }
 
   private hasWork(): boolean {
-    return this.subs.size > 0 || this.queue.length > 0 || this.inflight.size > 0 || this.outbox.length > 0 || this.pending.size > 0;
+    return this.subs.size > 0 || this.roomsJoined > 0 || this.queue.length > 0 || this.inflight.size > 0 || this.outbox.length > 0 || this.pending.size > 0;
   }
 
   /** Keeps the process alive while the client has work, and lets it exit when it has none

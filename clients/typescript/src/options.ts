@@ -22,7 +22,6 @@ export interface ResolvedOptions {
   reconnectDelayMs: number;
   reconnectDelayMaxMs: number;
   liveBufferEvents: number;
-  realtimeToken: string | undefined;
 }
 
 const KNOWN = new Set([
@@ -40,7 +39,6 @@ const KNOWN = new Set([
   'reconnectDelayMaxMs',
   'liveBufferEvents',
   'logger',
-  'realtimeToken',
 ]);
 
 const LEVELS: LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -76,7 +74,6 @@ export function checkOptions(options: EventBusClientOptions): void {
   if (options.eventBusUrl !== undefined) endpoints(text(options, 'eventBusUrl')!);
   text(options, 'serviceName');
   text(options, 'authToken');
-  text(options, 'realtimeToken');
   integer(options, 'maxRetries', 0, 0);
   integer(options, 'timeout', 1, 1);
   integer(options, 'batchSize', 1, 1);
@@ -117,7 +114,6 @@ export function resolveOptions(options: EventBusClientOptions): ResolvedOptions 
     reconnectDelayMs,
     reconnectDelayMaxMs: Math.max(reconnectDelayMs, integer(options, 'reconnectDelayMaxMs', 1, 10_000)),
     liveBufferEvents: integer(options, 'liveBufferEvents', 1, 1024),
-    realtimeToken: options.realtimeToken,
   };
 }
 

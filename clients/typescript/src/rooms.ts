@@ -1,32 +1,33 @@
 // joinRoom / leaveRoom / subscribeToRoom: a service listening to a room.
 //
-// Herald keeps rooms only for Socket.IO sockets (docs/REALTIME.md): `/v1/ws` has no verb for a
-// service connection to join a room or to receive what is sent to one. So a service listens
-// the way a browser does: with a browser token (`realtimeToken`, a JWT whose `herald.rooms`
-// claim covers the room) over the Socket.IO gateway, through the stock `socket.io-client`
-// (an optional peer dependency, loaded only when a room is used). Each room gets a socket of
-// its own, because a socket's events do not say which room they were sent to; such a socket
-// also receives what is sent to the token's user and broadcasts.
+// On the client's one /v1/ws connection (docs/PROTOCOL.md, "Listening to rooms"): `join` and
+// `leave` frames, each answered with `ok`; what is sent to a joined room arrives as
+// `{"op":"event","room":…,"event":…}`. Rooms outlive connections: each new connection joins them
+// again (events sent while it was down are lost: room events are live, at most once). The
+// server bounds what waits for the connection; here each subscribeToRoom handler runs one event
+// at a time and holds at most liveBufferEvents of them, past which it is dropped (its `ended`
+// resolves with the error), as a live subscription is. When the server makes the connection
+// leave a room (it fell behind), the room's handlers end with that error and the room is
+// forgotten; join it again to listen again.
 
-import { ClosedError, HeraldError, InvalidArgumentError, TimeoutError, UnsupportedError } from './errors.js';
+import type { Connection } from './connection.js';
+import { Deque } from './deque.js';
+import { ClosedError, ConnectionLostError, HeraldError, ServerError } from './errors.js';
 import type { ResolvedOptions } from './options.js';
 import type { DeliveryContext, EventHandler, HeraldEvent, Logger, Subscription } from './types.js';
 
-/** The part of a socket.io-client Socket used here. */
-interface RoomSocket {
-  connected: boolean;
-  on(event: string, listener: (...args: any[]) => void): unknown;
-  once(event: string, listener: (...args: any[]) => void): unknown;
-  onAny(listener: (event: string, ...args: any[]) => void): unknown;
-  timeout(ms: number): { emitWithAck(event: string, ...args: unknown[]): Promise<any> };
-  close(): unknown;
+interface RoomHandler {
+  id: string;
+  handler: EventHandler;
+  queue: Deque<HeraldEvent>;
+  running: boolean;
+  end(error?: Error): void;
 }
 
 interface Room {
   name: string;
-  socket: RoomSocket;
   joined: Promise<void>;
-  handlers: Map<string, { handler: EventHandler; end(error?: Error): void }>;
+  handlers: Map<string, RoomHandler>;
 }
 
 let nextId = 1;
@@ -35,8 +36,10 @@ export class RoomListener {
   private readonly rooms = new Map<string, Room>();
   private readonly byId = new Map<string, Room>();
   private closed = false;
+  private connection: Connection | undefined;
 
   constructor(
+    private readonly conn: () => Connection,
     private readonly options: ResolvedOptions,
     private readonly log: Logger,
   ) {}
@@ -56,30 +59,37 @@ export class RoomListener {
   async leave(name: string): Promise<void> {
     const room = this.rooms.get(name);
     if (room === undefined) return;
-    this.rooms.delete(name);
+    this.forget(room, undefined);
     try {
       await room.joined;
-      await this.ask(room.socket, 'leave', name);
     } catch {
-      // Leaving a room that was never joined is leaving it.
-    } finally {
-      room.socket.close();
-      for (const [id, entry] of room.handlers) {
-        this.byId.delete(id);
-        entry.end(undefined);
-      }
+      return; // never joined: nothing to leave
     }
+    await this.connect().request('room', `leave room ${name}`, () => ({ op: 'leave', room: name }));
   }
 
   async subscribe(name: string, handler: EventHandler): Promise<Subscription> {
     const room = this.room(name);
     await room.joined;
+    if (this.rooms.get(name) !== room) throw new ClosedError(`room ${name} was left before it was joined`);
     const id = `room-${nextId++}`;
-    let end!: (error?: Error) => void;
+    let resolveEnded!: (error?: Error) => void;
     const ended = new Promise<Error | undefined>((resolve) => {
-      end = resolve;
+      resolveEnded = resolve;
     });
-    room.handlers.set(id, { handler, end });
+    const entry: RoomHandler = {
+      id,
+      handler,
+      queue: new Deque<HeraldEvent>(),
+      running: false,
+      end: (error) => {
+        room.handlers.delete(id);
+        this.byId.delete(id);
+        entry.queue.drain();
+        resolveEnded(error);
+      },
+    };
+    room.handlers.set(id, entry);
     this.byId.set(id, room);
     return {
       id,
@@ -90,106 +100,106 @@ export class RoomListener {
     };
   }
 
+  /** Ends one handler; the service stays in the room (leaveRoom leaves it). */
   async unsubscribe(id: string): Promise<void> {
-    const room = this.byId.get(id);
-    if (room === undefined) return;
-    this.byId.delete(id);
-    room.handlers.get(id)?.end(undefined);
-    room.handlers.delete(id);
+    this.byId.get(id)?.handlers.get(id)?.end(undefined);
   }
 
-  async close(): Promise<void> {
+  /** Ends every handler; closing the connection leaves the rooms on the server's side. */
+  close(): void {
     this.closed = true;
-    await Promise.all([...this.rooms.keys()].map((name) => this.leave(name)));
+    for (const room of [...this.rooms.values()]) this.forget(room, undefined);
+  }
+
+  private connect(): Connection {
+    if (this.connection !== undefined) return this.connection;
+    const connection = this.conn();
+    connection.on('roomEvent', (frame) => this.onEvent(frame));
+    connection.on('roomClosed', (frame) => this.onClosed(frame));
+    connection.on('connected', ({ reconnected }: { reconnected: boolean }) => {
+      if (!reconnected) return;
+      for (const room of this.rooms.values()) {
+        this.ask(room.name).catch((error: Error) => this.log.warn(`joining room ${room.name} again failed: ${error.message}`));
+      }
+    });
+    this.connection = connection;
+    return connection;
   }
 
   private room(name: string): Room {
     if (this.closed) throw new ClosedError();
     const existing = this.rooms.get(name);
     if (existing !== undefined) return existing;
-    if (this.options.realtimeToken === undefined) {
-      throw new UnsupportedError(
-        `cannot listen to room ${JSON.stringify(name)}: herald keeps rooms only for Socket.IO sockets, and /v1/ws has no verb ` +
-          'for a service to join a room. Give the client a realtimeToken (a browser JWT whose herald.rooms claim covers the ' +
-          'room) to listen through the Socket.IO gateway, or publish the events to a subject and subscribe to that.',
-      );
-    }
-    const room: Room = { name, socket: undefined as unknown as RoomSocket, joined: Promise.resolve(), handlers: new Map() };
-    room.joined = this.open(room);
-    room.joined.catch(() => {
-      if (this.rooms.get(name) === room) this.rooms.delete(name);
-    });
+    const room: Room = { name, joined: Promise.resolve(), handlers: new Map() };
     this.rooms.set(name, room);
+    this.connect().setRoomsJoined(this.rooms.size);
+    room.joined = this.joinWithRetries(name);
+    room.joined.catch(() => {
+      if (this.rooms.get(name) === room) this.forget(room, undefined);
+    });
     return room;
   }
 
-  private async open(room: Room): Promise<void> {
-    let io: (url: string, options: Record<string, unknown>) => RoomSocket;
-    try {
-      ({ io } = (await import('socket.io-client')) as unknown as { io: typeof io });
-    } catch {
-      throw new UnsupportedError('joinRoom/subscribeToRoom need the socket.io-client package: npm install socket.io-client');
-    }
-    const socket = io(this.options.httpUrl, {
-      auth: { token: this.options.realtimeToken },
-      forceNew: true,
-      timeout: this.options.timeout,
-      reconnectionDelay: this.options.reconnectDelayMs,
-      reconnectionDelayMax: this.options.reconnectDelayMaxMs,
-    });
-    room.socket = socket;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.close();
-        reject(new TimeoutError(`connecting to the Socket.IO gateway for room ${room.name}`, this.options.timeout));
-      }, this.options.timeout);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('connect_error', (error: Error) => {
-        clearTimeout(timer);
-        socket.close();
-        const [code, ...rest] = error.message.split(': ');
-        reject(new HeraldError(rest.length > 0 ? code! : 'connection_failed', `room ${room.name}: ${error.message}`));
-      });
-    });
-    // Rejoin after the gateway's own reconnects.
-    socket.on('connect', () => {
-      this.ask(socket, 'join', room.name).catch((error) => this.log.warn(`rejoining room ${room.name} failed: ${error.message}`));
-    });
-    socket.onAny((type: string, data: unknown, meta: Record<string, unknown> | undefined) => {
-      if (type.startsWith('herald:')) {
-        this.log.warn(`room ${room.name}: ${type} ${JSON.stringify(data)}`);
+  /** A join cut off by a lost connection is made again on the next one. */
+  private async joinWithRetries(name: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.ask(name);
         return;
+      } catch (error) {
+        if (!(error instanceof ConnectionLostError) || attempt >= this.options.maxRetries) throw error;
       }
-      const event = { ...(meta ?? {}), type, data } as HeraldEvent;
-      for (const [id, entry] of room.handlers) {
-        const context: DeliveryContext = { subscriptionId: id, attempt: 1, extend: async () => {} };
-        Promise.resolve()
-          .then(() => entry.handler(event, context))
-          .catch((error) => this.log.warn(`room ${room.name} handler failed on ${type}: ${(error as Error).message}`));
-      }
-    });
-    try {
-      await this.ask(socket, 'join', room.name);
-    } catch (error) {
-      socket.close();
-      throw error;
     }
   }
 
-  private async ask(socket: RoomSocket, verb: 'join' | 'leave', name: string): Promise<void> {
-    let answer: any;
-    try {
-      answer = await socket.timeout(this.options.timeout).emitWithAck(verb, name);
-    } catch {
-      throw new TimeoutError(`${verb} room ${name}`, this.options.timeout);
+  private ask(name: string): Promise<void> {
+    return this.connect().request('room', `join room ${name}`, () => ({ op: 'join', room: name }));
+  }
+
+  private forget(room: Room, error: Error | undefined): void {
+    if (this.rooms.get(room.name) === room) this.rooms.delete(room.name);
+    this.connection?.setRoomsJoined(this.rooms.size);
+    for (const entry of [...room.handlers.values()]) entry.end(error);
+  }
+
+  private onEvent(frame: { room: string; event: HeraldEvent }): void {
+    const room = this.rooms.get(frame.room);
+    if (room === undefined) return; // still in flight for a room just left
+    for (const entry of [...room.handlers.values()]) {
+      if (entry.queue.length >= this.options.liveBufferEvents) {
+        const error = new HeraldError(
+          'slow_consumer',
+          `handler of room ${JSON.stringify(room.name)} dropped: it fell ${this.options.liveBufferEvents} events behind`,
+        );
+        this.log.warn(error.message);
+        entry.end(error);
+        continue;
+      }
+      entry.queue.push(frame.event);
+      this.pump(room, entry);
     }
-    if (answer?.error !== undefined) {
-      const { code, message } = answer.error;
-      if (code === 'invalid_subject') throw new InvalidArgumentError(`room ${JSON.stringify(name)}: ${message}`);
-      throw new HeraldError(code, `${verb} room ${name}: ${message}`);
-    }
+  }
+
+  private pump(room: Room, entry: RoomHandler): void {
+    if (entry.running || entry.queue.length === 0 || room.handlers.get(entry.id) !== entry) return;
+    const event = entry.queue.shift()!;
+    entry.running = true;
+    const context: DeliveryContext = { subscriptionId: entry.id, attempt: 1, extend: async () => {} };
+    Promise.resolve()
+      .then(() => entry.handler(event, context))
+      .catch((error) => this.log.warn(`room ${room.name} handler failed on ${event?.type}: ${(error as Error)?.message ?? error}`))
+      .finally(() => {
+        entry.running = false;
+        this.pump(room, entry);
+      });
+  }
+
+  private onClosed(frame: { room: string; error?: { code?: string; message?: string; details?: unknown } }): void {
+    const room = this.rooms.get(frame.room);
+    if (room === undefined) return;
+    const detail = frame.error ?? {};
+    const error = new ServerError(detail.code ?? 'internal', `room ${room.name} left: ${detail.message ?? ''}`, detail.details);
+    this.log.warn(error.message);
+    this.forget(room, error);
   }
 }

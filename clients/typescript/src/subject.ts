@@ -56,8 +56,8 @@ export function checkPattern(value: unknown): string {
   return check('pattern', value, true);
 }
 
-/** A room or user id: a non-empty string. The server checks the name itself (today rooms are
- * named like subjects, docs/REALTIME.md), so that its rules are kept in one place. */
+/** A room or user id: a non-empty string. The server checks the name itself (room names are
+ * tokens separated by `.` or `:`, docs/PROTOCOL.md), so that its rules are kept in one place. */
 export function checkName(kind: 'room' | 'user id', value: unknown): string {
   if (typeof value !== 'string' || value.length === 0) {
     throw new InvalidArgumentError(`${kind} must be a non-empty string, got ${describe(value)}`);

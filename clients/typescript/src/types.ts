@@ -44,9 +44,6 @@ export interface EventBusClientOptions {
   liveBufferEvents?: number;
   /** Where log lines go. Default: the console, filtered by logLevel. */
   logger?: Logger;
-  /** A browser token (JWT) for this service, used by joinRoom/leaveRoom/subscribeToRoom, which
-   * listen through Herald's Socket.IO gateway (the only place the server keeps rooms). */
-  realtimeToken?: string;
 }
 
 /** What a publisher may set besides type and data (PRODUCT.md §1). */

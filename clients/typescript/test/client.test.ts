@@ -12,10 +12,10 @@ import {
   ConnectionError,
   DeadLetterError,
   EventBusClient,
+  HeraldError,
   InvalidArgumentError,
   ServerError,
   TimeoutError,
-  UnsupportedError,
   type HeraldEvent,
 } from '@herald/client';
 
@@ -393,9 +393,9 @@ describe('real-time sends to browsers', () => {
     assert.equal(bus.metrics().sent, 5);
   });
 
-  test('joinRoom / subscribeToRoom / leaveRoom listen through the Socket.IO gateway with a realtimeToken', async () => {
+  test('joinRoom / subscribeToRoom / leaveRoom listen on the /v1/ws connection', async () => {
     const sender = client();
-    const listener = client({ realtimeToken: token('svc-room-listener', { herald: { rooms: ['ops.*'] } }) });
+    const listener = client();
     const seen: HeraldEvent[] = [];
     const sub = await listener.subscribeToRoom('ops.alerts', (event) => {
       seen.push(event);
@@ -411,16 +411,82 @@ describe('real-time sends to browsers', () => {
     await listener.leaveRoom('ops.audit');
     assert.equal((await sender.publishToRoom('ops.audit', 'audit.logged', {})).delivered, 0);
 
+    // Rooms named with ':' (seed 004's 'session:abc123'), heard by the service and a browser.
+    const browserInRoom = await browser('carol', { herald: { rooms: ['session:*'] } });
+    assert.deepEqual(await browserInRoom.timeout(5000).emitWithAck('join', 'session:abc123'), { ok: true });
+    const session: HeraldEvent[] = [];
+    await listener.subscribeToRoom('session:abc123', (event) => {
+      session.push(event);
+    });
+    const atBrowser = nextOn(browserInRoom, 'notification.new');
+    assert.equal((await sender.publishToRoom('session:abc123', 'notification.new', { n: 1 })).delivered, 2);
+    assert.deepEqual((await atBrowser).data, { n: 1 });
+    await waitFor(() => session.length === 1, 'the session room event');
+
+    // Handlers run one event at a time, in order.
+    const ordered: number[] = [];
+    await listener.subscribeToRoom('ops.ordered', async (event) => {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      ordered.push(event.data.n);
+    });
+    for (let n = 0; n < 20; n++) await sender.publishToRoom('ops.ordered', 'ops.tick', { n });
+    await waitFor(() => ordered.length === 20, 'twenty ordered room events');
+    assert.deepEqual(ordered, [...Array(20).keys()]);
+
     await listener.unsubscribe(sub);
     assert.equal(await sub.ended, undefined);
-    await assert.rejects(listener.joinRoom('admin.secrets'), (error: unknown) => (error as { code?: string }).code === 'forbidden');
 
-    const plain = client();
-    await assert.rejects(plain.joinRoom('ops.alerts'), (error: unknown) => {
-      assert.ok(error instanceof UnsupportedError);
-      assert.match(error.message, /no verb for a service to join a room/);
+    // The token's patterns decide: this one may listen to chat.* rooms only.
+    const limited = client({ authToken: LIMITED_TOKEN });
+    await limited.joinRoom('chat.general');
+    await assert.rejects(limited.joinRoom('ops.alerts'), (error: unknown) => error instanceof ServerError && error.code === 'forbidden');
+    await assert.rejects(listener.joinRoom('user:alice'), (error: unknown) => error instanceof ServerError && error.code === 'forbidden');
+    await assert.rejects(listener.joinRoom('bad room!'), (error: unknown) => {
+      assert.ok(error instanceof ServerError);
+      assert.equal(error.code, 'invalid_subject');
+      assert.match(error.message, /the character ' ' at byte 4/);
       return true;
     });
+  });
+
+  test('a room handler that falls liveBufferEvents behind is dropped; the others keep going', async () => {
+    const sender = client();
+    const listener = client({ liveBufferEvents: 2 });
+    const stuck = deferred();
+    const slow = await listener.subscribeToRoom('ops.flood', () => stuck.promise);
+    const seen: number[] = [];
+    await listener.subscribeToRoom('ops.flood', (event) => {
+      seen.push(event.data.n);
+    });
+    // One running, two waiting, the fourth is one too many.
+    for (let n = 0; n < 4; n++) await sender.publishToRoom('ops.flood', 'ops.tick', { n });
+    const error = await within(slow.ended, 'the slow handler to be dropped');
+    assert.ok(error instanceof HeraldError);
+    assert.equal(error.code, 'slow_consumer');
+    await waitFor(() => seen.length === 4, 'the other handler to see every event');
+    assert.deepEqual(seen, [0, 1, 2, 3]);
+    stuck.resolve();
+  });
+
+  test('rooms are joined again after a reconnect', async () => {
+    const own = await startServer();
+    try {
+      const sender = new EventBusClient({ eventBusUrl: own.url, authToken: SERVICE_TOKEN, maxRetries: 10 });
+      const listener = new EventBusClient({ eventBusUrl: own.url, authToken: SERVICE_TOKEN, reconnectDelayMs: 10, reconnectDelayMaxMs: 100 });
+      clients.push(sender, listener);
+      const seen: HeraldEvent[] = [];
+      await listener.subscribeToRoom('session:re', (event) => {
+        seen.push(event);
+      });
+      const reconnected = new Promise<void>((resolve) => listener.once('connected', () => resolve()));
+      await own.restart();
+      await within(reconnected, 'the listener to reconnect');
+      // The join is sent right after the welcome; once the room counts this connection, events reach it.
+      await waitFor(async () => (await sender.publishToRoom('session:re', 'a.b', { n: 1 })).delivered === 1, 'the room joined again');
+      await waitFor(() => seen.length >= 1, 'a room event after the reconnect');
+    } finally {
+      await own.dispose();
+    }
   });
 });
 

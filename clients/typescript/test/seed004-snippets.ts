@@ -50,14 +50,6 @@ export async function notifySessionRoom() {
   });
 }
 
-/** The same with a room name Herald accepts today (rooms are named like subjects). */
-export async function notifySessionRoomHeraldName() {
-  await eventBus.publishToRoom('session.abc123', 'notification.new', {
-    title: 'Welcome back!',
-    message: 'We missed you!'
-  });
-}
-
 /** "3. System-wide Broadcasts" */
 export async function systemBroadcasts() {
   // Send to all connected clients

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { io, type Socket } from 'socket.io-client';
 
-import { eventBus, ServerError } from '@herald/client';
+import { eventBus, type HeraldEvent } from '@herald/client';
 
 import * as seed from './seed004-snippets.js';
 import { SERVICE_TOKEN, startServer, token, waitFor, within, type Server } from './support.js';
@@ -68,24 +68,26 @@ test("Getting Started: publish, subscribe('user.*'), sendToUser", async () => {
   assert.deepEqual(types, ['user.logged_in', 'user.logged_out'], "'user.*' is one token: not user.profile.updated");
 });
 
-test('Real-time User Notifications: publishToUser reaches the user; publishToRoom as written needs a room name Herald accepts', async () => {
-  const user = await browser('user-123', { herald: { rooms: ['session.*'] } });
+test("Real-time User Notifications: publishToUser reaches the user; publishToRoom('session:abc123') reaches the session's browser and a listening service", async () => {
+  const user = await browser('user-123', { herald: { rooms: ['session:*'] } });
   const notification = nextOn(user, 'notification.new');
   await seed.notifyUser();
   assert.deepEqual(await notification, { title: 'Photo processed', message: 'Your vacation photo is ready!', photoId: '456' });
 
-  // Herald names rooms like subjects, so the seed's 'session:abc123' is refused with a clear
-  // error (a server change would be needed to accept it; see the report of issue 6).
-  await assert.rejects(seed.notifySessionRoom(), (error: unknown) => {
-    assert.ok(error instanceof ServerError);
-    assert.equal(error.code, 'invalid_subject');
-    assert.match(error.message, /room "session:abc123" is not a valid room name/);
-    return true;
+  // The seed's room name as written: the browser joins it, a service listens to it.
+  assert.deepEqual(await user.timeout(5000).emitWithAck('join', 'session:abc123'), { ok: true });
+  const heard: HeraldEvent[] = [];
+  const listening = await eventBus.subscribeToRoom('session:abc123', (event) => {
+    heard.push(event);
   });
-  assert.deepEqual(await user.timeout(5000).emitWithAck('join', 'session.abc123'), { ok: true });
   const welcome = nextOn(user, 'notification.new');
-  await seed.notifySessionRoomHeraldName();
+  await seed.notifySessionRoom();
   assert.deepEqual(await welcome, { title: 'Welcome back!', message: 'We missed you!' });
+  await waitFor(() => heard.length === 1, 'the room event at the listening service');
+  assert.equal(heard[0]!.type, 'notification.new');
+  assert.deepEqual(heard[0]!.data, { title: 'Welcome back!', message: 'We missed you!' });
+  await eventBus.leaveRoom('session:abc123');
+  assert.equal(await listening.ended, undefined);
 });
 
 test('System-wide Broadcasts: every socket, and every service', async () => {

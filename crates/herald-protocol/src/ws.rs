@@ -35,17 +35,24 @@ pub enum Op {
     /// Send `event` to browsers (`to` a user, a room, or everyone) without storing it;
     /// answered by `ok` with `delivered`.
     Send,
+    /// Listen to `room`: what is sent to it arrives as `event` frames with `room`; answered by
+    /// `ok`.
+    Join,
+    /// Stop listening to `room`; answered by `ok`.
+    Leave,
     // Server → client.
     /// First frame of a connection.
     Welcome,
     Puback,
     Subscribed,
-    /// An event for subscription `sid`; in a group with `deliveryId` and `attempt`.
+    /// An event for subscription `sid` (in a group with `deliveryId` and `attempt`), or sent
+    /// to `room`, which the connection joined.
     Event,
     Ok,
     /// A refused request (`rid` when it had one), or a connection-level problem.
     Error,
-    /// Subscription `sid` ended, with `reason`; no more events follow for it.
+    /// Subscription `sid` ended, or the connection was made to leave `room`, with `error`; no
+    /// more events follow for it.
     Closed,
     Pong,
 }
@@ -62,6 +69,8 @@ impl Op {
             Op::Reject => "reject",
             Op::Ping => "ping",
             Op::Send => "send",
+            Op::Join => "join",
+            Op::Leave => "leave",
             Op::Welcome => "welcome",
             Op::Puback => "puback",
             Op::Subscribed => "subscribed",
@@ -88,16 +97,17 @@ impl Op {
             Op::Reject => (&["sid", "deliveryId"], &["rid", "reason"]),
             Op::Ping => (&[], &["rid"]),
             Op::Send => (&["rid", "to", "event"], &[]),
+            Op::Join | Op::Leave => (&["rid", "room"], &[]),
             Op::Welcome => (
                 &["connectionId", "server", "heartbeatMs", "limits"],
                 &["identity"],
             ),
             Op::Puback => (&["rid", "results"], &[]),
             Op::Subscribed => (&["rid", "sid"], &[]),
-            Op::Event => (&["sid", "event"], &["deliveryId", "attempt"]),
+            Op::Event => (&["event"], &["sid", "room", "deliveryId", "attempt"]),
             Op::Ok => (&["rid"], &["delivered"]),
             Op::Error => (&["error"], &["rid", "sid"]),
-            Op::Closed => (&["sid", "error"], &[]),
+            Op::Closed => (&["error"], &["sid", "room"]),
             Op::Pong => (&[], &["rid"]),
         }
     }
@@ -115,6 +125,8 @@ impl Op {
                 | Op::Reject
                 | Op::Ping
                 | Op::Send
+                | Op::Join
+                | Op::Leave
         )
     }
 }
@@ -191,9 +203,13 @@ pub struct Frame {
     /// Who a `send` goes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Target>,
-    /// In the `ok` answering a `send`: the sockets the event was queued for.
+    /// In the `ok` answering a `send`: the sockets (and listening connections) the event was
+    /// queued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
+    /// The room a `join` or `leave` names, or that an `event` or `closed` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
 }
 
 /// Why a frame was refused before it was acted on.
@@ -211,6 +227,10 @@ pub enum FrameError {
     ExtraField { op: Op, field: &'static str },
     #[error("op \"ack\" needs \"deliveryId\" or \"deliveryIds\", not both and not neither")]
     AckTarget,
+    #[error("op \"{op}\" needs \"sid\" or \"room\", not both and not neither")]
+    SidOrRoom { op: Op },
+    #[error("op \"event\" for a room has no \"deliveryId\" or \"attempt\"")]
+    RoomDelivery,
 }
 
 impl Frame {
@@ -246,11 +266,20 @@ impl Frame {
         if op == Op::Ack && self.delivery_id.is_some() == self.delivery_ids.is_some() {
             return Err(FrameError::AckTarget);
         }
+        if matches!(op, Op::Event | Op::Closed) && self.sid.is_some() == self.room.is_some() {
+            return Err(FrameError::SidOrRoom { op });
+        }
+        if op == Op::Event
+            && self.room.is_some()
+            && (self.delivery_id.is_some() || self.attempt.is_some())
+        {
+            return Err(FrameError::RoomDelivery);
+        }
         Ok(op)
     }
 
     fn present_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 24] = [
+        let fields: [(&'static str, bool); 25] = [
             ("rid", self.rid.is_some()),
             ("sid", self.sid.is_some()),
             ("events", self.events.is_some()),
@@ -274,6 +303,7 @@ impl Frame {
             ("limits", self.limits.is_some()),
             ("to", self.to.is_some()),
             ("delivered", self.delivered.is_some()),
+            ("room", self.room.is_some()),
             ("op", false),
         ];
         fields
@@ -367,6 +397,29 @@ impl Frame {
             ..Frame::new(Op::Closed)
         }
     }
+
+    /// The connection no longer listens to `room` (it fell behind), for `error`.
+    pub fn room_closed(room: String, error: ErrorDetail) -> Frame {
+        Frame {
+            room: Some(room),
+            error: Some(error),
+            ..Frame::new(Op::Closed)
+        }
+    }
+}
+
+/// The `event` frame for an event sent to a room the connection joined, written around the
+/// event's JSON once per event, whatever the number of listening connections.
+pub fn encode_room_event_frame(room: &str, event_json: &[u8]) -> Vec<u8> {
+    // A string always encodes.
+    let room = serde_json::to_string(room).unwrap_or_default();
+    let mut out = Vec::with_capacity(event_json.len() + room.len() + 32);
+    out.extend_from_slice(b"{\"op\":\"event\",\"room\":");
+    out.extend_from_slice(room.as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event_json);
+    out.push(b'}');
+    out
 }
 
 /// The `event` frame, written directly around the stored event's JSON (the hot path: no
@@ -447,6 +500,30 @@ mod tests {
             r#"{"op":"pub","events":[]}"#,
             Err("op \"pub\" needs field \"rid\""),
         );
+        check(
+            r#"{"op":"join","rid":5,"room":"session:abc123"}"#,
+            Ok(Op::Join),
+        );
+        check(
+            r#"{"op":"leave","rid":6,"room":"chat.general"}"#,
+            Ok(Op::Leave),
+        );
+        check(
+            r#"{"op":"join","rid":5}"#,
+            Err("op \"join\" needs field \"room\""),
+        );
+        check(
+            r#"{"op":"leave","room":"a"}"#,
+            Err("op \"leave\" needs field \"rid\""),
+        );
+        check(
+            r#"{"op":"join","rid":5,"room":"a","sid":1}"#,
+            Err("field \"sid\" does not belong in op \"join\""),
+        );
+        check(
+            r#"{"op":"sub","rid":5,"pattern":"a","room":"a"}"#,
+            Err("field \"room\" does not belong in op \"sub\""),
+        );
         check(r#"{"op":"ack","sid":1}"#, Err("not both and not neither"));
         check(
             r#"{"op":"ack","sid":1,"deliveryId":1,"deliveryIds":[2]}"#,
@@ -482,6 +559,53 @@ mod tests {
     }
 
     #[test]
+    fn room_event_frame_decodes_as_a_frame() {
+        let bytes = encode_room_event_frame("session:\"x\"", br#"{"type":"a.b"}"#);
+        let frame = Frame::decode(&bytes).unwrap();
+        assert_eq!(frame.check().unwrap(), Op::Event);
+        assert_eq!(frame.room.as_deref(), Some("session:\"x\""));
+        assert_eq!(frame.sid, None);
+        assert_eq!(frame.event.unwrap().get(), r#"{"type":"a.b"}"#);
+    }
+
+    #[test]
+    fn events_and_closes_name_a_subscription_or_a_room() {
+        for (input, expect) in [
+            (r#"{"op":"event","sid":1,"event":{}}"#, Ok(Op::Event)),
+            (r#"{"op":"event","room":"r","event":{}}"#, Ok(Op::Event)),
+            (
+                r#"{"op":"event","event":{}}"#,
+                Err("not both and not neither"),
+            ),
+            (
+                r#"{"op":"event","sid":1,"room":"r","event":{}}"#,
+                Err("not both"),
+            ),
+            (
+                r#"{"op":"event","room":"r","deliveryId":1,"attempt":1,"event":{}}"#,
+                Err("for a room has no"),
+            ),
+            (
+                r#"{"op":"closed","room":"r","error":{"code":"rate_limited","message":"x"}}"#,
+                Ok(Op::Closed),
+            ),
+            (
+                r#"{"op":"closed","error":{"code":"rate_limited","message":"x"}}"#,
+                Err("not both"),
+            ),
+        ] {
+            let got = Frame::decode(input.as_bytes()).unwrap().check();
+            match (got, expect) {
+                (Ok(op), Ok(want)) => assert_eq!(op, want, "{input}"),
+                (Err(error), Err(want)) => {
+                    assert!(error.to_string().contains(want), "{input}: {error}")
+                }
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn server_frames_pass_their_own_check() {
         let frames = [
             Frame::puback(1, vec![]),
@@ -495,6 +619,10 @@ mod tests {
                 ErrorDetail::new(crate::ErrorCode::BadFrame, "x"),
             ),
             Frame::closed(1, ErrorDetail::new(crate::ErrorCode::Unavailable, "x")),
+            Frame::room_closed(
+                "session:a".into(),
+                ErrorDetail::new(crate::ErrorCode::RateLimited, "x"),
+            ),
         ];
         for frame in frames {
             let decoded = Frame::decode(frame.encode().as_bytes()).unwrap();

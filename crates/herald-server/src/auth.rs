@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use herald_core::subject::is_valid_token;
-use herald_core::{Pattern, Subject, SubjectError};
+use herald_core::{Pattern, RoomError, RoomName, RoomPattern, Subject, SubjectError};
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,12 @@ pub struct TokenConfig {
     /// Patterns of the stream and group names (one token each) the service may manage.
     #[serde(default)]
     pub admin: Vec<String>,
+    /// Room patterns (`session:*`, `chat.>`) of the rooms the service may listen to with the
+    /// `/v1/ws` `join` frame. Absent, the `subscribe` patterns decide, read as room patterns:
+    /// listening to a room is receiving events, and a token that may receive everything (`>`)
+    /// may listen to every room without a new field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
 }
 
 /// Configs get logged and printed in errors; the secret must not be.
@@ -47,6 +53,7 @@ impl fmt::Debug for TokenConfig {
             .field("publish", &self.publish)
             .field("subscribe", &self.subscribe)
             .field("admin", &self.admin)
+            .field("rooms", &self.rooms)
             .finish()
     }
 }
@@ -80,6 +87,12 @@ pub enum AuthConfigError {
         pattern: String,
         source: SubjectError,
     },
+    #[error("token {name:?} has an invalid rooms pattern {pattern:?}: {source}")]
+    InvalidRoomPattern {
+        name: String,
+        pattern: String,
+        source: RoomError,
+    },
     #[error(
         "token {name:?} has the admin pattern {pattern:?} of several tokens, which no stream or \
          group name matches (names are one token: use a name, \"*\" or \">\")"
@@ -93,6 +106,8 @@ pub enum Permission {
     Publish,
     Subscribe,
     Admin,
+    /// Listening to a room (`/v1/ws` `join`).
+    Rooms,
 }
 
 impl Permission {
@@ -101,6 +116,7 @@ impl Permission {
             Permission::Publish => "publish",
             Permission::Subscribe => "subscribe to",
             Permission::Admin => "administer",
+            Permission::Rooms => "join room",
         }
     }
 }
@@ -112,6 +128,7 @@ impl fmt::Display for Permission {
             Permission::Publish => "publish",
             Permission::Subscribe => "subscribe",
             Permission::Admin => "admin",
+            Permission::Rooms => "rooms",
         })
     }
 }
@@ -274,11 +291,28 @@ impl Auth {
                     })
                     .collect::<Result<Vec<Pattern>, AuthConfigError>>()
             };
+            let subscribe = parse(Permission::Subscribe, &config.subscribe)?;
+            let rooms = match &config.rooms {
+                None => subscribe.iter().map(RoomPattern::from).collect(),
+                Some(patterns) => patterns
+                    .iter()
+                    .map(|text| {
+                        RoomPattern::new(text).map_err(|source| {
+                            AuthConfigError::InvalidRoomPattern {
+                                name: name.clone(),
+                                pattern: text.clone(),
+                                source,
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<RoomPattern>, AuthConfigError>>()?,
+            };
             let grants = Grants {
                 name: Some(name.clone()),
                 publish: parse(Permission::Publish, &config.publish)?,
-                subscribe: parse(Permission::Subscribe, &config.subscribe)?,
+                subscribe,
                 admin: parse(Permission::Admin, &config.admin)?,
+                rooms,
             };
             if let Some(pattern) = grants
                 .admin
@@ -353,6 +387,8 @@ struct Grants {
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
     admin: Vec<Pattern>,
+    /// The `rooms` patterns, or the `subscribe` ones read as room patterns.
+    rooms: Vec<RoomPattern>,
 }
 
 impl Identity {
@@ -370,6 +406,7 @@ impl Identity {
             publish: everything(),
             subscribe: everything(),
             admin: everything(),
+            rooms: everything().iter().map(RoomPattern::from).collect(),
         }))
     }
 
@@ -418,11 +455,27 @@ impl Identity {
         Err(self.forbidden(Permission::Admin, resource))
     }
 
+    /// Whether the service may listen to `room` (the `/v1/ws` `join` frame).
+    pub fn check_room(&self, room: &RoomName) -> Result<(), AuthError> {
+        if self.0.rooms.iter().any(|pattern| pattern.matches(room)) {
+            return Ok(());
+        }
+        Err(self.forbidden(Permission::Rooms, room.as_str()))
+    }
+
     fn forbidden(&self, permission: Permission, target: &str) -> AuthError {
         let granted = match permission {
             Permission::Publish => &self.0.publish,
             Permission::Subscribe => &self.0.subscribe,
             Permission::Admin => &self.0.admin,
+            Permission::Rooms => {
+                return AuthError::Forbidden {
+                    identity: self.name().unwrap_or("anonymous").to_owned(),
+                    permission,
+                    target: target.to_owned(),
+                    granted: self.0.rooms.iter().map(RoomPattern::to_string).collect(),
+                };
+            }
         };
         AuthError::Forbidden {
             identity: self.name().unwrap_or("anonymous").to_owned(),
@@ -459,6 +512,7 @@ mod tests {
             publish: strings(publish),
             subscribe: strings(subscribe),
             admin: strings(admin),
+            rooms: None,
         }
     }
 
@@ -559,6 +613,62 @@ mod tests {
             let got = render(identity(&auth, name).check_subscribe(&pattern));
             assert_eq!(got, expect, "{name} subscribe {pattern}");
         }
+    }
+
+    #[test]
+    fn rooms() {
+        let mut sessions = token("sessions", &[], &["photo.>"], &[]);
+        sessions.rooms = Some(vec!["session:*".into(), "chat.>".into()]);
+        let auth = Auth::new(&[
+            sessions,
+            token("billing", &[], &["orders.>", "user.created"], &[]),
+            token("ops", &[], &[">"], &[]),
+            token("reader", &[], &[], &[]),
+        ])
+        .unwrap();
+        for (name, room, expect) in [
+            ("sessions", "session:abc123", OK),
+            ("sessions", "chat.general", OK),
+            ("sessions", "chat.general.x", OK),
+            (
+                "sessions",
+                "session.abc123",
+                "token \"sessions\" may not join room \"session.abc123\" (its rooms patterns: \
+                 session:*, chat.>)",
+            ),
+            // Without `rooms`, the subscribe patterns decide.
+            ("billing", "orders.eu", OK),
+            ("billing", "user.created", OK),
+            (
+                "billing",
+                "orders:eu",
+                "token \"billing\" may not join room \"orders:eu\" (its rooms patterns: \
+                 orders.>, user.created)",
+            ),
+            ("ops", "session:abc123", OK),
+            ("ops", "lobby", OK),
+            (
+                "reader",
+                "lobby",
+                "token \"reader\" may not join room \"lobby\" (it has no rooms patterns)",
+            ),
+        ] {
+            let room = RoomName::new(room).unwrap();
+            let got = render(identity(&auth, name).check_room(&room));
+            assert_eq!(got, expect, "{name} join {room}");
+        }
+        assert!(
+            Identity::anonymous()
+                .check_room(&RoomName::new("a:b").unwrap())
+                .is_ok()
+        );
+        let mut bad = token("bad", &[], &[], &[]);
+        bad.rooms = Some(vec!["session:".into()]);
+        let error = Auth::new(&[bad]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("token \"bad\" has an invalid rooms pattern \"session:\": token 2"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl std::fmt::Debug for JwtConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrowserGrantsConfig {
-    /// Rooms it may join (room names are subjects: `chat.general`, `photo.*`).
+    /// Room patterns of the rooms it may join (`chat.*`, `session:*`; see `herald_core::room`).
     pub rooms: Vec<String>,
     /// Patterns it may subscribe to; a subscription must lie within one of them.
     pub subscribe: Vec<String>,
@@ -335,6 +335,10 @@ impl RealtimeConfig {
     }
 }
 
+/// A service listens to a handful of rooms (its sessions, its documents); as many as a browser
+/// socket may join (`realtime.limits.rooms_per_socket_max`).
+pub const ROOMS_PER_CONNECTION_MAX_DEFAULT: usize = REALTIME_ROOMS_PER_SOCKET_MAX_DEFAULT;
+
 /// Limits with clear errors (PRODUCT.md §8). Every queue and buffer is bounded by one of these.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -345,6 +349,8 @@ pub struct LimitsConfig {
     pub batch_events_max: usize,
     pub connections_max: usize,
     pub subscriptions_per_connection_max: usize,
+    /// Rooms one `/v1/ws` connection may listen to at once (`join`).
+    pub rooms_per_connection_max: usize,
     /// `pub` frames one connection may have unanswered before the server stops reading it.
     pub pending_publishes_max: usize,
     /// Events one connection may publish per second (a token bucket one second deep).
@@ -367,6 +373,7 @@ impl Default for LimitsConfig {
             batch_events_max: core.batch_events_max,
             connections_max: 10_000,
             subscriptions_per_connection_max: 256,
+            rooms_per_connection_max: ROOMS_PER_CONNECTION_MAX_DEFAULT,
             pending_publishes_max: 64,
             publish_events_per_second_max: 1_000_000,
             outbound_frames_max: 4096,
@@ -543,6 +550,10 @@ impl ServerConfig {
             (
                 "limits.subscriptions_per_connection_max",
                 limits.subscriptions_per_connection_max,
+            ),
+            (
+                "limits.rooms_per_connection_max",
+                limits.rooms_per_connection_max,
             ),
             ("limits.pending_publishes_max", limits.pending_publishes_max),
             ("limits.outbound_frames_max", limits.outbound_frames_max),

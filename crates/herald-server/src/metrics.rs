@@ -50,6 +50,10 @@ pub struct RealtimeMetrics {
     pub forwarded: Counter,
     pub forward_untargeted: Counter,
     pub forward_resubscribed: Counter,
+    /// Events queued for service connections listening to rooms (one per connection reached).
+    pub room_listener_sent: Counter,
+    /// Service connections made to leave their rooms for falling behind.
+    pub room_listener_drops: Counter,
 }
 
 impl Metrics {
@@ -148,6 +152,16 @@ impl Metrics {
                 "realtime_forward_resubscribed",
                 "Forwarding rules that fell behind and subscribed again",
                 realtime.forward_resubscribed.clone(),
+            ),
+            (
+                "realtime_room_listener_sent",
+                "Events queued for /v1/ws connections listening to rooms, one per connection",
+                realtime.room_listener_sent.clone(),
+            ),
+            (
+                "realtime_room_listener_drops",
+                "/v1/ws connections made to leave their rooms for falling behind",
+                realtime.room_listener_drops.clone(),
             ),
         ] {
             registry.register(name, help, metric);

@@ -81,6 +81,7 @@ async fn http_sends_are_checked_and_answered() {
     for path in [
         "/v1/realtime/users/u1",
         "/v1/realtime/rooms/chat.general",
+        "/v1/realtime/rooms/session:abc123",
         "/v1/realtime/broadcast",
     ] {
         let (status, body) = post(&server, path, SERVICE_TOKEN, event.clone()).await;
@@ -114,6 +115,13 @@ async fn http_sends_are_checked_and_answered() {
         ),
         (
             "/v1/realtime/rooms/user:u1",
+            SERVICE_TOKEN,
+            event.clone(),
+            403,
+            "forbidden",
+        ),
+        (
+            "/v1/realtime/rooms/session:",
             SERVICE_TOKEN,
             event.clone(),
             400,

@@ -78,10 +78,10 @@ pub async fn to_user(
     post,
     path = "/v1/realtime/rooms/{room}",
     tag = "realtime",
-    params(("room" = String, Path, description = "The room, named like a subject")),
+    params(("room" = String, Path, description = "The room: tokens of [A-Za-z0-9_-] separated by '.' or ':', such as session:abc123; user:… is reserved")),
     request_body(description = "One event, as for POST /v1/events", content = Object),
     responses(
-        (status = 200, description = "Queued for `delivered` sockets; not stored", body = RealtimeSent),
+        (status = 200, description = "Queued for `delivered` sockets and listening service connections; not stored", body = RealtimeSent),
         (status = 400, body = herald_protocol::ErrorBody),
         (status = 401, body = herald_protocol::ErrorBody),
         (status = 403, body = herald_protocol::ErrorBody),

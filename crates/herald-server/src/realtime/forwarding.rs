@@ -169,13 +169,14 @@ async fn run(engine: ServerEngine, realtime: Arc<Realtime>, rule: Rule) {
 }
 
 fn forward(realtime: &Realtime, rule: &Rule, event: &StoredEvent) {
-    let Some(payload) = Payload::from_json(&event.to_json()) else {
+    let json = event.to_json();
+    let Some(payload) = Payload::from_json(&json) else {
         return;
     };
     match rule.target(&payload) {
         Some(target) => {
             realtime.metrics.forwarded.inc();
-            realtime.deliver(&target, &payload);
+            realtime.deliver(&target, &json, &payload);
         }
         None => {
             realtime.metrics.forward_untargeted.inc();

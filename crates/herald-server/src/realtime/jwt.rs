@@ -437,9 +437,9 @@ mod tests {
                     json!({"rooms": ["chat..x"]}),
                 )),
                 Err(JwtError::InvalidClaims(
-                    "herald: rooms pattern \"chat..x\": token 2 of \"chat..x\" is empty \
-                     (subjects are tokens separated by single dots, with no leading or trailing \
-                     dot)"
+                    "herald: rooms pattern \"chat..x\": token 2 of room name \"chat..x\" is \
+                     empty (tokens are separated by a single '.' or ':', with none leading or \
+                     trailing)"
                         .into(),
                 )),
             );
@@ -506,7 +506,7 @@ mod tests {
         let claims = verifier
             .verify(&sign(JwtAlgorithm::Hs256, false, valid_claims()))
             .unwrap();
-        let room = |name: &str| herald_core::Subject::new(name).unwrap();
+        let room = |name: &str| herald_core::RoomName::new(name).unwrap();
         assert!(claims.grants.may_join(&room("chat.general")));
         assert!(!claims.grants.may_join(&room("admin.general")));
         let mut plain = valid_claims();

@@ -7,6 +7,7 @@
 //! | `gateway.rs` | the socketioxide handlers: handshake auth, join/leave, subscribe/unsubscribe, publish |
 //! | `fanout.rs` | the payload a browser receives, and emitting it to sockets; slow sockets |
 //! | `forwarding.rs` | `[[realtime.forward]]` rules: live engine subscriptions sending stored events to browsers |
+//! | `listeners.rs` | service connections listening to rooms (`/v1/ws` `join`), and their bounded queues |
 //!
 //! The gateway owns no event state: sends to users, rooms and everyone are not stored (like
 //! ephemeral subjects), subscriptions are live engine subscriptions, and rooms live in
@@ -20,13 +21,14 @@ pub mod fanout;
 pub mod forwarding;
 pub mod gateway;
 pub mod jwt;
+pub mod listeners;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use herald_core::{Event, Pattern, Subject, SubjectError};
+use herald_core::{Event, Pattern, RoomError, RoomName, RoomPattern, Subject, SubjectError};
 use herald_protocol::ErrorCode;
 use herald_protocol::realtime::{ROOM_STATS_MAX, RealtimeStats, RoomStats, Target};
 use parking_lot::Mutex;
@@ -40,28 +42,32 @@ use crate::ws::rate::TokenBucket;
 use fanout::Payload;
 use jwt::JwtVerifier;
 
-/// Every socket of a user is in this room; `:` is not allowed in room names that sockets join,
-/// so no socket can join another user's room.
+/// Every socket of a user is in this room. Room names starting with `user:` are refused
+/// ([`RoomName`]), so no socket or service can join or target another user's room by name.
 pub fn user_room(user: &str) -> String {
-    format!("user:{user}")
+    format!("{}{user}", herald_core::USER_ROOM_PREFIX)
 }
 
 /// What a browser may do: the token's `herald` claim, or `[realtime.anonymous]`. Parsed once,
 /// at the handshake.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrowserGrants {
-    rooms: Vec<Pattern>,
+    rooms: Vec<RoomPattern>,
     subscribe: Vec<Pattern>,
     publish: Vec<Pattern>,
 }
 
 /// A pattern in a grant that is not one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field} pattern {pattern:?}: {source}")]
-pub struct GrantError {
-    field: &'static str,
-    pattern: String,
-    source: SubjectError,
+pub enum GrantError {
+    #[error("{field} pattern {pattern:?}: {source}")]
+    Subject {
+        field: &'static str,
+        pattern: String,
+        source: SubjectError,
+    },
+    #[error("rooms pattern {pattern:?}: {source}")]
+    Room { pattern: String, source: RoomError },
 }
 
 impl BrowserGrants {
@@ -70,7 +76,7 @@ impl BrowserGrants {
             patterns
                 .iter()
                 .map(|text| {
-                    Pattern::new(text).map_err(|source| GrantError {
+                    Pattern::new(text).map_err(|source| GrantError::Subject {
                         field,
                         pattern: text.clone(),
                         source,
@@ -78,14 +84,24 @@ impl BrowserGrants {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let rooms = config
+            .rooms
+            .iter()
+            .map(|text| {
+                RoomPattern::new(text).map_err(|source| GrantError::Room {
+                    pattern: text.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(BrowserGrants {
-            rooms: parse("rooms", &config.rooms)?,
+            rooms,
             subscribe: parse("subscribe", &config.subscribe)?,
             publish: parse("publish", &config.publish)?,
         })
     }
 
-    pub fn may_join(&self, room: &Subject) -> bool {
+    pub fn may_join(&self, room: &RoomName) -> bool {
         self.rooms.iter().any(|pattern| pattern.matches(room))
     }
 
@@ -100,15 +116,14 @@ impl BrowserGrants {
 
     /// For refusals: the patterns granted for `field`.
     fn list(&self, field: &str) -> String {
-        let patterns = match field {
-            "rooms" => &self.rooms,
-            "subscribe" => &self.subscribe,
-            _ => &self.publish,
+        let list: Vec<&str> = match field {
+            "rooms" => self.rooms.iter().map(RoomPattern::as_str).collect(),
+            "subscribe" => self.subscribe.iter().map(Pattern::as_str).collect(),
+            _ => self.publish.iter().map(Pattern::as_str).collect(),
         };
-        if patterns.is_empty() {
+        if list.is_empty() {
             return format!("it has no {field} patterns");
         }
-        let list: Vec<&str> = patterns.iter().map(Pattern::as_str).collect();
         format!("its {field} patterns: {}", list.join(", "))
     }
 }
@@ -203,6 +218,8 @@ pub struct Realtime {
     verifier: Option<JwtVerifier>,
     anonymous: BrowserGrants,
     registry: Mutex<Registry>,
+    /// Service connections listening to rooms; what is sent to a room reaches them too.
+    listeners: Arc<listeners::RoomListeners>,
     metrics: RealtimeMetrics,
 }
 
@@ -231,6 +248,10 @@ impl Realtime {
             verifier,
             anonymous: BrowserGrants::parse(&config.anonymous)?,
             registry: Mutex::new(Registry::default()),
+            listeners: Arc::new(listeners::RoomListeners::new(
+                metrics.room_listener_sent.clone(),
+                metrics.room_listener_drops.clone(),
+            )),
             metrics,
         })
     }
@@ -241,6 +262,10 @@ impl Realtime {
 
     pub fn config(&self) -> &RealtimeConfig {
         &self.config
+    }
+
+    pub fn listeners(&self) -> &Arc<listeners::RoomListeners> {
+        &self.listeners
     }
 
     pub fn connections(&self) -> usize {
@@ -380,14 +405,17 @@ impl Realtime {
     /// Sends an event that is not stored to its target's sockets; returns how many it was
     /// queued for.
     pub fn send(&self, target: &Target, event: &Event) -> usize {
-        let Some(payload) = Payload::from_json(&event.to_json()) else {
+        let json = event.to_json();
+        let Some(payload) = Payload::from_json(&json) else {
             return 0;
         };
-        self.deliver(target, &payload)
+        self.deliver(target, &json, &payload)
     }
 
-    /// Emits to every socket of the target.
-    pub fn deliver(&self, target: &Target, payload: &Payload) -> usize {
+    /// Emits to every socket of the target and, for a room, queues for every service connection
+    /// listening to it; returns how many sockets and connections it reached. `event_json` is
+    /// the event as connections receive it, `payload` the same as sockets do.
+    pub fn deliver(&self, target: &Target, event_json: &[u8], payload: &Payload) -> usize {
         let sockets = match target {
             Target::User(user) => self.io.to(user_room(user)).sockets(),
             Target::Room(room) => self.io.to(room.clone()).sockets(),
@@ -398,7 +426,11 @@ impl Realtime {
             .filter(|socket| fanout::emit(self, socket, payload))
             .count();
         self.metrics.sent.inc_by(delivered as u64);
-        delivered
+        let listening = match target {
+            Target::Room(room) => self.listeners.deliver(room, event_json),
+            _ => 0,
+        };
+        delivered + listening
     }
 
     /// Connections, users and the largest rooms.
@@ -456,18 +488,17 @@ pub fn check_target(target: &Target) -> Result<(), ApiError> {
     }
 }
 
-/// Room names are subjects (`chat.general`, `photo-42`), so that the token's `rooms` patterns
-/// apply to them.
-pub fn check_room(room: &str) -> Result<Subject, ApiError> {
-    Subject::new(room).map_err(|error| {
-        ApiError::new(
-            ErrorCode::InvalidSubject,
-            format!(
-                "room {:?} is not a valid room name (rooms are named like subjects: tokens of \
-                 [A-Za-z0-9_-] separated by dots): {error}",
-                room.chars().take(64).collect::<String>()
-            ),
-        )
+/// A room name as sockets join and services target it (`session:abc123`, `chat.general`):
+/// see [`RoomName`] for the grammar and the reserved `user:` prefix. Refusals keep the code
+/// `invalid_subject` that room names have always been refused with, so that clients need no
+/// new code; the message names the offending character or token.
+pub fn check_room(room: &str) -> Result<RoomName, ApiError> {
+    RoomName::new(room).map_err(|error| {
+        let code = match error {
+            RoomError::Reserved { .. } => ErrorCode::Forbidden,
+            _ => ErrorCode::InvalidSubject,
+        };
+        ApiError::new(code, format!("invalid room name: {error}"))
     })
 }
 
@@ -487,17 +518,25 @@ mod tests {
 
     #[test]
     fn grants_decide_rooms_subscriptions_and_publishes() {
-        let granted = grants(&["chat.*", "team.a.>"], &["photo.>"], &["chat.message"]);
+        let granted = grants(
+            &["chat.*", "team.a.>", "session:*"],
+            &["photo.>"],
+            &["chat.message"],
+        );
         let subject = |text: &str| Subject::new(text).unwrap();
+        let room = |text: &str| RoomName::new(text).unwrap();
         let pattern = |text: &str| Pattern::new(text).unwrap();
-        for (room, allowed) in [
+        for (name, allowed) in [
             ("chat.general", true),
             ("chat.general.x", false),
             ("team.a.b", true),
             ("team.b.c", false),
             ("other", false),
+            ("session:abc123", true),
+            ("session.abc123", false),
+            ("session:abc:def", false),
         ] {
-            assert_eq!(granted.may_join(&subject(room)), allowed, "{room}");
+            assert_eq!(granted.may_join(&room(name)), allowed, "{name}");
         }
         for (wanted, allowed) in [
             ("photo.>", true),
@@ -516,7 +555,7 @@ mod tests {
         );
         assert_eq!(
             granted.list("rooms"),
-            "its rooms patterns: chat.*, team.a.>"
+            "its rooms patterns: chat.*, team.a.>, session:*"
         );
     }
 
@@ -528,6 +567,9 @@ mod tests {
             (Target::User("u".repeat(300)), false),
             (Target::Room("chat.general".into()), true),
             (Target::Room("user:u1".into()), false),
+            (Target::Room("session:abc123".into()), true),
+            (Target::Room("session:".into()), false),
+            (Target::Room("chat room".into()), false),
             (Target::Room("chat..x".into()), false),
             (Target::Broadcast(true), true),
             (Target::Broadcast(false), false),

@@ -18,6 +18,8 @@ use crate::auth::Identity;
 use crate::convert::{check_group_name, check_max_in_flight, group_policy, group_spec, start_at};
 use crate::error::ApiError;
 use crate::http::events::authorize_events;
+use crate::realtime::check_room;
+use crate::realtime::listeners::Membership;
 use crate::state::{AppState, ConnectionSlot};
 use crate::ws::publisher::{self, PubRequest, PublishQueue};
 use crate::ws::rate::TokenBucket;
@@ -64,6 +66,8 @@ pub async fn run(state: AppState, identity: Identity, slot: ConnectionSlot, sock
         outbound: outbound.clone(),
         publishes,
         subscriptions: Subscriptions::default(),
+        rooms: None,
+        connection_id: slot.id,
         bucket: TokenBucket::new(limits.publish_events_per_second_max, Instant::now()),
         verbs_in_flight: Arc::new(Semaphore::new(PENDING_VERBS_MAX)),
     };
@@ -76,6 +80,7 @@ pub async fn run(state: AppState, identity: Identity, slot: ConnectionSlot, sock
     // publishes finish so that every `pub` read is answered, then close.
     let Connection {
         subscriptions,
+        rooms,
         publishes,
         outbound: own_outbound,
         verbs_in_flight,
@@ -89,6 +94,7 @@ pub async fn run(state: AppState, identity: Identity, slot: ConnectionSlot, sock
     )
     .await;
     drop(subscriptions);
+    drop(rooms);
     drop(publishes);
     drop(own_outbound);
     let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, publisher).await;
@@ -157,6 +163,9 @@ struct Connection {
     outbound: mpsc::Sender<Message>,
     publishes: PublishQueue,
     subscriptions: Subscriptions,
+    /// The rooms this connection listens to; made at its first `join`.
+    rooms: Option<Membership>,
+    connection_id: u64,
     bucket: TokenBucket,
     verbs_in_flight: Arc<Semaphore>,
 }
@@ -258,6 +267,8 @@ impl Connection {
             Op::Ack | Op::Nack | Op::Extend | Op::Reject => self.on_verb(op, frame).await,
             Op::Ping => Ok(Some(Frame::pong(rid))),
             Op::Send => self.on_send(frame),
+            Op::Join => self.on_join(&frame),
+            Op::Leave => self.on_leave(&frame),
             _ => Err(ApiError::new(
                 ErrorCode::BadFrame,
                 format!("op {op:?} is the server's"),
@@ -347,6 +358,39 @@ impl Connection {
         }
         let sent = crate::http::realtime::send(&self.state, &self.identity, &target, event)?;
         Ok(Some(Frame::sent(rid, sent.delivered)))
+    }
+
+    /// Listens to a room: checked against the token's `rooms` grants, idempotent, at most
+    /// `limits.rooms_per_connection_max` rooms.
+    fn on_join(&mut self, frame: &Frame) -> Result<Option<Frame>, ApiError> {
+        let rid = frame.rid.unwrap_or_default();
+        let room = check_room(frame.room.as_deref().unwrap_or_default())?;
+        self.identity.check_room(&room)?;
+        if self.state.shutdown.is_cancelled() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down",
+            ));
+        }
+        let limits = &self.state.config.limits;
+        let rooms = self.rooms.get_or_insert_with(|| {
+            self.state.realtime.listeners().membership(
+                self.connection_id,
+                limits.live_buffer_events,
+                self.outbound.clone(),
+            )
+        });
+        rooms.join(&room, limits.rooms_per_connection_max)?;
+        Ok(Some(Frame::ok(rid)))
+    }
+
+    /// Stops listening to a room; idempotent.
+    fn on_leave(&mut self, frame: &Frame) -> Result<Option<Frame>, ApiError> {
+        let room = check_room(frame.room.as_deref().unwrap_or_default())?;
+        if let Some(rooms) = &self.rooms {
+            rooms.leave(&room);
+        }
+        Ok(Some(Frame::ok(frame.rid.unwrap_or_default())))
     }
 
     async fn on_sub(&mut self, frame: Frame) -> Result<Option<Frame>, ApiError> {
