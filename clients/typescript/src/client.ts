@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 
-import { Connection, type SubSpec, type SubState } from './connection.js';
+import { Connection, zeroMetrics, type SubSpec, type SubState } from './connection.js';
 import { ClosedError, ConnectionError, HeraldError, InvalidArgumentError, ServerError, TimeoutError } from './errors.js';
 import { checkOptions, consoleLogger, resolveOptions, type ResolvedOptions } from './options.js';
 import { RoomListener } from './rooms.js';
@@ -273,19 +273,7 @@ export class EventBusClient extends EventEmitter {
 
   /** This client's own counters. */
   metrics(): NonNullable<EventBusStats['client']> {
-    const base = this.connection?.metrics ?? {
-      eventsPublished: 0,
-      publishFailures: 0,
-      eventsReceived: 0,
-      acked: 0,
-      nacked: 0,
-      rejected: 0,
-      handlerErrors: 0,
-      sent: 0,
-      reconnects: 0,
-      bufferedEvents: 0,
-      activeSubscriptions: 0,
-    };
+    const base = this.connection?.metrics ?? zeroMetrics();
     return {
       ...base,
       bufferedEvents: this.connection?.bufferedEvents ?? 0,

@@ -122,6 +122,23 @@ export interface SubState {
 
 type State = 'idle' | 'connecting' | 'waiting' | 'open' | 'closed';
 
+/** Every counter at zero: a new connection's, and a client's before it has one. */
+export function zeroMetrics(): ClientMetrics {
+  return {
+    eventsPublished: 0,
+    publishFailures: 0,
+    eventsReceived: 0,
+    acked: 0,
+    nacked: 0,
+    rejected: 0,
+    handlerErrors: 0,
+    sent: 0,
+    reconnects: 0,
+    bufferedEvents: 0,
+    activeSubscriptions: 0,
+  };
+}
+
 export class Connection extends EventEmitter {
   private state: State = 'idle';
   private ws: WebSocket | undefined;
@@ -154,19 +171,7 @@ export class Connection extends EventEmitter {
   private ackImmediate: NodeJS.Immediate | undefined;
   private closing = false;
 
-  readonly metrics: ClientMetrics = {
-    eventsPublished: 0,
-    publishFailures: 0,
-    eventsReceived: 0,
-    acked: 0,
-    nacked: 0,
-    rejected: 0,
-    handlerErrors: 0,
-    sent: 0,
-    reconnects: 0,
-    bufferedEvents: 0,
-    activeSubscriptions: 0,
-  };
+  readonly metrics: ClientMetrics = zeroMetrics();
 
   constructor(
     private readonly options: ResolvedOptions,
