@@ -246,6 +246,12 @@ pub enum EngineError {
     },
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The engine's backend (Redis) failed or could not be reached.
+    #[error("{operation} failed: {reason}")]
+    Backend {
+        operation: &'static str,
+        reason: String,
+    },
     #[error("the engine stopped")]
     Stopped,
 }
@@ -412,6 +418,10 @@ pub enum VerbError {
     UnknownDelivery(u64),
     #[error("the group is gone")]
     GroupGone,
+    /// The engine could not record the verb (its backend failed); the delivery stays in
+    /// flight and times out as if the verb had not been sent.
+    #[error("the verb could not be recorded: {0}")]
+    Unavailable(String),
 }
 
 /// The receiving end of a group membership. Dropping it leaves the group; the member's

@@ -3,12 +3,15 @@
 //! - [`api`]: the engine interface the server talks to, shaped so that Redis Streams and NATS
 //!   JetStream engines can implement it too.
 //! - [`embedded`]: the engine on Herald's own log, in this process.
+//! - [`redis`](mod@redis): the engine on Redis Streams (standalone or Cluster), for several
+//!   processes as one bus.
 //! - [`conformance`]: the test suite every engine must pass, written against [`api`] alone.
 
 pub mod api;
 pub mod config;
 pub mod conformance;
 pub mod embedded;
+pub mod redis;
 
 pub use api::{
     Backoff, Closed, DeadLetter, Delivery, Engine, EngineError, GroupMember, GroupPolicy,
@@ -17,3 +20,4 @@ pub use api::{
 };
 pub use config::{EngineConfig, Storage, StreamConfig};
 pub use embedded::EmbeddedEngine;
+pub use self::redis::{RedisConfig, RedisEngine};
