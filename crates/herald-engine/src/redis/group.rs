@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::keys::{GroupKeys, holder_consumer, member_consumer};
+use super::keys::{GroupKeys, holder_consumer, member_consumer, process_of};
 use super::scripts;
 use super::tail::Tail;
 use super::{Inner, decode_entries, decode_event};
@@ -41,6 +41,9 @@ const SCAN_EVENTS_PER_TURN_MAX: usize = 16 * 1024;
 
 /// How often a task looks for retries that others scheduled.
 pub(crate) const DUE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Entries of other processes looked at per stream per sweep.
+const SWEEP_ENTRIES_MAX: usize = 256;
 
 /// The wait before trying again a transition that Redis failed to record.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -117,6 +120,8 @@ pub(crate) struct GroupTask {
     /// Streams whose due set may hold retries due now.
     due_ready: BTreeSet<usize>,
     next_poll: Instant,
+    /// When to look next for entries of processes taken for dead.
+    next_sweep: Instant,
     next_delivery_id: u64,
 }
 
@@ -139,6 +144,7 @@ impl GroupTask {
             due_at: BTreeMap::new(),
             due_ready: BTreeSet::new(),
             next_poll: Instant::now() + DUE_POLL_INTERVAL,
+            next_sweep: Instant::now(),
             next_delivery_id: 1,
         }
     }
@@ -820,12 +826,88 @@ impl GroupTask {
             self.next_poll = now + DUE_POLL_INTERVAL;
             self.due_ready.extend(0..self.streams.len());
         }
+        if self.next_sweep <= now && !self.members.is_empty() {
+            self.next_sweep = now + self.inner.config.process_ttl / 2;
+            self.sweep().await;
+        }
+    }
+
+    /// Recovers what processes taken for dead (heartbeat expired) left pending: their members'
+    /// deliveries and the entries they held. Only entries idle for a whole process TTL are
+    /// looked at: a process alive then has renewed its heartbeat since.
+    async fn sweep(&mut self) {
+        let idle_ms = self.inner.config.process_ttl.as_millis() as u64;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        let mut connection = self.inner.connection.clone();
+        for stream in 0..self.streams.len() {
+            let pending: Result<Vec<(String, String, u64, u64)>, _> = redis::cmd("XPENDING")
+                .arg(&self.streams[stream].keys.events)
+                .arg(&self.name)
+                .arg("IDLE")
+                .arg(idle_ms)
+                .arg("-")
+                .arg("+")
+                .arg(SWEEP_ENTRIES_MAX)
+                .query_async(&mut connection)
+                .await;
+            let pending = match pending {
+                Ok(pending) => pending,
+                Err(error) => {
+                    warn!(group = %self.name, %error, "looking for lost entries failed");
+                    continue;
+                }
+            };
+            for (id, consumer, _, count) in pending {
+                let Some(process) = process_of(&consumer) else {
+                    continue;
+                };
+                if process == self.inner.process {
+                    continue;
+                }
+                let is_alive = match alive.get(process) {
+                    Some(&known) => known,
+                    None => {
+                        let exists: bool = redis::cmd("EXISTS")
+                            .arg(self.inner.keys.process(process))
+                            .query_async(&mut connection)
+                            .await
+                            .unwrap_or(true);
+                        alive.insert(process.to_owned(), exists);
+                        exists
+                    }
+                };
+                let Some(seq) = super::seq_of(&id) else {
+                    continue;
+                };
+                if is_alive {
+                    continue;
+                }
+                let mut invocation = scripts::RECOVER.prepare_invoke();
+                for key in self.streams[stream].keys.all() {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(&self.name)
+                    .arg(&consumer)
+                    .arg(seq)
+                    .arg(count)
+                    .arg(self.policy.max_retries);
+                let recovered: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+                match recovered {
+                    Ok(1) => {
+                        self.due_ready.insert(stream);
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(group = %self.name, %error, "recovering an entry failed"),
+                }
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let ack = self.deadlines.first().map(|(deadline, _)| *deadline);
         let retry = self.due_at.values().min().copied();
-        let poll = (!self.members.is_empty()).then_some(self.next_poll);
+        let poll = (!self.members.is_empty()).then_some(self.next_poll.min(self.next_sweep));
         [ack, retry, poll].into_iter().flatten().min()
     }
 

@@ -7,6 +7,8 @@
 //! | --- | --- | --- |
 //! | `P:streams` | set | names of every stream |
 //! | `P:groups` | hash | group name → its definition (JSON) |
+//! | `P:procs` | set | ids of Herald processes that announced themselves |
+//! | `P:proc:<id>` | string, expiring | a live process's heartbeat: its members per group (JSON) |
 //! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, fields `e` (the event's JSON) and `t` (µs stored) |
 //! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time), `published`, `duplicates` |
 //! | `P:{S}:dd:<event id>` | string, expiring | seq of an event id seen within the dedupe window |
@@ -71,6 +73,16 @@ impl Keys {
         format!("{}:groups", self.prefix)
     }
 
+    /// The heartbeat of a process: its member counts per group, expiring unless renewed.
+    pub fn process(&self, process: &str) -> String {
+        format!("{}:proc:{process}", self.prefix)
+    }
+
+    /// The ids of processes that announced themselves (pruned once their heartbeat is gone).
+    pub fn processes(&self) -> String {
+        format!("{}:procs", self.prefix)
+    }
+
     pub fn stream(&self, stream: &str) -> StreamKeys {
         let tag = format!("{}:{{{stream}}}", self.prefix);
         StreamKeys {
@@ -102,6 +114,17 @@ pub(crate) fn holder_consumer(process: &str) -> String {
     format!("hold:{process}")
 }
 
+/// The process a consumer belongs to (`None` for `_scheduled`).
+pub(crate) fn process_of(consumer: &str) -> Option<&str> {
+    if let Some(process) = consumer.strip_prefix("hold:") {
+        return Some(process);
+    }
+    consumer
+        .strip_prefix("m:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(process, _)| process)
+}
+
 /// The consumer of one member.
 pub(crate) fn member_consumer(process: &str, member_id: u64) -> String {
     format!("m:{process}:{member_id}")
@@ -123,5 +146,12 @@ mod tests {
             assert!(key.starts_with("herald:{user}:"), "{key}");
         }
         assert_eq!(group.due, "herald:{user}:g:mailer:due");
+    }
+
+    #[test]
+    fn consumers_name_their_process() {
+        assert_eq!(process_of(&holder_consumer("p1")), Some("p1"));
+        assert_eq!(process_of(&member_consumer("p1", 7)), Some("p1"));
+        assert_eq!(process_of("_scheduled"), None);
     }
 }

@@ -69,6 +69,12 @@ const GROUP_COMMANDS_QUEUED_MAX: usize = 4096;
 /// How often a process looks for streams that other processes created.
 const STREAM_DISCOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a process that stopped renewing its heartbeat is still taken for alive.
+pub const PROCESS_TTL_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The shortest process TTL: a heartbeat every third of it must fit between scheduling hiccups.
+pub const PROCESS_TTL_MIN: Duration = Duration::from_millis(300);
+
 /// Dead letters moved per redrive script.
 const REDRIVE_LETTERS_PER_SCRIPT: usize = 512;
 
@@ -95,6 +101,10 @@ pub struct RedisConfig {
     /// Dedupe window of streams created on first publish.
     pub dedupe_window: Duration,
     pub live_buffer_events: usize,
+    /// A process that has not renewed its heartbeat for this long is taken for dead: the other
+    /// processes recover its members' deliveries and the entries it held. It renews every
+    /// third of it.
+    pub process_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -107,6 +117,7 @@ impl RedisConfig {
             ephemeral: Vec::new(),
             dedupe_window: DEDUPE_WINDOW_DEFAULT,
             live_buffer_events: LIVE_BUFFER_EVENTS_DEFAULT,
+            process_ttl: PROCESS_TTL_DEFAULT,
         }
     }
 }
@@ -119,7 +130,7 @@ pub struct RedisEngine {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    config: RedisConfig,
+    pub(crate) config: RedisConfig,
     redis: Redis,
     pub(crate) connection: Connection,
     pub(crate) keys: Keys,
@@ -148,6 +159,8 @@ struct LiveRegistry {
 
 #[derive(Clone, Debug)]
 struct GroupHandle {
+    /// This process's members of the group.
+    members: Arc<AtomicU64>,
     commands: tokio::sync::mpsc::Sender<crate::api::MemberRequest>,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -232,10 +245,17 @@ impl RedisEngine {
             next_member_id: AtomicU64::new(1),
             background: Mutex::new(Vec::new()),
         });
+        if inner.config.process_ttl < PROCESS_TTL_MIN {
+            return Err(EngineError::Config(format!(
+                "process_ttl must be at least {PROCESS_TTL_MIN:?}"
+            )));
+        }
         let engine = RedisEngine { inner };
+        engine.inner.heartbeat().await?;
         engine.discover().await?;
         let discovery = tokio::spawn(discover_forever(Arc::downgrade(&engine.inner)));
-        engine.inner.background.lock().push(discovery);
+        let heartbeat = tokio::spawn(heartbeat_forever(Arc::downgrade(&engine.inner)));
+        engine.inner.background.lock().extend([discovery, heartbeat]);
         Ok(engine)
     }
 
@@ -271,7 +291,35 @@ impl RedisEngine {
         for tail in self.inner.tails.lock().drain().map(|(_, tail)| tail) {
             tail.stop();
         }
+        let mut connection = self.inner.connection.clone();
+        let _: Result<(), _> = redis::pipe()
+            .cmd("DEL")
+            .arg(self.inner.keys.process(&self.inner.process))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.inner.keys.processes())
+            .arg(&self.inner.process)
+            .ignore()
+            .query_async(&mut connection)
+            .await;
         Ok(())
+    }
+
+    /// Stops everything at once without giving anything back, as a crash would (tests of
+    /// recovery by other processes).
+    #[doc(hidden)]
+    pub fn abandon(&self) {
+        for task in self.inner.background.lock().drain(..) {
+            task.abort();
+        }
+        for (_, handle) in self.inner.groups.lock().drain() {
+            if let Some(task) = handle.task.lock().take() {
+                task.abort();
+            }
+        }
+        for tail in self.inner.tails.lock().drain().map(|(_, tail)| tail) {
+            tail.stop();
+        }
     }
 
     /// Learns streams created by any process.
@@ -458,6 +506,7 @@ impl RedisEngine {
         );
         let task = tokio::spawn(task.run(streams, command_inbox, control_inbox));
         let handle = GroupHandle {
+            members: Arc::new(AtomicU64::new(0)),
             commands,
             control,
             task: Arc::new(Mutex::new(Some(task))),
@@ -503,7 +552,11 @@ impl RedisEngine {
         Ok((definition, streams))
     }
 
-    async fn group_stats(&self, name: &str) -> Result<Option<GroupStats>, EngineError> {
+    async fn group_stats(
+        &self,
+        name: &str,
+        members: &HashMap<String, u64>,
+    ) -> Result<Option<GroupStats>, EngineError> {
         let Ok((definition, streams)) = self.group_streams(name).await else {
             return Ok(None);
         };
@@ -550,7 +603,7 @@ impl RedisEngine {
             stats.dead_lettered += count(dead_lettered);
             stats.lag += count(last - read);
         }
-        stats.members = self.inner.local_members(name).await;
+        stats.members = members.get(name).copied().unwrap_or(0) as usize;
         Ok(Some(stats))
     }
 }
@@ -744,8 +797,81 @@ impl Inner {
         .transpose()
     }
 
-    async fn local_members(&self, _group: &str) -> usize {
-        0
+    /// This process's member count per group.
+    fn members_here(&self) -> HashMap<String, u64> {
+        self.groups
+            .lock()
+            .iter()
+            .map(|(name, handle)| (name.clone(), handle.members.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Renews this process's heartbeat, with its member counts.
+    async fn heartbeat(&self) -> Result<(), EngineError> {
+        let members = serde_json::to_string(&self.members_here())
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.process(&self.process))
+            .arg(members)
+            .arg("PX")
+            .arg(self.config.process_ttl.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.keys.processes())
+            .arg(&self.process)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|error| backend("renewing the heartbeat", &error))
+    }
+
+    /// Member counts per group of every live process, this one's included; processes whose
+    /// heartbeat is gone are forgotten.
+    async fn members_everywhere(&self) -> HashMap<String, u64> {
+        let mut totals = self.members_here();
+        let mut connection = self.connection.clone();
+        let processes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.processes())
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        for process in processes.iter().filter(|process| **process != self.process) {
+            let heartbeat: Option<String> = redis::cmd("GET")
+                .arg(self.keys.process(process))
+                .query_async(&mut connection)
+                .await
+                .unwrap_or(None);
+            let Some(heartbeat) = heartbeat else {
+                let _: Result<i64, _> = redis::cmd("SREM")
+                    .arg(self.keys.processes())
+                    .arg(process)
+                    .query_async(&mut connection)
+                    .await;
+                continue;
+            };
+            let counts: HashMap<String, u64> =
+                serde_json::from_str(&heartbeat).unwrap_or_default();
+            for (group, count) in counts {
+                *totals.entry(group).or_default() += count;
+            }
+        }
+        totals
+    }
+}
+
+/// Renews the heartbeat every third of the process TTL, until the engine is gone.
+async fn heartbeat_forever(engine: Weak<Inner>) {
+    loop {
+        let Some(interval) = engine.upgrade().map(|inner| inner.config.process_ttl / 3) else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = engine.upgrade() else { return };
+        if let Err(error) = inner.heartbeat().await {
+            warn!(%error, "renewing the heartbeat failed");
+        }
     }
 }
 
@@ -812,11 +938,13 @@ pub(crate) fn decode_event(stream: &str, seq: u64, json: &[u8]) -> Result<Stored
 /// Leaves the group when the member is dropped.
 struct LeaveGroup {
     control: tokio::sync::mpsc::UnboundedSender<Control>,
+    members: Arc<AtomicU64>,
     member_id: u64,
 }
 
 impl Drop for LeaveGroup {
     fn drop(&mut self) {
+        self.members.fetch_sub(1, Ordering::Relaxed);
         let _ = self.control.send(Control::Leave {
             member_id: self.member_id,
         });
@@ -1038,8 +1166,10 @@ impl Engine for RedisEngine {
                 closed,
             })
             .map_err(|_| EngineError::Stopped)?;
+        handle.members.fetch_add(1, Ordering::Relaxed);
         let leave = LeaveGroup {
             control: handle.control.clone(),
+            members: handle.members.clone(),
             member_id,
         };
         Ok(GroupMember::new(
@@ -1117,9 +1247,10 @@ impl Engine for RedisEngine {
             }
         };
         let mut stats = Vec::with_capacity(names.len());
+        let members = self.inner.members_everywhere().await;
         for name in names {
             self.flush_group(&name).await;
-            match self.group_stats(&name).await {
+            match self.group_stats(&name, &members).await {
                 Ok(Some(group)) => stats.push(group),
                 Ok(None) => {}
                 Err(error) => warn!(group = %name, %error, "reading group stats failed"),

@@ -261,6 +261,34 @@ return released
     )
 });
 
+/// Recovers an entry of a process taken for dead (its heartbeat expired): held entries are
+/// due at once, never delivered; a member's delivery counts as a failed attempt. ARGV: group,
+/// consumer, seq, delivery count, max retries. Returns 0 when the entry moved meanwhile, 1 when
+/// it is due again, 2 when it was dead-lettered.
+pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, consumer, seq = ARGV[1], ARGV[2], ARGV[3]
+local owner, count = pending(group, seq)
+if owner ~= consumer or count ~= tonumber(ARGV[4]) then return 0 end
+local now = now_us()
+if string.sub(consumer, 1, 5) == 'hold:' then
+  redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'RETRYCOUNT', 0, 'JUSTID')
+  redis.call('ZADD', due, int(now), seq)
+  return 1
+end
+redis.call('HSET', info, 'e:' .. seq, "the member's process was lost")
+if count > tonumber(ARGV[5]) then
+  bury(group, seq, count, now)
+  return 2
+end
+redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'JUSTID')
+redis.call('ZADD', due, int(now), seq)
+return 1
+"#,
+    )
+});
+
 /// Puts up to ARGV[2] dead letters back into the group, attempts reset, due now. ARGV: group,
 /// count. Returns how many letters were taken and how many were redriven (a letter whose event
 /// retention has trimmed cannot be).
