@@ -291,15 +291,15 @@ impl RedisEngine {
         for tail in self.inner.tails.lock().drain().map(|(_, tail)| tail) {
             tail.stop();
         }
+        // Two commands, not a pipeline: in a Cluster the keys live in different slots.
         let mut connection = self.inner.connection.clone();
-        let _: Result<(), _> = redis::pipe()
-            .cmd("DEL")
+        let _: Result<i64, _> = redis::cmd("DEL")
             .arg(self.inner.keys.process(&self.inner.process))
-            .ignore()
-            .cmd("SREM")
+            .query_async(&mut connection)
+            .await;
+        let _: Result<i64, _> = redis::cmd("SREM")
             .arg(self.inner.keys.processes())
             .arg(&self.inner.process)
-            .ignore()
             .query_async(&mut connection)
             .await;
         Ok(())
@@ -810,18 +810,19 @@ impl Inner {
     async fn heartbeat(&self) -> Result<(), EngineError> {
         let members = serde_json::to_string(&self.members_here())
             .map_err(|error| EngineError::Config(error.to_string()))?;
+        // Two commands, not a pipeline: in a Cluster the keys live in different slots.
         let mut connection = self.connection.clone();
-        redis::pipe()
-            .cmd("SET")
+        redis::cmd("SET")
             .arg(self.keys.process(&self.process))
             .arg(members)
             .arg("PX")
             .arg(self.config.process_ttl.as_millis() as u64)
-            .ignore()
-            .cmd("SADD")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|error| backend("renewing the heartbeat", &error))?;
+        redis::cmd("SADD")
             .arg(self.keys.processes())
             .arg(&self.process)
-            .ignore()
             .query_async::<()>(&mut connection)
             .await
             .map_err(|error| backend("renewing the heartbeat", &error))
