@@ -724,7 +724,8 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
     let mut per_member = [0usize; 3];
     while seen.len() < 300 {
         for (at, member) in members.iter_mut().enumerate() {
-            if let Some(delivery) = delivery_within(timing, member, Duration::from_millis(1)).await {
+            if let Some(delivery) = delivery_within(timing, member, Duration::from_millis(1)).await
+            {
                 assert_eq!(delivery.attempt, 1);
                 *seen.entry(delivery.event.seq).or_default() += 1;
                 per_member[at] += 1;
@@ -1182,7 +1183,9 @@ pub async fn a_group_keeps_its_pattern<E: Engine>(fixture: &Fixture<E>) {
         .join_group(group(timing, "search", "doc.*"), None)
         .await
         .expect("join");
-    let conflict = engine.join_group(group(timing, "search", "doc.>"), None).await;
+    let conflict = engine
+        .join_group(group(timing, "search", "doc.>"), None)
+        .await;
     assert!(
         matches!(conflict, Err(EngineError::GroupConflict { .. })),
         "{conflict:?}"
@@ -1331,7 +1334,9 @@ pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: 
         "creating again is fine"
     );
     assert!(matches!(
-        engine.create_group(group(timing, "archive", "report.>")).await,
+        engine
+            .create_group(group(timing, "archive", "report.>"))
+            .await,
         Err(EngineError::GroupConflict { .. })
     ));
     engine

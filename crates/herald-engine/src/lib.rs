@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod redis;
 
+pub use self::redis::{RedisConfig, RedisEngine};
 pub use api::{
     Backoff, Closed, DeadLetter, Delivery, Engine, EngineError, GroupMember, GroupPolicy,
     GroupSpec, GroupStats, LiveSubscription, MemberVerbs, PublishOutcome, StartAt, StreamStats,
@@ -20,4 +21,3 @@ pub use api::{
 };
 pub use config::{EngineConfig, Storage, StreamConfig};
 pub use embedded::EmbeddedEngine;
-pub use self::redis::{RedisConfig, RedisEngine};

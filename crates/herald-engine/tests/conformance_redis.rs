@@ -5,8 +5,4 @@
 
 mod redis_support;
 
-herald_engine::conformance_tests!(
-    redis_support::fixture,
-    redis_support::fixture,
-    real_clock
-);
+herald_engine::conformance_tests!(redis_support::fixture, redis_support::fixture, real_clock);

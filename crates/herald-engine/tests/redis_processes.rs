@@ -60,15 +60,23 @@ async fn members_on_two_engines_share_the_work_and_stats_add_up() {
     };
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut members = [
-        one.join_group(spec("billing", "order.*"), Some(5)).await.unwrap(),
-        two.join_group(spec("billing", "order.*"), Some(5)).await.unwrap(),
+        one.join_group(spec("billing", "order.*"), Some(5))
+            .await
+            .unwrap(),
+        two.join_group(spec("billing", "order.*"), Some(5))
+            .await
+            .unwrap(),
     ];
     publish_numbered(&one, "order.placed", 100).await;
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
     let mut per_engine = [0usize; 2];
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.len() < 100 {
-        assert!(tokio::time::Instant::now() < deadline, "{} of 100", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 100",
+            seen.len()
+        );
         for (at, member) in members.iter_mut().enumerate() {
             if let Ok(Ok(delivery)) =
                 tokio::time::timeout(Duration::from_millis(20), member.recv()).await
@@ -89,7 +97,10 @@ async fn members_on_two_engines_share_the_work_and_stats_add_up() {
     for engine in [&one, &two] {
         let stats = engine.groups().await;
         let billing = stats.iter().find(|group| group.name == "billing").unwrap();
-        assert_eq!((billing.members, billing.acked, billing.in_flight), (2, 100, 0));
+        assert_eq!(
+            (billing.members, billing.acked, billing.in_flight),
+            (2, 100, 0)
+        );
     }
     one.close().await.unwrap();
     two.close().await.unwrap();
@@ -109,9 +120,12 @@ async fn a_live_subscriber_sees_what_another_engine_publishes_even_on_new_stream
         .await
         .unwrap();
     // `invoice` does not exist yet: the watcher learns of it from Redis.
-    one.publish(vec![event("invoice.created", "1"), event("user.created", "2")])
-        .await
-        .unwrap();
+    one.publish(vec![
+        event("invoice.created", "1"),
+        event("user.created", "2"),
+    ])
+    .await
+    .unwrap();
     let mut got = BTreeSet::new();
     for _ in 0..2 {
         let received = tokio::time::timeout(WAIT, watching.recv())
@@ -138,7 +152,10 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     };
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
-    let mut holder = doomed.join_group(spec("workers", "job.*"), Some(10)).await.unwrap();
+    let mut holder = doomed
+        .join_group(spec("workers", "job.*"), Some(10))
+        .await
+        .unwrap();
     let mut held = BTreeSet::new();
     for _ in 0..10 {
         held.insert(next(&mut holder).await.event.seq);
@@ -146,11 +163,18 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     // The crash: nothing is given back, the heartbeat stops.
     doomed.abandon();
     drop(holder);
-    let mut member = survivor.join_group(spec("workers", "job.*"), Some(30)).await.unwrap();
+    let mut member = survivor
+        .join_group(spec("workers", "job.*"), Some(30))
+        .await
+        .unwrap();
     let mut acked = BTreeSet::new();
     while acked.len() < 30 {
         let delivery = next(&mut member).await;
-        let expected = if held.contains(&delivery.event.seq) { 2 } else { 1 };
+        let expected = if held.contains(&delivery.event.seq) {
+            2
+        } else {
+            1
+        };
         assert_eq!(
             delivery.attempt, expected,
             "seq {}: a delivery lost with its process counts as an attempt",

@@ -86,7 +86,11 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         EngineKind::Redis => eprintln!(
             "  data:  redis at {}{} (keys {}:*)",
             config.redis.url_for_display(),
-            if config.redis.cluster { ", cluster" } else { "" },
+            if config.redis.cluster {
+                ", cluster"
+            } else {
+                ""
+            },
             config.redis.key_prefix
         ),
     }

@@ -92,8 +92,17 @@ async fn a_publish_is_stored_in_redis_and_delivered_to_a_group() {
     let server = prefix.start_server(&dir);
     // The banner names the engine (its lines follow the first, which `start` waited for).
     let deadline = std::time::Instant::now() + WAIT;
-    while !server.log.lock().unwrap().iter().any(|line| line.contains("data:  redis at")) {
-        assert!(std::time::Instant::now() < deadline, "the banner names the engine");
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("data:  redis at"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the banner names the engine"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let client = http();
@@ -130,7 +139,11 @@ async fn a_publish_is_stored_in_redis_and_delivered_to_a_group() {
         assert_eq!(ok["op"], "ok", "{ok}");
     }
     let (_, group) = call(client.get(format!("{}/v1/groups/billing", server.url()))).await;
-    assert_eq!((group["acked"].as_u64(), group["inFlight"].as_u64()), (Some(3), Some(0)), "{group}");
+    assert_eq!(
+        (group["acked"].as_u64(), group["inFlight"].as_u64()),
+        (Some(3), Some(0)),
+        "{group}"
+    );
     let (_, stream) = call(client.get(format!("{}/v1/streams/invoice", server.url()))).await;
     assert_eq!(stream["lastSeq"], 3, "{stream}");
 }
@@ -161,7 +174,9 @@ async fn two_processes_on_one_redis_are_one_bus() {
     }
     let total = 40u64;
     let mut publisher = Ws::connect(&a).await;
-    let answer = publisher.publish(1, events("order.placed", total as usize)).await;
+    let answer = publisher
+        .publish(1, events("order.placed", total as usize))
+        .await;
     assert_eq!(answer["op"], "puback", "{answer}");
     for seq in 1..=total {
         assert_eq!(watcher.next_event().await["event"]["seq"], seq);
@@ -170,7 +185,11 @@ async fn two_processes_on_one_redis_are_one_bus() {
     let mut per_process = [0u64; 2];
     let deadline = tokio::time::Instant::now() + WAIT;
     while (acked.len() as u64) < total {
-        assert!(tokio::time::Instant::now() < deadline, "only {} acked", acked.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} acked",
+            acked.len()
+        );
         for (at, member) in members.iter_mut().enumerate() {
             let Ok(delivery) =
                 tokio::time::timeout(Duration::from_millis(50), member.next_event()).await

@@ -95,6 +95,9 @@ struct Attached {
     caught_up_to: u64,
 }
 
+/// A held entry dealt to a member, with the channel slot it will be sent through.
+type Dealt = (Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>);
+
 /// An entry read with this process's holder consumer, not yet handed out.
 struct Held {
     stream: usize,
@@ -206,7 +209,11 @@ impl GroupTask {
         let keys = self.inner.keys.group(&stream, &self.name);
         // Created at the start for a stream that appeared after the group; a group that exists
         // on the stream (made when the group was, or by another process) keeps its position.
-        if let Err(error) = self.inner.create_redis_group(&keys.events, &self.name, 0).await {
+        if let Err(error) = self
+            .inner
+            .create_redis_group(&keys.events, &self.name, 0)
+            .await
+        {
             warn!(group = %self.name, %stream, %error, "cannot create the group on the stream");
             return;
         }
@@ -318,8 +325,7 @@ impl GroupTask {
                 if slots.is_empty() {
                     continue;
                 }
-                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone())
-                else {
+                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
                     continue;
                 };
                 let wanted = slots.len();
@@ -342,8 +348,10 @@ impl GroupTask {
                 let mut values = reply.into_iter();
                 let wait_us = values.next().map_or(-1, |value| as_i64(&value));
                 if wait_us >= 0 {
-                    self.due_at
-                        .insert(stream, Instant::now() + Duration::from_micros(wait_us as u64));
+                    self.due_at.insert(
+                        stream,
+                        Instant::now() + Duration::from_micros(wait_us as u64),
+                    );
                 } else {
                     self.due_at.remove(&stream);
                 }
@@ -477,8 +485,7 @@ impl GroupTask {
         &mut self,
         permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
     ) -> usize {
-        let mut plan: BTreeMap<(usize, u64), Vec<(Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>)>> =
-            BTreeMap::new();
+        let mut plan: BTreeMap<(usize, u64), Vec<Dealt>> = BTreeMap::new();
         'deal: loop {
             let mut dealt = false;
             for (member_id, slots) in permits.iter_mut() {
@@ -668,8 +675,12 @@ impl GroupTask {
                 let in_flight = self.take_in_flight(member_id, delivery_id)?;
                 let (reply, answer) = oneshot::channel();
                 let stream = in_flight.stream;
-                self.ack_batch(stream, member_id, vec![(delivery_id, in_flight, Some(reply))])
-                    .await;
+                self.ack_batch(
+                    stream,
+                    member_id,
+                    vec![(delivery_id, in_flight, Some(reply))],
+                )
+                .await;
                 answer.await.unwrap_or(Err(VerbError::GroupGone))
             }
             MemberCommand::Nack {
@@ -695,7 +706,11 @@ impl GroupTask {
                 for key in self.streams[stream].keys.all() {
                     invocation.key(key);
                 }
-                invocation.arg(&self.name).arg(&consumer).arg(seq).arg(attempt);
+                invocation
+                    .arg(&self.name)
+                    .arg(&consumer)
+                    .arg(seq)
+                    .arg(attempt);
                 let mut connection = self.inner.connection.clone();
                 let reply: Result<i64, _> = invocation.invoke_async(&mut connection).await;
                 match reply {
@@ -914,8 +929,12 @@ impl GroupTask {
     /// A member left: its deliveries are due again at once (each counted as an attempt), or
     /// dead-lettered when that was the last allowed.
     async fn leave(&mut self, member_id: u64) {
-        self.release_member(member_id, i64::from(self.policy.max_retries), "member left before acking")
-            .await;
+        self.release_member(
+            member_id,
+            i64::from(self.policy.max_retries),
+            "member left before acking",
+        )
+        .await;
         let Some(member) = self.members.remove(&member_id) else {
             return;
         };
@@ -964,7 +983,10 @@ impl GroupTask {
     async fn release_held(&mut self) {
         let mut by_stream: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
         for held in self.held.drain(..) {
-            by_stream.entry(held.stream).or_default().push(held.event.seq);
+            by_stream
+                .entry(held.stream)
+                .or_default()
+                .push(held.event.seq);
         }
         for (stream, seqs) in by_stream {
             let mut invocation = scripts::RELEASE_HELD.prepare_invoke();
@@ -986,7 +1008,8 @@ impl GroupTask {
             let members: Vec<u64> = self.members.keys().copied().collect();
             for member_id in members {
                 // Kept for another try elsewhere; never dead-lettered by a stop.
-                self.release_member(member_id, i64::MAX, "the engine stopped").await;
+                self.release_member(member_id, i64::MAX, "the engine stopped")
+                    .await;
             }
             self.release_held().await;
         }

@@ -255,7 +255,11 @@ impl RedisEngine {
         engine.discover().await?;
         let discovery = tokio::spawn(discover_forever(Arc::downgrade(&engine.inner)));
         let heartbeat = tokio::spawn(heartbeat_forever(Arc::downgrade(&engine.inner)));
-        engine.inner.background.lock().extend([discovery, heartbeat]);
+        engine
+            .inner
+            .background
+            .lock()
+            .extend([discovery, heartbeat]);
         Ok(engine)
     }
 
@@ -282,13 +286,21 @@ impl RedisEngine {
                 let _ = task.await;
             }
         }
-        let mut live = self.inner.live.lock();
-        for (subscriber, _) in live.subscribers.values() {
-            subscriber.close(Closed::EngineStopped);
+        {
+            let mut live = self.inner.live.lock();
+            for (subscriber, _) in live.subscribers.values() {
+                subscriber.close(Closed::EngineStopped);
+            }
+            live.subscribers.clear();
         }
-        live.subscribers.clear();
-        drop(live);
-        for tail in self.inner.tails.lock().drain().map(|(_, tail)| tail) {
+        let tails: Vec<Arc<Tail>> = self
+            .inner
+            .tails
+            .lock()
+            .drain()
+            .map(|(_, tail)| tail)
+            .collect();
+        for tail in tails {
             tail.stop();
         }
         // Two commands, not a pipeline: in a Cluster the keys live in different slots.
@@ -339,11 +351,18 @@ impl RedisEngine {
     /// The stream a subject is stored in, or `None` for an ephemeral subject.
     fn route(&self, subject: &Subject) -> Option<String> {
         let config = &self.inner.config;
-        if config.ephemeral.iter().any(|pattern| pattern.matches(subject)) {
+        if config
+            .ephemeral
+            .iter()
+            .any(|pattern| pattern.matches(subject))
+        {
             return None;
         }
         let declared = config.streams.iter().find(|declared| {
-            declared.subjects.iter().any(|pattern| pattern.matches(subject))
+            declared
+                .subjects
+                .iter()
+                .any(|pattern| pattern.matches(subject))
         });
         Some(declared.map_or_else(
             || subject.stream_name().to_owned(),
@@ -449,9 +468,11 @@ impl RedisEngine {
             .await
             .map_err(|error| backend("creating a group", &error))?;
         if !created {
-            let existing = self.inner.definition(&spec.name).await?.ok_or_else(|| {
-                EngineError::UnknownGroup(spec.name.clone())
-            })?;
+            let existing = self
+                .inner
+                .definition(&spec.name)
+                .await?
+                .ok_or_else(|| EngineError::UnknownGroup(spec.name.clone()))?;
             if existing.pattern != spec.pattern.to_string() {
                 return Err(EngineError::GroupConflict {
                     group: spec.name.clone(),
@@ -471,7 +492,11 @@ impl RedisEngine {
                 StartAt::Earliest => 0,
                 StartAt::Latest => self.inner.last_seq(&stream).await?,
                 StartAt::Seq(seq) => seq.saturating_sub(1),
-                StartAt::Time(time) => self.inner.seq_at_time(&stream, time).await?.saturating_sub(1),
+                StartAt::Time(time) => self
+                    .inner
+                    .seq_at_time(&stream, time)
+                    .await?
+                    .saturating_sub(1),
             };
             self.inner
                 .create_redis_group(&keys.events, &spec.name, after)
@@ -587,8 +612,20 @@ impl RedisEngine {
                 .await
                 .map_err(|error| backend("reading group stats", &error))?;
             let Some(values) = reply else { continue };
-            let [total, scheduled_pending, held, due, dead, delivered, acked, nacked, redelivered, dead_lettered, read, last] =
-                values[..]
+            let [
+                total,
+                scheduled_pending,
+                held,
+                due,
+                dead,
+                delivered,
+                acked,
+                nacked,
+                redelivered,
+                dead_lettered,
+                read,
+                last,
+            ] = values[..]
             else {
                 continue;
             };
@@ -610,7 +647,10 @@ impl RedisEngine {
 
 impl Inner {
     fn is_declared(&self, stream: &str) -> bool {
-        self.config.streams.iter().any(|declared| declared.name == stream)
+        self.config
+            .streams
+            .iter()
+            .any(|declared| declared.name == stream)
     }
 
     fn may_match(&self, pattern: &Pattern, stream: &str) -> bool {
@@ -724,7 +764,7 @@ impl Inner {
     /// The seq of the first event stored at or after `time` (one past the last if none), by
     /// binary search over seqs: store times never go backwards.
     async fn seq_at_time(&self, stream: &str, time: OffsetDateTime) -> Result<u64, EngineError> {
-        let target_us = (time.unix_timestamp_nanos() / 1_000) as i128;
+        let target_us = time.unix_timestamp_nanos() / 1_000;
         let events_key = self.keys.stream(stream).events;
         let mut connection = self.connection.clone();
         let (mut low, mut high) = (1u64, self.last_seq(stream).await? + 1);
@@ -852,8 +892,7 @@ impl Inner {
                     .await;
                 continue;
             };
-            let counts: HashMap<String, u64> =
-                serde_json::from_str(&heartbeat).unwrap_or_default();
+            let counts: HashMap<String, u64> = serde_json::from_str(&heartbeat).unwrap_or_default();
             for (group, count) in counts {
                 *totals.entry(group).or_default() += count;
             }
@@ -869,7 +908,9 @@ async fn heartbeat_forever(engine: Weak<Inner>) {
             return;
         };
         tokio::time::sleep(interval).await;
-        let Some(inner) = engine.upgrade() else { return };
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
         if let Err(error) = inner.heartbeat().await {
             warn!(%error, "renewing the heartbeat failed");
         }
@@ -880,7 +921,9 @@ async fn heartbeat_forever(engine: Weak<Inner>) {
 async fn discover_forever(engine: Weak<Inner>) {
     loop {
         tokio::time::sleep(STREAM_DISCOVERY_INTERVAL).await;
-        let Some(inner) = engine.upgrade() else { return };
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
         let engine = RedisEngine { inner };
         if let Err(error) = engine.discover().await {
             warn!(%error, "looking for new streams failed");
@@ -918,7 +961,11 @@ pub(crate) fn decode_entries(
 }
 
 /// One stored event from its JSON.
-pub(crate) fn decode_event(stream: &str, seq: u64, json: &[u8]) -> Result<StoredEvent, EngineError> {
+pub(crate) fn decode_event(
+    stream: &str,
+    seq: u64,
+    json: &[u8],
+) -> Result<StoredEvent, EngineError> {
     let context = ParseContext {
         now: OffsetDateTime::UNIX_EPOCH,
         limits: STORED_LIMITS,
@@ -1012,7 +1059,10 @@ impl Engine for RedisEngine {
         pattern: Pattern,
         start: StartAt,
     ) -> Result<LiveSubscription, EngineError> {
-        let subscriber_id = self.inner.next_subscriber_id.fetch_add(1, Ordering::Relaxed);
+        let subscriber_id = self
+            .inner
+            .next_subscriber_id
+            .fetch_add(1, Ordering::Relaxed);
         let (subscriber, events, closed) = Subscriber::new(
             subscriber_id,
             pattern.clone(),
@@ -1107,8 +1157,7 @@ impl Engine for RedisEngine {
                 .cmd("MEMORY")
                 .arg("USAGE")
                 .arg(&keys.events);
-            let reply: Result<(Vec<Option<u64>>, u64, StreamRangeReply, Option<u64>), _> =
-                pipeline.query_async(&mut connection).await;
+            let reply: Result<StreamStatsReply, _> = pipeline.query_async(&mut connection).await;
             let (meta, events, first, bytes) = match reply {
                 Ok(reply) => reply,
                 Err(error) => {
@@ -1341,6 +1390,9 @@ impl Engine for RedisEngine {
     }
 }
 
+/// The meta fields (seq, published, duplicates), length, first entry and memory of a stream.
+type StreamStatsReply = (Vec<Option<u64>>, u64, StreamRangeReply, Option<u64>);
+
 /// A dead letter from its entry in a dead-letter stream.
 fn dead_letter(group: &str, stream: &str, entry: &StreamId) -> Result<DeadLetter, EngineError> {
     let text = |name: &str| entry.get::<String>(name).unwrap_or_default();
@@ -1363,4 +1415,3 @@ fn from_unix_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
-

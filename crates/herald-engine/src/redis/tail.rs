@@ -141,11 +141,9 @@ impl Tail {
                 .arg(CATCH_UP_BATCH_EVENTS)
                 .query_async(&mut connection)
                 .await;
-            let events = match range
-                .map_err(|error| error.to_string())
-                .and_then(|range| {
-                    decode_entries(&self.stream, &range.ids).map_err(|error| error.to_string())
-                }) {
+            let events = match range.map_err(|error| error.to_string()).and_then(|range| {
+                decode_entries(&self.stream, &range.ids).map_err(|error| error.to_string())
+            }) {
                 Ok(events) => events,
                 Err(reason) => {
                     warn!(stream = %self.stream, %reason, "catching up a subscriber failed");
@@ -222,7 +220,9 @@ impl Tail {
             for key in &reply.keys {
                 match decode_entries(&self.stream, &key.ids) {
                     Ok(decoded) => events.extend(decoded),
-                    Err(error) => warn!(stream = %self.stream, %error, "skipping undecodable entries"),
+                    Err(error) => {
+                        warn!(stream = %self.stream, %error, "skipping undecodable entries")
+                    }
                 }
                 if let Some(last) = key.ids.last().and_then(|entry| super::seq_of(&entry.id)) {
                     cursor = cursor.max(last);

@@ -87,7 +87,9 @@ pub async fn engine_on(url: &str, prefix: &str) -> RedisEngine {
     config.key_prefix = prefix.to_owned();
     config.ephemeral = vec![Pattern::new(EPHEMERAL_PATTERN).unwrap()];
     config.live_buffer_events = 256;
-    RedisEngine::open(config).await.expect("open the Redis engine")
+    RedisEngine::open(config)
+        .await
+        .expect("open the Redis engine")
 }
 
 /// A conformance fixture on the machine's Redis, or `None` (skipped) without one.
@@ -132,7 +134,9 @@ impl Cluster {
                 panic!("HERALD_REQUIRE_ENGINES=1 but no Redis Cluster could be started: {reason}")
             }
             Err(reason) => {
-                eprintln!("\n********\nSKIPPED: no Redis Cluster could be started: {reason}\n********\n");
+                eprintln!(
+                    "\n********\nSKIPPED: no Redis Cluster could be started: {reason}\n********\n"
+                );
                 None
             }
         }
@@ -188,7 +192,9 @@ impl Cluster {
                 redis::Client::open(url.as_str())
                     .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
                     .and_then(|mut connection| {
-                        redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut connection)
+                        redis::cmd("CLUSTER")
+                            .arg("INFO")
+                            .query::<String>(&mut connection)
                     })
                     .is_ok_and(|info| info.contains("cluster_state:ok"))
             })
