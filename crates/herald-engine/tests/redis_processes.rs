@@ -186,3 +186,81 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     assert_eq!(acked, (1..=30).collect::<BTreeSet<u64>>());
     survivor.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_events_reach_subscribers_of_every_engine() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+    };
+    let mut config = RedisConfig::new(url.as_str());
+    config.key_prefix = prefix.clone();
+    config.ephemeral = vec![Pattern::new("typing.>").unwrap()];
+    let one = RedisEngine::open(config.clone()).await.unwrap();
+    let two = RedisEngine::open(config).await.unwrap();
+    let mut here = one
+        .subscribe(Pattern::new("typing.>").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    let mut there = two
+        .subscribe(Pattern::new("typing.>").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    let outcomes = one
+        .publish(vec![event("typing.started", r#"{"user":"u1"}"#)])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].seq, None, "never stored");
+    for subscription in [&mut here, &mut there] {
+        let received = tokio::time::timeout(WAIT, subscription.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(received.event.data.get(), r#"{"user":"u1"}"#);
+    }
+    // Once each: the publishing engine does not take its own relay for another event.
+    one.publish(vec![event("typing.stopped", "null")])
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, here.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.event.event_type.as_str(), "typing.stopped");
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+    };
+    let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    let mut member = two
+        .join_group(spec("reports", "report.*"), None)
+        .await
+        .unwrap();
+    one.delete_group("reports").await.unwrap();
+    let closed = tokio::time::timeout(WAIT, member.recv())
+        .await
+        .expect("told in time");
+    assert!(
+        matches!(closed, Err(herald_engine::Closed::GroupDeleted)),
+        "{closed:?}"
+    );
+    // The name can be used afresh, from either engine.
+    let mut again = two
+        .join_group(spec("reports", "report.>"), None)
+        .await
+        .unwrap();
+    one.publish(vec![event("report.daily", "1")]).await.unwrap();
+    assert_eq!(next(&mut again).await.attempt, 1);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}

@@ -197,7 +197,13 @@ impl GroupTask {
                     }
                 }
                 () = wake.notified() => {}
-                () = sleep_until(deadline) => self.on_timers().await,
+                () = sleep_until(deadline) => {
+                    if !self.on_timers().await {
+                        // Deleted by another process: its members here are told so.
+                        self.stop(Closed::GroupDeleted, false).await;
+                        return;
+                    }
+                }
             }
         }
     }
@@ -798,7 +804,8 @@ impl GroupTask {
         }
     }
 
-    async fn on_timers(&mut self) {
+    /// Returns whether the group still exists.
+    async fn on_timers(&mut self) -> bool {
         let now = Instant::now();
         let mut expired = Vec::new();
         while let Some(&(deadline, delivery_id)) = self.deadlines.first() {
@@ -843,8 +850,24 @@ impl GroupTask {
         }
         if self.next_sweep <= now && !self.members.is_empty() {
             self.next_sweep = now + self.inner.config.process_ttl / 2;
+            if !self.still_defined().await {
+                return false;
+            }
             self.sweep().await;
         }
+        true
+    }
+
+    /// Whether the group's definition is still in Redis (a delete on another process removes
+    /// it); when Redis cannot say, it is taken to be.
+    async fn still_defined(&self) -> bool {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("HEXISTS")
+            .arg(self.inner.keys.groups())
+            .arg(&self.name)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(true)
     }
 
     /// Recovers what processes taken for dead (heartbeat expired) left pending: their members'
@@ -855,6 +878,7 @@ impl GroupTask {
         let mut alive: HashMap<String, bool> = HashMap::new();
         let mut connection = self.inner.connection.clone();
         for stream in 0..self.streams.len() {
+            let mut lost_consumers = BTreeSet::new();
             let pending: Result<Vec<(String, String, u64, u64)>, _> = redis::cmd("XPENDING")
                 .arg(&self.streams[stream].keys.events)
                 .arg(&self.name)
@@ -908,6 +932,7 @@ impl GroupTask {
                     .arg(count)
                     .arg(self.policy.max_retries);
                 let recovered: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+                lost_consumers.insert(consumer.clone());
                 match recovered {
                     Ok(1) => {
                         self.due_ready.insert(stream);
@@ -916,6 +941,23 @@ impl GroupTask {
                     Err(error) => warn!(group = %self.name, %error, "recovering an entry failed"),
                 }
             }
+            for consumer in lost_consumers {
+                self.forget_consumer(stream, &consumer).await;
+            }
+        }
+    }
+
+    /// Removes a consumer from the Redis group once it owns nothing.
+    async fn forget_consumer(&self, stream: usize, consumer: &str) {
+        let mut invocation = scripts::FORGET_CONSUMER.prepare_invoke();
+        for key in self.streams[stream].keys.all() {
+            invocation.key(key);
+        }
+        invocation.arg(&self.name).arg(consumer);
+        let mut connection = self.inner.connection.clone();
+        let forgotten: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+        if let Err(error) = forgotten {
+            warn!(group = %self.name, %error, "removing a consumer failed");
         }
     }
 
@@ -939,16 +981,7 @@ impl GroupTask {
             return;
         };
         for stream in 0..self.streams.len() {
-            let mut invocation = scripts::FORGET_CONSUMER.prepare_invoke();
-            for key in self.streams[stream].keys.all() {
-                invocation.key(key);
-            }
-            invocation.arg(&self.name).arg(&member.consumer);
-            let mut connection = self.inner.connection.clone();
-            let forgotten: Result<i64, _> = invocation.invoke_async(&mut connection).await;
-            if let Err(error) = forgotten {
-                warn!(group = %self.name, %error, "removing a member's consumer failed");
-            }
+            self.forget_consumer(stream, &member.consumer).await;
         }
         if self.members.is_empty() {
             self.release_held().await;

@@ -9,6 +9,7 @@
 //! | `P:groups` | hash | group name → its definition (JSON) |
 //! | `P:procs` | set | ids of Herald processes that announced themselves |
 //! | `P:proc:<id>` | string, expiring | a live process's heartbeat: its members per group (JSON) |
+//! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
 //! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, fields `e` (the event's JSON) and `t` (µs stored) |
 //! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time), `published`, `duplicates` |
 //! | `P:{S}:dd:<event id>` | string, expiring | seq of an event id seen within the dedupe window |
@@ -81,6 +82,11 @@ impl Keys {
     /// The ids of processes that announced themselves (pruned once their heartbeat is gone).
     pub fn processes(&self) -> String {
         format!("{}:procs", self.prefix)
+    }
+
+    /// The pub/sub channel carrying ephemeral events between processes.
+    pub fn ephemeral_channel(&self) -> String {
+        format!("{}:ephemeral", self.prefix)
     }
 
     pub fn stream(&self, stream: &str) -> StreamKeys {

@@ -75,6 +75,9 @@ pub const PROCESS_TTL_DEFAULT: Duration = Duration::from_secs(10);
 /// The shortest process TTL: a heartbeat every third of it must fit between scheduling hiccups.
 pub const PROCESS_TTL_MIN: Duration = Duration::from_millis(300);
 
+/// The wait before re-subscribing to ephemeral events after the pub/sub connection failed.
+const RELAY_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
 /// Dead letters moved per redrive script.
 const REDRIVE_LETTERS_PER_SCRIPT: usize = 512;
 
@@ -253,13 +256,27 @@ impl RedisEngine {
         let engine = RedisEngine { inner };
         engine.inner.heartbeat().await?;
         engine.discover().await?;
+        let url = engine
+            .inner
+            .config
+            .urls
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let messages = subscribe_ephemeral(&url, &engine.inner.keys.ephemeral_channel())
+            .await
+            .map_err(|error| backend("subscribing to ephemeral events", &error))?;
+        let relay = tokio::spawn(relay_ephemeral_forever(
+            Arc::downgrade(&engine.inner),
+            messages,
+        ));
         let discovery = tokio::spawn(discover_forever(Arc::downgrade(&engine.inner)));
         let heartbeat = tokio::spawn(heartbeat_forever(Arc::downgrade(&engine.inner)));
         engine
             .inner
             .background
             .lock()
-            .extend([discovery, heartbeat]);
+            .extend([relay, discovery, heartbeat]);
         Ok(engine)
     }
 
@@ -433,19 +450,23 @@ impl RedisEngine {
         Ok(outcomes)
     }
 
-    fn deliver_ephemeral(&self, event: Event) {
-        let stored = Arc::new(StoredEvent::new(String::new(), 0, event));
-        let matches = self
-            .inner
-            .live
-            .lock()
-            .index
-            .matches(&stored.event.event_type);
-        for subscriber in matches.iter() {
-            if subscriber.offer(&stored) != Offer::Delivered {
-                self.inner.detach(subscriber.id);
-            }
+    /// Delivers ephemeral events here, and to the other processes through Redis pub/sub.
+    async fn deliver_ephemeral(&self, events: Vec<Event>) -> Result<(), EngineError> {
+        let mut connection = self.inner.connection.clone();
+        for event in events {
+            let mut message = Vec::with_capacity(64 + event.data.get().len());
+            message.extend_from_slice(self.inner.process.as_bytes());
+            message.push(b'\n');
+            message.extend_from_slice(&event.to_json());
+            self.inner.deliver_ephemeral_here(event);
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(self.inner.keys.ephemeral_channel())
+                .arg(message)
+                .query_async(&mut connection)
+                .await
+                .map_err(|error| backend("relaying an ephemeral event", &error))?;
         }
+        Ok(())
     }
 
     /// The group's definition, created in Redis if it does not exist (with the group made on
@@ -508,7 +529,10 @@ impl RedisEngine {
     /// This process's task of a group, started on first use.
     fn group_task(&self, spec: &GroupSpec, policy: GroupPolicy) -> GroupHandle {
         let mut groups = self.inner.groups.lock();
-        if let Some(handle) = groups.get(&spec.name) {
+        // A task that ended (its group was deleted by another process) is replaced.
+        if let Some(handle) = groups.get(&spec.name)
+            && !handle.control.is_closed()
+        {
             return handle.clone();
         }
         let streams: Vec<Arc<str>> = self
@@ -837,6 +861,34 @@ impl Inner {
         .transpose()
     }
 
+    fn deliver_ephemeral_here(&self, event: Event) {
+        let stored = Arc::new(StoredEvent::new(String::new(), 0, event));
+        let matches = self.live.lock().index.matches(&stored.event.event_type);
+        for subscriber in matches.iter() {
+            if subscriber.offer(&stored) != Offer::Delivered {
+                self.detach(subscriber.id);
+            }
+        }
+    }
+
+    /// An ephemeral event relayed by another process: `<process id>\n<event JSON>`.
+    fn relayed(&self, message: &[u8]) {
+        let Some(split) = message.iter().position(|&byte| byte == b'\n') else {
+            return;
+        };
+        if &message[..split] == self.process.as_bytes() {
+            return;
+        }
+        let context = ParseContext {
+            now: OffsetDateTime::UNIX_EPOCH,
+            limits: STORED_LIMITS,
+        };
+        match Event::from_json(&message[split + 1..], &context) {
+            Ok(event) => self.deliver_ephemeral_here(event),
+            Err(error) => warn!(%error, "a relayed ephemeral event does not decode"),
+        }
+    }
+
     /// This process's member count per group.
     fn members_here(&self) -> HashMap<String, u64> {
         self.groups
@@ -898,6 +950,47 @@ impl Inner {
             }
         }
         totals
+    }
+}
+
+/// A pub/sub connection subscribed to the ephemeral channel. In a Cluster, `PUBLISH` reaches
+/// every node, so the first seed node serves.
+async fn subscribe_ephemeral(
+    url: &str,
+    channel: &str,
+) -> Result<redis::aio::PubSubStream, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub.into_on_message())
+}
+
+/// Relays ephemeral events other processes publish to this one's live subscribers, until the
+/// engine is gone; reconnects after a failure.
+async fn relay_ephemeral_forever(engine: Weak<Inner>, mut messages: redis::aio::PubSubStream) {
+    use futures::StreamExt;
+    loop {
+        while let Some(message) = messages.next().await {
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            inner.relayed(message.get_payload_bytes());
+        }
+        loop {
+            tokio::time::sleep(RELAY_RECONNECT_DELAY).await;
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            let (url, channel) = (inner.config.urls[0].clone(), inner.keys.ephemeral_channel());
+            drop(inner);
+            match subscribe_ephemeral(&url, &channel).await {
+                Ok(stream) => {
+                    messages = stream;
+                    break;
+                }
+                Err(error) => warn!(%error, "re-subscribing to ephemeral events failed"),
+            }
+        }
     }
 }
 
@@ -1037,6 +1130,7 @@ impl Engine for RedisEngine {
                 .map(|(stream, events)| self.publish_to_stream(stream, events)),
         )
         .await;
+        let mut relayed = Vec::with_capacity(ephemeral.len());
         for (index, event) in ephemeral {
             outcomes[index] = Some(PublishOutcome {
                 id: event.id.clone(),
@@ -1044,7 +1138,10 @@ impl Engine for RedisEngine {
                 seq: None,
                 duplicate: false,
             });
-            self.deliver_ephemeral(event);
+            relayed.push(event);
+        }
+        if !relayed.is_empty() {
+            self.deliver_ephemeral(relayed).await?;
         }
         for part in parts {
             for (index, outcome) in part? {
