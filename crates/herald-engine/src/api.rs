@@ -186,7 +186,11 @@ async fn recv_until_closed<T>(
         }
         tokio::select! {
             biased;
-            item = items.recv() => return item.ok_or(Closed::EngineStopped),
+            // A producer that ends says why before dropping its sender; the reason may land
+            // just after the wake-up that found the channel closed.
+            item = items.recv() => {
+                return item.ok_or_else(|| closed.borrow().clone().unwrap_or(Closed::EngineStopped));
+            }
             changed = closed.changed() => {
                 if changed.is_err() {
                     return items.try_recv().map_err(|_| Closed::EngineStopped);

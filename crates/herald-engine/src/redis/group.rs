@@ -93,10 +93,20 @@ struct Attached {
     tail: Arc<Tail>,
     /// Every entry up to this seq has been read by the group (here or elsewhere).
     caught_up_to: u64,
+    /// The pattern matched nothing of the last read: read past big batches with the holder
+    /// consumer (then hand matches out) rather than reading each member's room straight into
+    /// its consumer.
+    sparse: bool,
 }
 
 /// A held entry dealt to a member, with the channel slot it will be sent through.
 type Dealt = (Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>);
+
+/// What one `XREADGROUP` gave: how many entries, and those the pattern matches.
+struct Read {
+    count: usize,
+    matched: Vec<Arc<StoredEvent>>,
+}
 
 /// An entry read with this process's holder consumer, not yet handed out.
 struct Held {
@@ -236,6 +246,7 @@ impl GroupTask {
             keys,
             tail,
             caught_up_to: 0,
+            sparse: false,
         });
         self.due_ready.insert(self.streams.len() - 1);
     }
@@ -280,11 +291,13 @@ impl GroupTask {
                 return;
             }
             let mut delivered = self.pump_due(&mut permits).await;
+            delivered += self.pump_held(&mut permits).await;
+            delivered += self.pump_direct(&mut permits).await;
             let room: usize = permits.iter().map(|(_, slots)| slots.len()).sum();
             if room > 0 && self.held.len() < room {
                 self.fetch(room).await;
+                delivered += self.pump_held(&mut permits).await;
             }
-            delivered += self.pump_held(&mut permits).await;
             if delivered == 0 {
                 return;
             }
@@ -394,12 +407,144 @@ impl GroupTask {
         delivered
     }
 
-    /// Reads new entries into `held` until it holds `room` matching ones or every stream is
-    /// read, acking at once those the pattern does not match. Only matching entries count
-    /// against `room`; once a read matched nothing, it reads whole batches.
+    /// Reads new entries straight into members' consumers, as many as each has room for, on
+    /// streams that are not sparse: the common case, where the pattern matches (nearly)
+    /// everything. No hand-over script: each entry is delivered by the read itself.
+    async fn pump_direct(
+        &mut self,
+        permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
+    ) -> usize {
+        let mut delivered = 0;
+        for stream in 0..self.streams.len() {
+            for (member_id, slots) in permits.iter_mut() {
+                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
+                    continue;
+                };
+                while !slots.is_empty() && !self.streams[stream].sparse {
+                    let wanted = slots.len();
+                    let Some(read) = self.read_group(stream, &consumer, wanted).await else {
+                        break;
+                    };
+                    let mut matched = 0;
+                    for event in read.matched {
+                        if let Some(permit) = slots.pop() {
+                            self.deliver(*member_id, permit, stream, event, 1);
+                            matched += 1;
+                        }
+                    }
+                    delivered += matched;
+                    if read.count > 0 && matched == 0 {
+                        self.streams[stream].sparse = true;
+                    }
+                    if read.count < wanted {
+                        break;
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// One `XREADGROUP` of up to `count` new entries into `consumer`'s name, on a stream with
+    /// more to read; entries the pattern does not match are acked at once, and the matching
+    /// ones counted as delivered. `None` when there was nothing to read or the read failed.
+    async fn read_group(&mut self, stream: usize, consumer: &str, count: usize) -> Option<Read> {
+        let attached = &self.streams[stream];
+        let target = attached.tail.last_seq();
+        if attached.caught_up_to >= target {
+            return None;
+        }
+        let mut connection = self.inner.connection.clone();
+        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.name)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&attached.keys.events)
+            .arg(">")
+            .query_async(&mut connection)
+            .await;
+        let entries = match reply {
+            Ok(reply) => reply
+                .map(|reply| {
+                    reply
+                        .keys
+                        .into_iter()
+                        .flat_map(|key| key.ids)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            Err(error) => {
+                warn!(group = %self.name, stream = %attached.name, %error, "reading the stream failed");
+                return None;
+            }
+        };
+        let read_count = entries.len();
+        let events = match decode_entries(&attached.name, &entries) {
+            Ok(events) => events,
+            Err(error) => {
+                warn!(group = %self.name, %error, "entries do not decode");
+                Vec::new()
+            }
+        };
+        let mut unmatched = Vec::new();
+        let mut matched = Vec::new();
+        let mut last = attached.caught_up_to;
+        for event in events {
+            last = last.max(event.seq);
+            if self.pattern.matches(&event.event.event_type) {
+                matched.push(event);
+            } else {
+                unmatched.push(format!("{}-0", event.seq));
+            }
+        }
+        let delivered_here = consumer != self.holder && !matched.is_empty();
+        if !unmatched.is_empty() || delivered_here {
+            let mut pipeline = redis::pipe();
+            if !unmatched.is_empty() {
+                pipeline
+                    .cmd("XACK")
+                    .arg(&attached.keys.events)
+                    .arg(&self.name)
+                    .arg(&unmatched)
+                    .ignore();
+            }
+            if delivered_here {
+                pipeline
+                    .cmd("HINCRBY")
+                    .arg(&attached.keys.stats)
+                    .arg("delivered")
+                    .arg(matched.len())
+                    .ignore();
+            }
+            let done: Result<(), _> = pipeline.query_async(&mut connection).await;
+            if let Err(error) = done {
+                warn!(group = %self.name, %error, "acking unmatched entries failed");
+            }
+        }
+        let attached = &mut self.streams[stream];
+        attached.caught_up_to = attached.caught_up_to.max(last);
+        if read_count < count {
+            attached.caught_up_to = attached.caught_up_to.max(target);
+        }
+        Some(Read {
+            count: read_count,
+            matched,
+        })
+    }
+
+    /// On sparse streams, reads new entries into `held` until it holds `room` matching ones or
+    /// every stream is read, acking at once those the pattern does not match. Only matching
+    /// entries count against `room`; once a read matched nothing, it reads whole batches. A
+    /// batch that matched mostly makes the stream dense again.
     async fn fetch(&mut self, room: usize) {
         let mut scanned = 0;
         for stream in 0..self.streams.len() {
+            if !self.streams[stream].sparse {
+                continue;
+            }
             let mut limit = FETCH_EVENTS_MAX.min(room.max(1));
             loop {
                 if self.held.len() >= room {
@@ -409,74 +554,19 @@ impl GroupTask {
                     self.wake.notify_one();
                     return;
                 }
-                let attached = &self.streams[stream];
-                let target = attached.tail.last_seq();
-                if attached.caught_up_to >= target {
+                let holder = self.holder.clone();
+                let Some(read) = self.read_group(stream, &holder, limit).await else {
                     break;
-                }
-                let mut connection = self.inner.connection.clone();
-                let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(&self.name)
-                    .arg(&self.holder)
-                    .arg("COUNT")
-                    .arg(limit)
-                    .arg("STREAMS")
-                    .arg(&attached.keys.events)
-                    .arg(">")
-                    .query_async(&mut connection)
-                    .await;
-                let entries = match reply {
-                    Ok(reply) => reply
-                        .map(|reply| {
-                            reply
-                                .keys
-                                .into_iter()
-                                .flat_map(|key| key.ids)
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default(),
-                    Err(error) => {
-                        warn!(group = %self.name, stream = %attached.name, %error, "reading the stream failed");
-                        break;
-                    }
                 };
-                let count = entries.len();
-                scanned += count;
-                let events = match decode_entries(&attached.name, &entries) {
-                    Ok(events) => events,
-                    Err(error) => {
-                        warn!(group = %self.name, %error, "entries do not decode");
-                        Vec::new()
-                    }
-                };
-                let mut unmatched = Vec::new();
-                let mut matched = 0;
-                let mut last = attached.caught_up_to;
-                for event in events {
-                    last = last.max(event.seq);
-                    if self.pattern.matches(&event.event.event_type) {
-                        matched += 1;
-                        self.held.push_back(Held { stream, event });
-                    } else {
-                        unmatched.push(format!("{}-0", event.seq));
-                    }
+                scanned += read.count;
+                let matched = read.matched.len();
+                if matched * 2 > read.count {
+                    self.streams[stream].sparse = false;
                 }
-                if !unmatched.is_empty() {
-                    let acked: Result<i64, _> = redis::cmd("XACK")
-                        .arg(&self.streams[stream].keys.events)
-                        .arg(&self.name)
-                        .arg(&unmatched)
-                        .query_async(&mut connection)
-                        .await;
-                    if let Err(error) = acked {
-                        warn!(group = %self.name, %error, "acking unmatched entries failed");
-                    }
+                for event in read.matched {
+                    self.held.push_back(Held { stream, event });
                 }
-                let attached = &mut self.streams[stream];
-                attached.caught_up_to = attached.caught_up_to.max(last);
-                if count < limit {
-                    attached.caught_up_to = attached.caught_up_to.max(target);
+                if read.count < limit {
                     break;
                 }
                 if matched == 0 {

@@ -12,7 +12,7 @@
 //! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
 //! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, fields `e` (the event's JSON) and `t` (µs stored) |
 //! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time), `published`, `duplicates` |
-//! | `P:{S}:dd:<event id>` | string, expiring | seq of an event id seen within the dedupe window |
+//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids published in one window-long time bucket (dedupe) |
 //! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
 //! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
 //! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
@@ -31,7 +31,7 @@ pub(crate) struct Keys {
 pub(crate) struct StreamKeys {
     pub events: String,
     pub meta: String,
-    /// Prefix of dedupe keys; the event id follows.
+    /// Prefix of dedupe buckets; the bucket number (ms since the epoch / window) follows.
     pub dedupe: String,
 }
 

@@ -61,7 +61,7 @@ pub const KEY_PREFIX_DEFAULT: &str = "herald";
 
 /// Events one publish script stores at most; a larger batch for one stream takes several (in
 /// order), so that no script holds Redis for long.
-const PUBLISH_SCRIPT_EVENTS_MAX: usize = 256;
+const PUBLISH_SCRIPT_EVENTS_MAX: usize = 1024;
 
 /// Member verbs waiting for a group's task, per group.
 const GROUP_COMMANDS_QUEUED_MAX: usize = 4096;
@@ -77,6 +77,9 @@ pub const PROCESS_TTL_MIN: Duration = Duration::from_millis(300);
 
 /// The wait before re-subscribing to ephemeral events after the pub/sub connection failed.
 const RELAY_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// How often declared streams with a `max_age` are trimmed.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Dead letters moved per redrive script.
 const REDRIVE_LETTERS_PER_SCRIPT: usize = 512;
@@ -96,8 +99,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Every key starts with this (and a colon): several buses, or tests, share one Redis.
     pub key_prefix: String,
-    /// Declared streams: their subjects, retention (`events_max` as `MAXLEN ~`) and dedupe
-    /// window. `storage` does not apply.
+    /// Declared streams: their subjects, retention (`events_max` as `MAXLEN ~`, `age_max` by
+    /// `XTRIM MINID` every second; `bytes_max` is refused) and dedupe window. `storage` does not
+    /// apply.
     pub streams: Vec<StreamConfig>,
     /// Subjects delivered live but never stored.
     pub ephemeral: Vec<Pattern>,
@@ -224,6 +228,17 @@ impl RedisEngine {
                 )));
             }
         }
+        if let Some(declared) = config
+            .streams
+            .iter()
+            .find(|declared| declared.retention.bytes_max.is_some())
+        {
+            return Err(EngineError::Config(format!(
+                "stream {:?}: max_bytes is not supported on the redis engine (Redis streams trim \
+                 by count or id); use max_events or max_age",
+                declared.name
+            )));
+        }
         if config.key_prefix.is_empty() || config.key_prefix.contains(['{', '}']) {
             return Err(EngineError::Config(format!(
                 "Redis key prefix {:?} must be non-empty and without braces",
@@ -271,12 +286,13 @@ impl RedisEngine {
             messages,
         ));
         let discovery = tokio::spawn(discover_forever(Arc::downgrade(&engine.inner)));
+        let trimming = tokio::spawn(trim_forever(Arc::downgrade(&engine.inner)));
         let heartbeat = tokio::spawn(heartbeat_forever(Arc::downgrade(&engine.inner)));
         engine
             .inner
             .background
             .lock()
-            .extend([relay, discovery, heartbeat]);
+            .extend([relay, discovery, heartbeat, trimming]);
         Ok(engine)
     }
 
@@ -417,14 +433,16 @@ impl RedisEngine {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut connection = self.inner.connection.clone();
         for chunk in events.chunks(PUBLISH_SCRIPT_EVENTS_MAX) {
+            let window_ms = window.as_millis().max(1) as u64;
+            let bucket = unix_ms_now() / window_ms;
             let mut invocation = scripts::PUBLISH.prepare_invoke();
             invocation.key(&keys.meta).key(&keys.events);
-            for (_, event) in chunk {
-                invocation.key(format!("{}{}", keys.dedupe, event.id.as_str()));
+            for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
+                invocation.key(format!("{}{bucket}", keys.dedupe));
             }
-            invocation.arg(window.as_millis().max(1) as u64).arg(cap);
+            invocation.arg(window_ms).arg(cap);
             for (_, event) in chunk {
-                invocation.arg(event.to_json());
+                invocation.arg(event.id.as_str()).arg(event.to_json());
             }
             let seqs: Vec<i64> = invocation
                 .invoke_async(&mut connection)
@@ -822,6 +840,24 @@ impl Inner {
         Ok(low)
     }
 
+    /// Drops the entries of a stream stored more than `age_max` ago.
+    async fn trim_older_than(&self, stream: &str, age_max: Duration) -> Result<(), EngineError> {
+        let cut_off = OffsetDateTime::now_utc() - age_max;
+        let first_kept = self.seq_at_time(stream, cut_off).await?;
+        if first_kept <= 1 {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(self.keys.stream(stream).events)
+            .arg("MINID")
+            .arg(format!("{first_kept}-0"))
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| backend("trimming a stream", &error))?;
+        Ok(())
+    }
+
     /// `XGROUP CREATE` at entry `<after>-0`; a group that exists keeps its position.
     pub(crate) async fn create_redis_group(
         &self,
@@ -1006,6 +1042,29 @@ async fn heartbeat_forever(engine: Weak<Inner>) {
         };
         if let Err(error) = inner.heartbeat().await {
             warn!(%error, "renewing the heartbeat failed");
+        }
+    }
+}
+
+/// Trims declared streams with a `max_age` every [`RETENTION_INTERVAL`], until the engine is
+/// gone: entries stored before the cut-off go (`XTRIM MINID`; every process may do it, the
+/// result is the same).
+async fn trim_forever(engine: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(RETENTION_INTERVAL).await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let aged: Vec<(String, Duration)> = inner
+            .config
+            .streams
+            .iter()
+            .filter_map(|declared| Some((declared.name.clone(), declared.retention.age_max?)))
+            .collect();
+        for (stream, age_max) in aged {
+            if let Err(error) = inner.trim_older_than(&stream, age_max).await {
+                warn!(%stream, %error, "trimming by age failed");
+            }
         }
     }
 }
@@ -1506,6 +1565,14 @@ fn dead_letter(group: &str, stream: &str, entry: &StreamId) -> Result<DeadLetter
         first_delivered_at: from_unix_ms(number("first")),
         dead_at: from_unix_ms(number("dead")),
     })
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock (dedupe buckets tolerate clocks
+/// that differ by less than a window).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 fn from_unix_ms(ms: i64) -> OffsetDateTime {

@@ -30,11 +30,18 @@ local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
--- The consumer holding entry `seq` and its delivery count, or nil.
+-- The consumer holding entry `seq`, its delivery count and how long ago (ms) it was delivered,
+-- or nil.
 local function pending(group, seq)
   local ok, p = pcall(redis.call, 'XPENDING', events, group, seq .. '-0', seq .. '-0', 1)
-  if not ok or #p == 0 then return nil, 0 end
-  return p[1][2], tonumber(p[1][4])
+  if not ok or #p == 0 then return nil, 0, 0 end
+  return p[1][2], tonumber(p[1][4]), tonumber(p[1][3])
+end
+-- Remembers when a first attempt was delivered, once it failed (successes need not pay for it).
+local function first_delivered(seq, count, idle_ms, now)
+  if count == 1 then
+    redis.call('HSETNX', info, 'f:' .. seq, int(math.floor(now / 1000) - idle_ms))
+  end
 end
 local function field(fields, name)
   for i = 1, #fields, 2 do
@@ -64,9 +71,14 @@ fn group_script(body: &str) -> Script {
     Script::new(&format!("{GROUP_PRELUDE}\n{body}"))
 }
 
-/// KEYS: meta, events, then one dedupe key per event. ARGV: dedupe window (ms), max events
-/// (0: no cap), then each event's JSON. Returns, per event, its new seq, or minus the seq of
-/// the event it duplicates.
+/// KEYS: meta, events, then the dedupe buckets of the previous, current and next window.
+/// ARGV: dedupe window (ms), max events (0: no cap), then each event's id and JSON. Returns, per
+/// event, its new seq, or minus the seq of the event it duplicates.
+///
+/// Dedupe ids live in one hash per window-long time bucket (`HMGET`/`HSET` of the whole batch,
+/// two commands per batch rather than two per event): an id written in bucket `b` is found
+/// while `b` is the previous, current or next bucket, so for at least a window and at most
+/// two, whatever the processes' clocks disagree on by less than a window.
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -77,27 +89,41 @@ local last = redis.call('HGET', KEYS[1], 't')
 -- Store times never go backwards, so that a time finds its place by binary search.
 if last and tonumber(last) > now then stamp = last end
 local cap = tonumber(ARGV[2])
+local ids = {}
+for i = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local before = redis.call('HMGET', KEYS[3], unpack(ids))
+local current = redis.call('HMGET', KEYS[4], unpack(ids))
+local after = redis.call('HMGET', KEYS[5], unpack(ids))
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local fresh = {}
+local remembered = {}
 local out = {}
-local stored = 0
-for i = 3, #ARGV do
-  local seen = redis.call('GET', KEYS[i])
-  if seen then
-    out[#out + 1] = -tonumber(seen)
+for k, id in ipairs(ids) do
+  local prior = before[k] or current[k] or after[k] or fresh[id]
+  if prior then
+    out[k] = -tonumber(prior)
   else
-    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    seq = seq + 1
+    local json = ARGV[2 + 2 * k]
     if cap > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, seq .. '-0', 'e', ARGV[i], 't', stamp)
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, seq .. '-0', 'e', json, 't', stamp)
     else
-      redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[i], 't', stamp)
+      redis.call('XADD', KEYS[2], seq .. '-0', 'e', json, 't', stamp)
     end
-    redis.call('SET', KEYS[i], seq, 'PX', ARGV[1])
-    out[#out + 1] = seq
-    stored = stored + 1
+    fresh[id] = seq
+    remembered[#remembered + 1] = id
+    remembered[#remembered + 1] = seq
+    out[k] = seq
   end
 end
-redis.call('HSET', KEYS[1], 't', stamp)
+local stored = #remembered / 2
+if stored > 0 then
+  redis.call('HSET', KEYS[4], unpack(remembered))
+  redis.call('PEXPIRE', KEYS[4], 3 * tonumber(ARGV[1]))
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 't', stamp)
 redis.call('HINCRBY', KEYS[1], 'published', stored)
-redis.call('HINCRBY', KEYS[1], 'duplicates', (#ARGV - 2) - stored)
+redis.call('HINCRBY', KEYS[1], 'duplicates', #ids - stored)
 return out
 "#,
     )
@@ -109,14 +135,12 @@ pub(crate) static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, holder, member = ARGV[1], ARGV[2], ARGV[3]
-local now_ms = int(math.floor(now_us() / 1000))
 local out = {}
 local delivered = 0
 for i = 4, #ARGV do
   local seq = ARGV[i]
   if pending(group, seq) == holder then
     redis.call('XCLAIM', events, group, member, 0, seq .. '-0', 'RETRYCOUNT', 1, 'JUSTID')
-    redis.call('HSETNX', info, 'f:' .. seq, now_ms)
     delivered = delivered + 1
     out[#out + 1] = 1
   else
@@ -154,7 +178,6 @@ for _, seq in ipairs(seqs) do
       out[#out + 1] = field(entry[2], 'e')
       delivered = delivered + 1
       if attempt > 1 then redelivered = redelivered + 1 end
-      redis.call('HSETNX', info, 'f:' .. seq, int(math.floor(now / 1000)))
     else
       -- Trimmed by retention meanwhile: nothing left to deliver.
       redis.call('XACK', events, group, seq .. '-0')
@@ -182,20 +205,23 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local group, member = ARGV[1], ARGV[2]
 local out = {}
-local acked = 0
+local ids = {}
 for i = 3, #ARGV, 2 do
   local seq = ARGV[i]
   local owner, count = pending(group, seq)
   if owner == member and count == tonumber(ARGV[i + 1]) then
-    redis.call('XACK', events, group, seq .. '-0')
-    redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
-    acked = acked + 1
+    ids[#ids + 1] = seq .. '-0'
+    -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
+    if count > 1 then redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-redis.call('HINCRBY', stats, 'acked', acked)
+if #ids > 0 then
+  redis.call('XACK', events, group, unpack(ids))
+  redis.call('HINCRBY', stats, 'acked', #ids)
+end
 return out
 "#,
     )
@@ -209,11 +235,12 @@ pub(crate) static FAIL: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, member, seq = ARGV[1], ARGV[2], ARGV[3]
-local owner, count = pending(group, seq)
+local owner, count, idle_ms = pending(group, seq)
 if owner ~= member or count ~= tonumber(ARGV[4]) then return 0 end
 if ARGV[7] ~= '' then redis.call('HINCRBY', stats, ARGV[7], 1) end
 if ARGV[8] == '1' then redis.call('HSET', info, 'e:' .. seq, ARGV[9]) end
 local now = now_us()
+first_delivered(seq, count, idle_ms, now)
 local max_retries = tonumber(ARGV[6])
 if max_retries < 0 or count > max_retries then
   bury(group, seq, count, now)
@@ -226,15 +253,16 @@ return 1
     )
 });
 
-/// Still working: the entry stays with the member, its idle time restarts. ARGV: group,
-/// member, seq, attempt. Returns 1, or 0 when it is no longer in flight to the member.
+/// Still working: checks that the entry is still the member's (the ack deadline is the
+/// process's own timer; the entry's idle time keeps counting from its delivery, which dates a
+/// first attempt should it fail). ARGV: group, member, seq, attempt. Returns 1, or 0 when it is
+/// no longer in flight to the member.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, member, seq = ARGV[1], ARGV[2], ARGV[3]
 local owner, count = pending(group, seq)
 if owner ~= member or count ~= tonumber(ARGV[4]) then return 0 end
-redis.call('XCLAIM', events, group, member, 0, seq .. '-0', 'JUSTID')
 return 1
 "#,
     )
@@ -269,7 +297,7 @@ pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, consumer, seq = ARGV[1], ARGV[2], ARGV[3]
-local owner, count = pending(group, seq)
+local owner, count, idle_ms = pending(group, seq)
 if owner ~= consumer or count ~= tonumber(ARGV[4]) then return 0 end
 local now = now_us()
 if string.sub(consumer, 1, 5) == 'hold:' then
@@ -278,6 +306,7 @@ if string.sub(consumer, 1, 5) == 'hold:' then
   return 1
 end
 redis.call('HSET', info, 'e:' .. seq, "the member's process was lost")
+first_delivered(seq, count, idle_ms, now)
 if count > tonumber(ARGV[5]) then
   bury(group, seq, count, now)
   return 2
