@@ -204,12 +204,26 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, member = ARGV[1], ARGV[2]
+-- The member's pending entries over the batch's range, in one look-up rather than one per
+-- entry: a range of n seqs holds at most n of them.
+local low, high = math.huge, 0
+for i = 3, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq < low then low = seq end
+  if seq > high then high = seq end
+end
+local owned = {}
+local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0', int(high) .. '-0',
+  high - low + 1, member)
+if ok then
+  for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
+end
 local out = {}
 local ids = {}
 for i = 3, #ARGV, 2 do
   local seq = ARGV[i]
-  local owner, count = pending(group, seq)
-  if owner == member and count == tonumber(ARGV[i + 1]) then
+  local count = owned[seq .. '-0']
+  if count ~= nil and count == tonumber(ARGV[i + 1]) then
     ids[#ids + 1] = seq .. '-0'
     -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
     if count > 1 then redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq) end
