@@ -38,6 +38,7 @@ async fn declared_streams_keep_their_retention() {
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let mut config = RedisConfig::new(url.as_str());
     config.key_prefix = prefix;

@@ -57,6 +57,7 @@ async fn members_on_two_engines_share_the_work_and_stats_add_up() {
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut members = [
@@ -113,6 +114,7 @@ async fn a_live_subscriber_sees_what_another_engine_publishes_even_on_new_stream
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut watching = two
@@ -149,6 +151,7 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
@@ -194,6 +197,7 @@ async fn ephemeral_events_reach_subscribers_of_every_engine() {
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let mut config = RedisConfig::new(url.as_str());
     config.key_prefix = prefix.clone();
@@ -240,6 +244,7 @@ async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
     let _cleanup = Cleanup {
         urls: vec![url.clone()],
         prefix: prefix.clone(),
+        engine: None,
     };
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut member = two

@@ -106,6 +106,9 @@ pub struct RedisSetting {
     pub nodes: Vec<String>,
     /// Every key Herald writes starts with this, so that several buses can share a Redis.
     pub key_prefix: String,
+    /// A process silent this long is taken for dead, and the others take back its members'
+    /// deliveries.
+    pub process_ttl: ConfigDuration,
 }
 
 impl Default for RedisSetting {
@@ -115,6 +118,7 @@ impl Default for RedisSetting {
             cluster: false,
             nodes: Vec::new(),
             key_prefix: herald_engine::redis::KEY_PREFIX_DEFAULT.to_owned(),
+            process_ttl: ConfigDuration(herald_engine::redis::PROCESS_TTL_DEFAULT),
         }
     }
 }
@@ -573,8 +577,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// `HERALD_*` variables that belong to the client commands, not to the server.
-const CLIENT_VARIABLES: [&str; 2] = ["url", "token"];
+/// `HERALD_*` variables that are not the server's: the client commands' (`url`, `token`) and
+/// the test suite's (`HERALD_REQUIRE_ENGINES`, `HERALD_TEST_REDIS_URL`, set for whole CI runs,
+/// which start servers).
+const CLIENT_VARIABLES: [&str; 4] = ["url", "token", "require_engines", "test_redis_url"];
 
 impl ServerConfig {
     /// Defaults, then `path` if given (an explicitly named file must exist), or `herald.toml` in
@@ -596,7 +602,12 @@ impl ServerConfig {
         }
         figment = figment.merge(
             Env::prefixed("HERALD_")
-                .filter(|key| !CLIENT_VARIABLES.contains(&key.as_str()))
+                // Keys keep their case here (they are lowercased later).
+                .filter(|key| {
+                    !CLIENT_VARIABLES
+                        .iter()
+                        .any(|name| key.as_str().eq_ignore_ascii_case(name))
+                })
                 // `HERALD_REDIS_URL`, the name Redis users expect, is `HERALD_REDIS__URL`.
                 .map(|key| {
                     if key == "redis_url" {
@@ -733,6 +744,13 @@ impl ServerConfig {
         config.streams = embedded.streams;
         config.ephemeral = embedded.ephemeral;
         config.live_buffer_events = embedded.live_buffer_events;
+        config.process_ttl = self.redis.process_ttl.0;
+        if config.process_ttl < herald_engine::redis::PROCESS_TTL_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "redis.process_ttl must be at least {:?}",
+                herald_engine::redis::PROCESS_TTL_MIN
+            )));
+        }
         if !config.cluster && !self.redis.nodes.is_empty() {
             return Err(ConfigError::Invalid(
                 "redis.nodes lists Cluster seed nodes: set redis.cluster = true".into(),
@@ -874,6 +892,10 @@ mod tests {
             Ok(()),
         );
         check_config("engine = \"nats\"", Err("unknown variant"));
+        check_config(
+            "engine = \"redis\"\n[redis]\nprocess_ttl = \"10ms\"",
+            Err("redis.process_ttl"),
+        );
         check_config(
             "engine = \"redis\"\n[redis]\nkey_prefix = \"a{b}\"",
             Err("redis.key_prefix"),

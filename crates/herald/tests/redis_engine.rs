@@ -7,7 +7,9 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -51,10 +53,16 @@ impl Prefix {
     }
 
     fn start_server(&self, dir: &tempfile::TempDir) -> Server {
+        self.start_server_with(dir, &[])
+    }
+
+    fn start_server_with(&self, dir: &tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("HERALD_REDIS__KEY_PREFIX", self.name.as_str())];
+        all.extend_from_slice(env);
         Server::start_with_env(
             dir.path(),
             &["--engine", "redis", "--redis-url", &self.url],
-            &[("HERALD_REDIS__KEY_PREFIX", &self.name)],
+            &all,
         )
     }
 }
@@ -207,5 +215,123 @@ async fn two_processes_on_one_redis_are_one_bus() {
     assert!(
         per_process.iter().all(|&count| count > 0),
         "both processes' members got work: {per_process:?}"
+    );
+}
+
+/// Three processes on one Redis: a publisher on the first, members of one group on all three.
+/// The third is killed (SIGKILL) mid-stream while its member holds unacked deliveries: every
+/// event whose publish was acknowledged is still acked by the group, after redelivery by the
+/// survivors (at least once; duplicates are counted and reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_stream_loses_no_acknowledged_event() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = Prefix::new(&url);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A short process TTL, so that the survivors notice the death within the test's patience.
+    let mut servers: Vec<Server> = dirs
+        .iter()
+        .map(|dir| prefix.start_server_with(dir, &[("HERALD_REDIS__PROCESS_TTL", "1s")]))
+        .collect();
+    let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let deliveries: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let mut members = Vec::new();
+    for (at, server) in servers.iter().enumerate() {
+        let mut member = Ws::connect(server).await;
+        let sid = member
+            .subscribe(
+                1,
+                json!({"pattern": "parcel.*", "group": "ship", "from": "earliest", "maxInFlight": 10}),
+            )
+            .await;
+        let (acked, deliveries, done, held) = (
+            acked.clone(),
+            deliveries.clone(),
+            done.clone(),
+            held.clone(),
+        );
+        members.push(tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let Ok(frame) =
+                    tokio::time::timeout(Duration::from_millis(100), member.try_recv()).await
+                else {
+                    continue;
+                };
+                let Some(frame) = frame else { return };
+                if frame["op"] != "event" {
+                    continue;
+                }
+                let seq = frame["event"]["seq"].as_u64().unwrap();
+                *deliveries.lock().unwrap().entry(seq).or_default() += 1;
+                // The doomed process's member is still working on its even seqs when it dies.
+                if at == 2 && seq % 2 == 0 {
+                    held.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let ack = json!({"op": "ack", "sid": sid, "deliveryId": frame["deliveryId"]});
+                if !member.try_send(ack).await {
+                    return;
+                }
+                acked.lock().unwrap().insert(seq);
+            }
+        }));
+    }
+    let mut publisher = Ws::connect(&servers[0]).await;
+    let mut published = BTreeSet::new();
+    let mut frame = 0u64;
+    let mut killed = false;
+    // At least 20 frames of 10; the third process is killed after the tenth, once its member
+    // holds unacked deliveries (the others learn of the stream within a discovery interval).
+    while frame < 20 || !killed {
+        if !killed && frame >= 10 && held.load(Ordering::Relaxed) > 0 {
+            servers[2].kill();
+            killed = true;
+        }
+        assert!(
+            frame < 1000,
+            "the doomed member never got a delivery to hold"
+        );
+        let answer = publisher
+            .publish(100 + frame, events("parcel.sorted", 10))
+            .await;
+        assert_eq!(answer["op"], "puback", "{answer}");
+        for result in answer["results"].as_array().unwrap() {
+            published.insert(result["seq"].as_u64().unwrap());
+        }
+        frame += 1;
+        if !killed && frame >= 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(published, (1..=frame * 10).collect::<BTreeSet<u64>>());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let missing: Vec<u64> = published
+            .difference(&acked.lock().unwrap())
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never acked: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for member in members {
+        let _ = member.await;
+    }
+    let deliveries = deliveries.lock().unwrap();
+    let duplicates: u32 = deliveries.values().map(|count| count - 1).sum();
+    eprintln!(
+        "3 processes, one killed: {} events acked, {duplicates} delivered more than once",
+        published.len()
+    );
+    assert!(
+        duplicates as usize >= 1,
+        "the killed member's held deliveries came again"
     );
 }

@@ -45,15 +45,20 @@ pub fn unique_prefix() -> String {
     format!("herald-test-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Deletes every key under a prefix when dropped.
+/// Deletes every key under a prefix when dropped, after stopping the engine's tasks if given
+/// one (they would otherwise go on writing until the test's runtime ends).
 #[derive(Debug)]
 pub struct Cleanup {
     pub urls: Vec<String>,
     pub prefix: String,
+    pub engine: Option<RedisEngine>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.abandon();
+        }
         for url in &self.urls {
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 continue;
@@ -98,12 +103,13 @@ pub async fn fixture() -> Option<Fixture<RedisEngine>> {
     let prefix = unique_prefix();
     let engine = engine_on(&url, &prefix).await;
     Some(Fixture {
-        engine,
+        engine: engine.clone(),
         live_buffer_events: 256,
         timing: TIMING,
         keep_alive: Box::new(Cleanup {
             urls: vec![url],
             prefix,
+            engine: Some(engine),
         }),
     })
 }
