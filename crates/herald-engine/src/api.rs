@@ -186,7 +186,11 @@ async fn recv_until_closed<T>(
         }
         tokio::select! {
             biased;
-            item = items.recv() => return item.ok_or(Closed::EngineStopped),
+            // A producer that ends says why before dropping its sender; the reason may land
+            // just after the wake-up that found the channel closed.
+            item = items.recv() => {
+                return item.ok_or_else(|| closed.borrow().clone().unwrap_or(Closed::EngineStopped));
+            }
             changed = closed.changed() => {
                 if changed.is_err() {
                     return items.try_recv().map_err(|_| Closed::EngineStopped);
@@ -246,6 +250,12 @@ pub enum EngineError {
     },
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The engine's backend (Redis) failed or could not be reached.
+    #[error("{operation} failed: {reason}")]
+    Backend {
+        operation: &'static str,
+        reason: String,
+    },
     #[error("the engine stopped")]
     Stopped,
 }
@@ -412,6 +422,10 @@ pub enum VerbError {
     UnknownDelivery(u64),
     #[error("the group is gone")]
     GroupGone,
+    /// The engine could not record the verb (its backend failed); the delivery stays in
+    /// flight and times out as if the verb had not been sent.
+    #[error("the verb could not be recorded: {0}")]
+    Unavailable(String),
 }
 
 /// The receiving end of a group membership. Dropping it leaves the group; the member's

@@ -26,7 +26,67 @@ pub struct Fixture<E> {
     pub engine: E,
     /// The engine's `live_buffer_events`.
     pub live_buffer_events: usize,
+    /// The clock the group tests run on.
+    pub timing: Timing,
     pub keep_alive: Box<dyn std::any::Any + Send>,
+}
+
+/// How the group tests see time. An engine whose timers run on tokio's clock runs them on the
+/// paused clock, where every wait is exact and costs nothing ([`Timing::PAUSED`]). An engine
+/// whose timers live outside tokio (Redis: due times are Redis's clock, replies come over the
+/// network) cannot: the paused clock jumps ahead whenever the runtime waits on a socket. It runs
+/// them on the real clock with every duration scaled down alike — the policy's and the tests'
+/// own waits — so each test asserts the same things, and with `early`/`late` allowing for the
+/// time a reply takes to come back.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Multiplies every duration of the group tests.
+    pub scale: f64,
+    /// How much sooner than its bound a retry may be seen: the test starts its watch once the
+    /// nack's reply is back, which on a real clock is after the engine started the backoff.
+    pub early: Duration,
+    /// How much later than its bound a retry or redelivery may be seen.
+    pub late: Duration,
+}
+
+impl Timing {
+    /// Tokio's paused clock: durations as written, timers exact.
+    pub const PAUSED: Timing = Timing {
+        scale: 1.0,
+        early: Duration::ZERO,
+        late: Duration::from_millis(5),
+    };
+
+    /// A duration of the tests, scaled.
+    pub fn of(&self, duration: Duration) -> Duration {
+        duration.mul_f64(self.scale)
+    }
+
+    /// A policy with its durations scaled.
+    pub fn policy(&self, mut policy: GroupPolicy) -> GroupPolicy {
+        policy.ack_timeout = self.of(policy.ack_timeout);
+        policy.backoff.initial = self.of(policy.backoff.initial);
+        policy.backoff.max = self.of(policy.backoff.max);
+        policy
+    }
+}
+
+/// What an engine's fixture factory gives: a fixture, or (`None`) a reason to skip the test
+/// already told loudly (the engine's server cannot be reached and none is required).
+pub trait IntoFixture<E> {
+    fn into_fixture(self) -> Option<Fixture<E>>;
+}
+
+impl<E> IntoFixture<E> for Fixture<E> {
+    fn into_fixture(self) -> Option<Fixture<E>> {
+        Some(self)
+    }
+}
+
+impl<E> IntoFixture<E> for Option<Fixture<E>> {
+    fn into_fixture(self) -> Option<Fixture<E>> {
+        self
+    }
 }
 
 impl<E> std::fmt::Debug for Fixture<E> {
@@ -43,10 +103,21 @@ pub const EPHEMERAL_PATTERN: &str = "presence.>";
 /// Generates one `#[tokio::test]` per conformance test, each on a fresh fixture. `$make` gives
 /// fixtures for tests on the real clock; `$make_paused` for the group tests, which run on tokio's
 /// paused clock (so its engine must not wait on anything outside tokio, such as file I/O).
+/// With a third argument `real_clock`, the group tests run on the real clock instead, with the
+/// fixture's [`Timing`] (for engines whose timers are outside tokio). A factory may return
+/// `Option<Fixture>`: `None` skips the test (see [`IntoFixture`]).
 #[macro_export]
 macro_rules! conformance_tests {
+    ($make:expr, $make_groups:expr, real_clock) => {
+        $crate::conformance_tests!(@groups each $make_groups);
+        $crate::conformance_tests!(@streams $make);
+    };
     ($make:expr, $make_paused:expr) => {
-        $crate::conformance_tests!(@paused $make_paused;
+        $crate::conformance_tests!(@groups paused $make_paused);
+        $crate::conformance_tests!(@streams $make);
+    };
+    (@groups $mode:ident $make:expr) => {
+        $crate::conformance_tests!(@ $mode $make;
             group_members_share_the_work_and_every_event_is_acked_once,
             every_group_gets_every_event,
             a_one_member_group_sees_each_stream_in_order,
@@ -67,6 +138,8 @@ macro_rules! conformance_tests {
             groups_are_created_and_deleted_through_the_api,
             verbs_on_unknown_deliveries_are_refused
         );
+    };
+    (@streams $make:expr) => {
         $crate::conformance_tests!(@each $make;
             publish_assigns_gapless_seqs_per_stream,
             duplicate_ids_are_stored_once,
@@ -85,7 +158,11 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(start_paused = true)]
             async fn $name() {
-                let fixture = ($make)().await;
+                let Some(fixture) =
+                    $crate::conformance::IntoFixture::into_fixture(($make)().await)
+                else {
+                    return;
+                };
                 $crate::conformance::$name(&fixture).await;
             }
         )*
@@ -94,7 +171,11 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let fixture = ($make)().await;
+                let Some(fixture) =
+                    $crate::conformance::IntoFixture::into_fixture(($make)().await)
+                else {
+                    return;
+                };
                 $crate::conformance::$name(&fixture).await;
             }
         )*
@@ -574,31 +655,38 @@ pub async fn dropping_a_subscription_detaches_it<E: Engine>(fixture: &Fixture<E>
     assert_eq!(count(engine.streams().await), Some(0));
 }
 
-// ---- consumer groups (on tokio's paused clock) ----
+// ---- consumer groups (on tokio's paused clock, or scaled on the real one: see `Timing`) ----
 
 /// Longer than any policy delay in these tests; on the paused clock a wait costs nothing.
 const GROUP_WAIT: Duration = Duration::from_secs(3600);
 
-fn group(name: &str, pattern_text: &str) -> GroupSpec {
+/// A group with the default policy, its durations scaled by `timing`.
+fn group(timing: &Timing, name: &str, pattern_text: &str) -> GroupSpec {
     GroupSpec {
         name: name.to_owned(),
         pattern: pattern(pattern_text),
-        policy: GroupPolicy::default(),
+        policy: timing.policy(GroupPolicy::default()),
         start: StartAt::Earliest,
     }
 }
 
-async fn next_delivery(member: &mut GroupMember) -> Delivery {
-    match tokio::time::timeout(GROUP_WAIT, member.recv()).await {
+async fn next_delivery(timing: &Timing, member: &mut GroupMember) -> Delivery {
+    let wait = timing.of(GROUP_WAIT);
+    match tokio::time::timeout(wait, member.recv()).await {
         Ok(Ok(delivery)) => delivery,
         Ok(Err(closed)) => panic!("membership closed: {closed}"),
-        Err(_) => panic!("no delivery within {GROUP_WAIT:?}"),
+        Err(_) => panic!("no delivery within {wait:?}"),
     }
 }
 
-/// Whether a delivery arrives within `wait` (on the paused clock, the wait is virtual).
-async fn delivery_within(member: &mut GroupMember, wait: Duration) -> Option<Delivery> {
-    tokio::time::timeout(wait, member.recv())
+/// Whether a delivery arrives within `wait`, scaled (on the paused clock, the wait is
+/// virtual).
+async fn delivery_within(
+    timing: &Timing,
+    member: &mut GroupMember,
+    wait: Duration,
+) -> Option<Delivery> {
+    tokio::time::timeout(timing.of(wait), member.recv())
         .await
         .ok()
         .map(|delivery| delivery.expect("open"))
@@ -621,12 +709,13 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     publish_numbered(engine, "order.placed", 300).await;
     let mut members = Vec::new();
     for _ in 0..3 {
         members.push(
             engine
-                .join_group(group("billing", "order.*"), Some(10))
+                .join_group(group(timing, "billing", "order.*"), Some(10))
                 .await
                 .expect("join"),
         );
@@ -635,7 +724,8 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
     let mut per_member = [0usize; 3];
     while seen.len() < 300 {
         for (at, member) in members.iter_mut().enumerate() {
-            if let Some(delivery) = delivery_within(member, Duration::from_millis(1)).await {
+            if let Some(delivery) = delivery_within(timing, member, Duration::from_millis(1)).await
+            {
                 assert_eq!(delivery.attempt, 1);
                 *seen.entry(delivery.event.seq).or_default() += 1;
                 per_member[at] += 1;
@@ -657,7 +747,7 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
     );
     for member in members.iter_mut() {
         assert!(
-            delivery_within(member, Duration::from_secs(120))
+            delivery_within(timing, member, Duration::from_secs(120))
                 .await
                 .is_none(),
             "nothing redelivered"
@@ -681,19 +771,20 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
 
 pub async fn every_group_gets_every_event<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut mailer = engine
-        .join_group(group("mailer", "user.*"), None)
+        .join_group(group(timing, "mailer", "user.*"), None)
         .await
         .expect("join");
     let mut indexer = engine
-        .join_group(group("indexer", "user.>"), None)
+        .join_group(group(timing, "indexer", "user.>"), None)
         .await
         .expect("join");
     publish_numbered(engine, "user.created", 50).await;
     for member in [&mut mailer, &mut indexer] {
         let mut seqs = Vec::new();
         for _ in 0..50 {
-            let delivery = next_delivery(member).await;
+            let delivery = next_delivery(timing, member).await;
             seqs.push(delivery.event.seq);
             member.ack(delivery.delivery_id).await.expect("ack");
         }
@@ -704,13 +795,14 @@ pub async fn every_group_gets_every_event<E: Engine>(fixture: &Fixture<E>) {
 
 pub async fn a_one_member_group_sees_each_stream_in_order<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut member = engine
-        .join_group(group("auditor", "ledger.*"), Some(7))
+        .join_group(group(timing, "auditor", "ledger.*"), Some(7))
         .await
         .expect("join");
     publish_numbered(engine, "ledger.posted", 250).await;
     for expected in 1..=250u64 {
-        let delivery = next_delivery(&mut member).await;
+        let delivery = next_delivery(timing, &mut member).await;
         assert_eq!(delivery.event.seq, expected);
         assert_eq!(delivery.event.event.data.get(), (expected - 1).to_string());
         member.ack(delivery.delivery_id).await.expect("ack");
@@ -719,23 +811,24 @@ pub async fn a_one_member_group_sees_each_stream_in_order<E: Engine>(fixture: &F
 
 pub async fn a_member_never_holds_more_than_max_in_flight<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     publish_numbered(engine, "render.job", 20).await;
     let mut member = engine
-        .join_group(group("renderer", "render.job"), Some(5))
+        .join_group(group(timing, "renderer", "render.job"), Some(5))
         .await
         .expect("join");
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(next_delivery(&mut member).await);
+        held.push(next_delivery(timing, &mut member).await);
     }
     assert!(
-        delivery_within(&mut member, Duration::from_secs(1))
+        delivery_within(timing, &mut member, Duration::from_secs(1))
             .await
             .is_none(),
         "a sixth before any ack"
     );
     member.ack(held[0].delivery_id).await.expect("ack");
-    let sixth = next_delivery(&mut member).await;
+    let sixth = next_delivery(timing, &mut member).await;
     assert_eq!(sixth.event.seq, 6);
 }
 
@@ -743,7 +836,8 @@ pub async fn redelivery_follows_the_backoff_policy_then_dead_letters<E: Engine>(
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
-    let spec = group("scorer", "score.*");
+    let timing = &fixture.timing;
+    let spec = group(timing, "scorer", "score.*");
     let policy = spec.policy.clone();
     let mut member = engine.join_group(spec, None).await.expect("join");
     engine
@@ -752,13 +846,13 @@ pub async fn redelivery_follows_the_backoff_policy_then_dead_letters<E: Engine>(
         .expect("publish");
     let mut last = tokio::time::Instant::now();
     for attempt in 1..=policy.max_retries + 1 {
-        let delivery = next_delivery(&mut member).await;
+        let delivery = next_delivery(timing, &mut member).await;
         assert_eq!(delivery.attempt, attempt);
         let waited = last.elapsed();
         if attempt > 1 {
             let (low, high) = policy.backoff.bounds(attempt - 1);
             assert!(
-                waited >= low && waited <= high + Duration::from_millis(5),
+                waited + timing.early >= low && waited <= high + timing.late,
                 "retry {} came after {waited:?}, outside {low:?}..{high:?}",
                 attempt - 1
             );
@@ -774,7 +868,7 @@ pub async fn redelivery_follows_the_backoff_policy_then_dead_letters<E: Engine>(
         last = tokio::time::Instant::now();
     }
     assert!(
-        delivery_within(&mut member, Duration::from_secs(600))
+        delivery_within(timing, &mut member, Duration::from_secs(600))
             .await
             .is_none(),
         "no fifth delivery"
@@ -805,30 +899,32 @@ pub async fn an_unacked_delivery_is_retried_after_the_ack_timeout_unless_extende
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
-    let spec = group("slowpoke", "video.*");
-    let timeout = spec.policy.ack_timeout;
+    let timing = &fixture.timing;
+    let spec = group(timing, "slowpoke", "video.*");
+    // Unscaled: `timing` scales the waits below as it scaled the policy.
+    let timeout = GroupPolicy::default().ack_timeout;
     let mut member = engine.join_group(spec.clone(), None).await.expect("join");
     engine
         .publish(vec![event("video.uploaded", "1")])
         .await
         .expect("publish");
-    let first = next_delivery(&mut member).await;
+    let first = next_delivery(timing, &mut member).await;
     // Extended twice, it outlives two ack timeouts.
     for _ in 0..2 {
-        tokio::time::sleep(timeout - Duration::from_secs(1)).await;
+        tokio::time::sleep(timing.of(timeout - Duration::from_secs(1))).await;
         member.extend(first.delivery_id).await.expect("extend");
     }
     assert!(
-        delivery_within(&mut member, timeout - Duration::from_secs(1))
+        delivery_within(timing, &mut member, timeout - Duration::from_secs(1))
             .await
             .is_none()
     );
     // Then it is left alone: the timeout passes, and after the backoff it comes again.
     let started = tokio::time::Instant::now();
-    let again = next_delivery(&mut member).await;
+    let again = next_delivery(timing, &mut member).await;
     assert_eq!((again.event.seq, again.attempt), (first.event.seq, 2));
     let (_, high) = spec.policy.backoff.bounds(1);
-    assert!(started.elapsed() <= Duration::from_secs(1) + high + Duration::from_millis(5));
+    assert!(started.elapsed() <= timing.of(Duration::from_secs(1)) + high + timing.late);
     assert!(matches!(
         member.ack_sync(first.delivery_id).await,
         Err(VerbError::UnknownDelivery(_))
@@ -840,15 +936,16 @@ pub async fn reject_dead_letters_at_once_and_redrive_delivers_again<E: Engine>(
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut member = engine
-        .join_group(group("importer", "import.*"), None)
+        .join_group(group(timing, "importer", "import.*"), None)
         .await
         .expect("join");
     engine
         .publish(vec![event("import.row", r#"{"bad":true}"#)])
         .await
         .expect("publish");
-    let delivery = next_delivery(&mut member).await;
+    let delivery = next_delivery(timing, &mut member).await;
     member
         .reject(delivery.delivery_id, Some("schema mismatch".into()))
         .await
@@ -861,14 +958,14 @@ pub async fn reject_dead_letters_at_once_and_redrive_delivers_again<E: Engine>(
     );
     assert_eq!(dead[0].event.event.data.get(), r#"{"bad":true}"#);
     assert!(
-        delivery_within(&mut member, Duration::from_secs(600))
+        delivery_within(timing, &mut member, Duration::from_secs(600))
             .await
             .is_none(),
         "no retry after reject"
     );
 
     assert_eq!(engine.redrive("importer").await.expect("redrive"), 1);
-    let again = next_delivery(&mut member).await;
+    let again = next_delivery(timing, &mut member).await;
     assert_eq!(
         (again.event.seq, again.attempt),
         (delivery.event.seq, 1),
@@ -893,24 +990,25 @@ pub async fn a_member_that_leaves_has_its_deliveries_redelivered_at_once<E: Engi
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut leaving = engine
-        .join_group(group("workers", "task.*"), Some(3))
+        .join_group(group(timing, "workers", "task.*"), Some(3))
         .await
         .expect("join");
     publish_numbered(engine, "task.run", 3).await;
     let mut taken = Vec::new();
     for _ in 0..3 {
-        taken.push(next_delivery(&mut leaving).await.event.seq);
+        taken.push(next_delivery(timing, &mut leaving).await.event.seq);
     }
     let mut staying = engine
-        .join_group(group("workers", "task.*"), Some(3))
+        .join_group(group(timing, "workers", "task.*"), Some(3))
         .await
         .expect("join");
     let started = tokio::time::Instant::now();
     drop(leaving);
     let mut again = Vec::new();
     for _ in 0..3 {
-        let delivery = next_delivery(&mut staying).await;
+        let delivery = next_delivery(timing, &mut staying).await;
         assert_eq!(
             delivery.attempt, 2,
             "the lost delivery counts as an attempt"
@@ -919,7 +1017,7 @@ pub async fn a_member_that_leaves_has_its_deliveries_redelivered_at_once<E: Engi
         staying.ack(delivery.delivery_id).await.expect("ack");
     }
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < timing.of(Duration::from_secs(1)),
         "redelivered at once, not after a timeout"
     );
     again.sort_unstable();
@@ -931,21 +1029,22 @@ pub async fn a_member_that_leaves_has_its_deliveries_redelivered_at_once<E: Engi
 /// acks honoured: nothing it acked is delivered again.
 pub async fn acks_sent_just_before_leaving_count<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     publish_numbered(engine, "batch.item", 50).await;
     let mut leaving = engine
-        .join_group(group("batcher", "batch.*"), Some(50))
+        .join_group(group(timing, "batcher", "batch.*"), Some(50))
         .await
         .expect("join");
     for _ in 0..50 {
-        let delivery = next_delivery(&mut leaving).await;
+        let delivery = next_delivery(timing, &mut leaving).await;
         leaving.ack(delivery.delivery_id).await.expect("ack");
     }
     drop(leaving);
     let mut staying = engine
-        .join_group(group("batcher", "batch.*"), Some(50))
+        .join_group(group(timing, "batcher", "batch.*"), Some(50))
         .await
         .expect("join");
-    if let Some(delivery) = delivery_within(&mut staying, Duration::from_secs(120)).await {
+    if let Some(delivery) = delivery_within(timing, &mut staying, Duration::from_secs(120)).await {
         panic!(
             "seq {} was acked before its member left, yet delivered again",
             delivery.event.seq
@@ -958,9 +1057,10 @@ pub async fn acks_sent_just_before_leaving_count<E: Engine>(fixture: &Fixture<E>
 
 pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     publish_numbered(engine, "payment.due", 200).await;
     // Enough retries that no event dies of the crashes (each lost delivery is an attempt).
-    let mut spec = group("collector", "payment.*");
+    let mut spec = group(timing, "collector", "payment.*");
     spec.policy.max_retries = 10;
     let mut acked = HashSet::new();
     // Five members in turn take a few deliveries, ack some and vanish.
@@ -970,7 +1070,7 @@ pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &
             .await
             .expect("join");
         for n in 0..8 {
-            let delivery = next_delivery(&mut member).await;
+            let delivery = next_delivery(timing, &mut member).await;
             if n % 2 == round % 2 {
                 member.ack(delivery.delivery_id).await.expect("ack");
                 acked.insert(delivery.event.seq);
@@ -979,7 +1079,7 @@ pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &
     }
     let mut survivor = engine.join_group(spec, Some(50)).await.expect("join");
     while acked.len() < 200 {
-        let delivery = next_delivery(&mut survivor).await;
+        let delivery = next_delivery(timing, &mut survivor).await;
         survivor.ack(delivery.delivery_id).await.expect("ack");
         acked.insert(delivery.event.seq);
     }
@@ -988,12 +1088,13 @@ pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &
 
 pub async fn a_group_pattern_spans_streams<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     engine
         .publish(vec![event("user.created", "1")])
         .await
         .expect("publish");
     let mut member = engine
-        .join_group(group("welcome", "*.created"), None)
+        .join_group(group(timing, "welcome", "*.created"), None)
         .await
         .expect("join");
     engine
@@ -1006,14 +1107,14 @@ pub async fn a_group_pattern_spans_streams<E: Engine>(fixture: &Fixture<E>) {
         .expect("publish");
     let mut got = Vec::new();
     for _ in 0..3 {
-        let delivery = next_delivery(&mut member).await;
+        let delivery = next_delivery(timing, &mut member).await;
         got.push(delivery.event.event.event_type.to_string());
         member.ack(delivery.delivery_id).await.expect("ack");
     }
     got.sort();
     assert_eq!(got, ["order.created", "team.created", "user.created"]);
     assert!(
-        delivery_within(&mut member, Duration::from_secs(60))
+        delivery_within(timing, &mut member, Duration::from_secs(60))
             .await
             .is_none()
     );
@@ -1023,6 +1124,7 @@ pub async fn a_group_pattern_spans_streams<E: Engine>(fixture: &Fixture<E>) {
 /// many there are, and delivers every match in order.
 pub async fn a_group_reads_past_events_it_does_not_match<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     engine
         .publish(vec![event("audit.signal", "0")])
         .await
@@ -1038,11 +1140,11 @@ pub async fn a_group_reads_past_events_it_does_not_match<E: Engine>(fixture: &Fi
         .await
         .expect("publish");
     let mut member = engine
-        .join_group(group("auditor", "audit.signal"), Some(1))
+        .join_group(group(timing, "auditor", "audit.signal"), Some(1))
         .await
         .expect("join");
     for expected in ["0", "1", "2"] {
-        let delivery = next_delivery(&mut member).await;
+        let delivery = next_delivery(timing, &mut member).await;
         assert_eq!(delivery.event.event.event_type.as_str(), "audit.signal");
         assert_eq!(delivery.event.event.data.get(), expected);
         member.ack(delivery.delivery_id).await.expect("ack");
@@ -1058,8 +1160,9 @@ pub async fn a_group_with_little_credit_skips_unmatched_new_events<E: Engine>(
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut member = engine
-        .join_group(group("shipper", "parcel.ready"), Some(1))
+        .join_group(group(timing, "shipper", "parcel.ready"), Some(1))
         .await
         .expect("join");
     let mut batch: Vec<Event> = (0..600)
@@ -1067,7 +1170,7 @@ pub async fn a_group_with_little_credit_skips_unmatched_new_events<E: Engine>(
         .collect();
     batch.push(event("parcel.ready", "\"last\""));
     engine.publish(batch).await.expect("publish");
-    let delivery = next_delivery(&mut member).await;
+    let delivery = next_delivery(timing, &mut member).await;
     assert_eq!(delivery.event.event.data.get(), "\"last\"");
     assert_eq!(delivery.event.seq, 601);
     member.ack(delivery.delivery_id).await.expect("ack");
@@ -1075,18 +1178,21 @@ pub async fn a_group_with_little_credit_skips_unmatched_new_events<E: Engine>(
 
 pub async fn a_group_keeps_its_pattern<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let _member = engine
-        .join_group(group("search", "doc.*"), None)
+        .join_group(group(timing, "search", "doc.*"), None)
         .await
         .expect("join");
-    let conflict = engine.join_group(group("search", "doc.>"), None).await;
+    let conflict = engine
+        .join_group(group(timing, "search", "doc.>"), None)
+        .await;
     assert!(
         matches!(conflict, Err(EngineError::GroupConflict { .. })),
         "{conflict:?}"
     );
     assert!(
         engine
-            .join_group(group("search", "doc.*"), None)
+            .join_group(group(timing, "search", "doc.*"), None)
             .await
             .is_ok()
     );
@@ -1094,15 +1200,16 @@ pub async fn a_group_keeps_its_pattern<E: Engine>(fixture: &Fixture<E>) {
 
 pub async fn verbs_on_unknown_deliveries_are_refused<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut member = engine
-        .join_group(group("checker", "check.*"), None)
+        .join_group(group(timing, "checker", "check.*"), None)
         .await
         .expect("join");
     engine
         .publish(vec![event("check.run", "1")])
         .await
         .expect("publish");
-    let delivery = next_delivery(&mut member).await;
+    let delivery = next_delivery(timing, &mut member).await;
     member.ack_sync(delivery.delivery_id).await.expect("ack");
     for refused in [
         member.ack_sync(delivery.delivery_id).await,
@@ -1122,8 +1229,9 @@ pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
 ) {
     use std::sync::Mutex;
     let engine = &fixture.engine;
-    let mut spec = group("racers", "race.*");
-    spec.policy.ack_timeout = Duration::from_secs(5);
+    let timing = fixture.timing;
+    let mut spec = group(&timing, "racers", "race.*");
+    spec.policy.ack_timeout = timing.of(Duration::from_secs(5));
     spec.policy.max_retries = 50;
     publish_numbered(engine, "race.lap", 40).await;
     // The delivery each event was last handed out with.
@@ -1139,7 +1247,8 @@ pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
         workers.push(tokio::spawn(async move {
             let mut round = 0u64;
             while acked.lock().unwrap().len() < 40 {
-                let Some(delivery) = delivery_within(&mut member, Duration::from_secs(30)).await
+                let Some(delivery) =
+                    delivery_within(&timing, &mut member, Duration::from_secs(30)).await
                 else {
                     continue;
                 };
@@ -1153,7 +1262,7 @@ pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
                 }
                 // Some holds outlast the ack timeout, so that redeliveries race the holders.
                 round += 1;
-                tokio::time::sleep(Duration::from_secs((worker * 3 + round) % 8)).await;
+                tokio::time::sleep(timing.of(Duration::from_secs((worker * 3 + round) % 8))).await;
                 if member.ack_sync(delivery.delivery_id).await.is_ok() {
                     // The ack was accepted, so this delivery was still in flight: no newer
                     // delivery of the event may have been handed out to anyone.
@@ -1168,7 +1277,7 @@ pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
         }));
     }
     for worker in workers {
-        tokio::time::timeout(GROUP_WAIT, worker)
+        tokio::time::timeout(timing.of(GROUP_WAIT), worker)
             .await
             .expect("finished")
             .expect("worker");
@@ -1178,19 +1287,20 @@ pub async fn an_event_is_in_flight_to_at_most_one_member_at_a_time<E: Engine>(
 
 pub async fn a_member_cannot_act_on_another_members_delivery<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     let mut owner = engine
-        .join_group(group("owners", "own.*"), Some(1))
+        .join_group(group(timing, "owners", "own.*"), Some(1))
         .await
         .expect("join");
     let other = engine
-        .join_group(group("owners", "own.*"), Some(1))
+        .join_group(group(timing, "owners", "own.*"), Some(1))
         .await
         .expect("join");
     engine
         .publish(vec![event("own.thing", "1")])
         .await
         .expect("publish");
-    let delivery = next_delivery(&mut owner).await;
+    let delivery = next_delivery(timing, &mut owner).await;
     for refused in [
         other.ack_sync(delivery.delivery_id).await,
         other.nack(delivery.delivery_id, None, None).await,
@@ -1210,20 +1320,23 @@ pub async fn a_member_cannot_act_on_another_members_delivery<E: Engine>(fixture:
 
 pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     // Created before any member, a group from `Earliest` keeps what is published meanwhile.
     engine
-        .create_group(group("archive", "report.*"))
+        .create_group(group(timing, "archive", "report.*"))
         .await
         .expect("create");
     assert!(
         engine
-            .create_group(group("archive", "report.*"))
+            .create_group(group(timing, "archive", "report.*"))
             .await
             .is_ok(),
         "creating again is fine"
     );
     assert!(matches!(
-        engine.create_group(group("archive", "report.>")).await,
+        engine
+            .create_group(group(timing, "archive", "report.>"))
+            .await,
         Err(EngineError::GroupConflict { .. })
     ));
     engine
@@ -1231,10 +1344,10 @@ pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: 
         .await
         .expect("publish");
     let mut member = engine
-        .join_group(group("archive", "report.*"), None)
+        .join_group(group(timing, "archive", "report.*"), None)
         .await
         .expect("join");
-    let delivery = next_delivery(&mut member).await;
+    let delivery = next_delivery(timing, &mut member).await;
     assert_eq!(delivery.event.event.data.get(), "1");
 
     engine.delete_group("archive").await.expect("delete");
@@ -1252,21 +1365,22 @@ pub async fn groups_are_created_and_deleted_through_the_api<E: Engine>(fixture: 
     ));
     // A new group of that name starts afresh.
     let mut again = engine
-        .join_group(group("archive", "report.>"), None)
+        .join_group(group(timing, "archive", "report.>"), None)
         .await
         .expect("join");
-    assert_eq!(next_delivery(&mut again).await.attempt, 1);
+    assert_eq!(next_delivery(timing, &mut again).await.attempt, 1);
 }
 
 pub async fn a_group_from_latest_gets_all_of_streams_created_after_it<E: Engine>(
     fixture: &Fixture<E>,
 ) {
     let engine = &fixture.engine;
+    let timing = &fixture.timing;
     engine
         .publish(vec![event("user.created", r#""old""#)])
         .await
         .expect("publish");
-    let mut spec = group("greeter", "*.created");
+    let mut spec = group(timing, "greeter", "*.created");
     spec.start = StartAt::Latest;
     let mut member = engine.join_group(spec, None).await.expect("join");
     // `order` does not exist yet: everything in it is new to the group.
@@ -1278,7 +1392,7 @@ pub async fn a_group_from_latest_gets_all_of_streams_created_after_it<E: Engine>
     let mut orders = Vec::new();
     let mut users = Vec::new();
     for _ in 0..51 {
-        let delivery = next_delivery(&mut member).await;
+        let delivery = next_delivery(timing, &mut member).await;
         match delivery.event.stream.as_str() {
             "order" => orders.push(delivery.event.seq),
             _ => users.push(delivery.event.event.data.get().to_owned()),

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use herald_core::Pattern;
-use herald_engine::conformance::{EPHEMERAL_PATTERN, Fixture};
+use herald_engine::conformance::{EPHEMERAL_PATTERN, Fixture, Timing};
 use herald_engine::{EmbeddedEngine, EngineConfig};
 use herald_log::FsyncPolicy;
 
@@ -15,6 +15,7 @@ async fn embedded() -> Fixture<EmbeddedEngine> {
     Fixture {
         engine: EmbeddedEngine::open(config).unwrap(),
         live_buffer_events: 256,
+        timing: Timing::PAUSED,
         keep_alive: Box::new(dir),
     }
 }
@@ -30,6 +31,7 @@ async fn embedded_in_memory() -> Fixture<EmbeddedEngine> {
     Fixture {
         engine: EmbeddedEngine::open(config).unwrap(),
         live_buffer_events: 256,
+        timing: Timing::PAUSED,
         keep_alive: Box::new(dir),
     }
 }

@@ -45,6 +45,82 @@ pub struct ServerConfig {
     pub heartbeat: ConfigDuration,
     /// The Socket.IO gateway for browsers (PRODUCT.md §6).
     pub realtime: RealtimeConfig,
+    /// Where events live: `embedded` (this process's own log in `data_dir`) or `redis`
+    /// (Redis Streams, `[redis]`; several processes on one Redis are one bus).
+    pub engine: EngineKind,
+    pub redis: RedisSetting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Embedded,
+    Redis,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<EngineKind, String> {
+        match text {
+            "embedded" => Ok(EngineKind::Embedded),
+            "redis" => Ok(EngineKind::Redis),
+            other => Err(format!("engine must be embedded or redis, found {other:?}")),
+        }
+    }
+}
+
+impl RedisSetting {
+    /// The URL without its password, for banners and errors.
+    pub fn url_for_display(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The machine's Redis, when `engine = "redis"` names none.
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
+
+/// `[redis]`: the Redis the `redis` engine runs on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSetting {
+    /// A standalone server (`redis://[user:password@]host:port[/db]`), or a Cluster's first
+    /// node when `cluster` is set (`HERALD_REDIS_URL` sets it too).
+    pub url: String,
+    /// A Redis Cluster: `url` and `nodes` are seed nodes.
+    pub cluster: bool,
+    /// More seed nodes of a Cluster.
+    pub nodes: Vec<String>,
+    /// Every key Herald writes starts with this, so that several buses can share a Redis.
+    pub key_prefix: String,
+    /// A process silent this long is taken for dead, and the others take back its members'
+    /// deliveries.
+    pub process_ttl: ConfigDuration,
+}
+
+impl Default for RedisSetting {
+    fn default() -> RedisSetting {
+        RedisSetting {
+            url: REDIS_URL_DEFAULT.to_owned(),
+            cluster: false,
+            nodes: Vec::new(),
+            key_prefix: herald_engine::redis::KEY_PREFIX_DEFAULT.to_owned(),
+            process_ttl: ConfigDuration(herald_engine::redis::PROCESS_TTL_DEFAULT),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -65,6 +141,8 @@ impl Default for ServerConfig {
             shutdown_grace: ConfigDuration(Duration::from_secs(10)),
             heartbeat: ConfigDuration(Duration::from_secs(15)),
             realtime: RealtimeConfig::default(),
+            engine: EngineKind::Embedded,
+            redis: RedisSetting::default(),
         }
     }
 }
@@ -506,8 +584,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// `HERALD_*` variables that belong to the client commands, not to the server.
-const CLIENT_VARIABLES: [&str; 2] = ["url", "token"];
+/// `HERALD_*` variables that are not the server's: the client commands' (`url`, `token`) and
+/// the test suite's (`HERALD_REQUIRE_ENGINES`, `HERALD_TEST_REDIS_URL`, set for whole CI runs,
+/// which start servers).
+const CLIENT_VARIABLES: [&str; 4] = ["url", "token", "require_engines", "test_redis_url"];
 
 impl ServerConfig {
     /// Defaults, then `path` if given (an explicitly named file must exist), or `herald.toml` in
@@ -529,7 +609,20 @@ impl ServerConfig {
         }
         figment = figment.merge(
             Env::prefixed("HERALD_")
-                .filter(|key| !CLIENT_VARIABLES.contains(&key.as_str()))
+                // Keys keep their case here (they are lowercased later).
+                .filter(|key| {
+                    !CLIENT_VARIABLES
+                        .iter()
+                        .any(|name| key.as_str().eq_ignore_ascii_case(name))
+                })
+                // `HERALD_REDIS_URL`, the name Redis users expect, is `HERALD_REDIS__URL`.
+                .map(|key| {
+                    if key == "redis_url" {
+                        "redis__url".into()
+                    } else {
+                        key.into()
+                    }
+                })
                 .split("__"),
         );
         figment
@@ -585,6 +678,9 @@ impl ServerConfig {
                 .map_err(|error| ConfigError::Invalid(format!("ephemeral {pattern:?}: {error}")))?;
         }
         self.engine_config()?;
+        if self.engine == EngineKind::Redis {
+            self.redis_config()?;
+        }
         self.realtime.validate()?;
         for group in &self.groups {
             self.group_spec(group)?;
@@ -644,6 +740,38 @@ impl ServerConfig {
                     Some(StorageSetting::File) | None => Storage::File,
                 },
             });
+        }
+        Ok(config)
+    }
+
+    /// The Redis engine's configuration, from `[redis]` and the same streams and limits as the
+    /// embedded engine's.
+    pub fn redis_config(&self) -> Result<herald_engine::RedisConfig, ConfigError> {
+        let embedded = self.engine_config()?;
+        let mut config = herald_engine::RedisConfig::new(self.redis.url.clone());
+        config.urls.extend(self.redis.nodes.iter().cloned());
+        config.cluster = self.redis.cluster;
+        config.key_prefix = self.redis.key_prefix.clone();
+        config.streams = embedded.streams;
+        config.ephemeral = embedded.ephemeral;
+        config.live_buffer_events = embedded.live_buffer_events;
+        config.process_ttl = self.redis.process_ttl.0;
+        if config.process_ttl < herald_engine::redis::PROCESS_TTL_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "redis.process_ttl must be at least {:?}",
+                herald_engine::redis::PROCESS_TTL_MIN
+            )));
+        }
+        if !config.cluster && !self.redis.nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis.nodes lists Cluster seed nodes: set redis.cluster = true".into(),
+            ));
+        }
+        if config.key_prefix.is_empty() || config.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid(format!(
+                "redis.key_prefix {:?} must be non-empty and without braces",
+                config.key_prefix
+            )));
         }
         Ok(config)
     }
@@ -770,6 +898,39 @@ mod tests {
             Err("refusing to listen on 0.0.0.0:3003"),
         );
         check_config("listen = \"0.0.0.0:3003\"\ninsecure = true", Ok(()));
+        check_config(
+            "engine = \"redis\"\n[redis]\nurl = \"redis://10.0.0.5:6379\"\nkey_prefix = \"bus\"",
+            Ok(()),
+        );
+        check_config("engine = \"nats\"", Err("unknown variant"));
+        check_config(
+            "engine = \"redis\"\n[redis]\nprocess_ttl = \"10ms\"",
+            Err("redis.process_ttl"),
+        );
+        check_config(
+            "engine = \"redis\"\n[redis]\nkey_prefix = \"a{b}\"",
+            Err("redis.key_prefix"),
+        );
+        check_config(
+            "engine = \"redis\"\n[redis]\nnodes = [\"redis://10.0.0.6:6379\"]",
+            Err("redis.cluster = true"),
+        );
+        check_config(
+            "engine = \"redis\"\n[redis]\ncluster = true\nnodes = [\"redis://10.0.0.6:6379\"]",
+            Ok(()),
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+            ("rediss://app:s3cret@host", "rediss://app:***@host"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

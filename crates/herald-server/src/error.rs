@@ -131,7 +131,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::GroupConflict { .. } => ErrorCode::Conflict,
             EngineError::Config(_) => ErrorCode::BadRequest,
-            EngineError::Stopped => ErrorCode::Unavailable,
+            EngineError::Stopped | EngineError::Backend { .. } => ErrorCode::Unavailable,
             EngineError::Storage { .. } | EngineError::Corrupt { .. } => ErrorCode::Internal,
         };
         ApiError::new(code, message)
@@ -143,6 +143,7 @@ impl From<VerbError> for ApiError {
         let code = match error {
             VerbError::UnknownDelivery(_) => ErrorCode::UnknownDelivery,
             VerbError::GroupGone => ErrorCode::NotFound,
+            VerbError::Unavailable(_) => ErrorCode::Unavailable,
         };
         ApiError::new(code, error.to_string())
     }

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -5,15 +5,15 @@
 use axum::serve::ListenerExt as _;
 use std::net::SocketAddr;
 
-use herald_engine::{EmbeddedEngine, Engine, EngineError};
+use herald_engine::{EmbeddedEngine, Engine, EngineError, RedisEngine};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, AuthConfigError};
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, EngineKind, ServerConfig};
 use crate::realtime::RealtimeConfigError;
 use crate::realtime::forwarding::{self, Rule};
-use crate::state::AppState;
+use crate::state::{AppState, ServerEngine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -23,9 +23,9 @@ pub enum ServeError {
     Auth(#[from] AuthConfigError),
     #[error("realtime configuration: {0}")]
     Realtime(#[from] RealtimeConfigError),
-    #[error("opening the engine in {dir}: {source}")]
+    #[error("opening the engine ({place}): {source}")]
     Engine {
-        dir: String,
+        place: String,
         #[source]
         source: EngineError,
     },
@@ -66,11 +66,21 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
     let auth = Auth::new(&config.auth.tokens)?;
-    let engine =
-        EmbeddedEngine::open(config.engine_config()?).map_err(|source| ServeError::Engine {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
+    let engine = match config.engine {
+        EngineKind::Embedded => EmbeddedEngine::open(config.engine_config()?)
+            .map(ServerEngine::Embedded)
+            .map_err(|source| ServeError::Engine {
+                place: format!("embedded in {}", config.data_dir.display()),
+                source,
+            })?,
+        EngineKind::Redis => RedisEngine::open(config.redis_config()?)
+            .await
+            .map(ServerEngine::Redis)
+            .map_err(|source| ServeError::Engine {
+                place: format!("redis at {}", config.redis.url_for_display()),
+                source,
+            })?,
+    };
     for group in &config.groups {
         let spec = config.group_spec(group)?;
         engine

@@ -14,9 +14,7 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::realtime::{Realtime, RealtimeConfigError};
 
-/// The engine the server runs on. The embedded engine today; the Redis engine will make this an
-/// enum that delegates.
-pub type ServerEngine = herald_engine::EmbeddedEngine;
+pub use crate::engine::ServerEngine;
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Shared>);

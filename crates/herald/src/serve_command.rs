@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use herald_server::ServerConfig;
-use herald_server::config::FsyncSetting;
+use herald_server::config::{EngineKind, FsyncSetting};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// Configuration file [default: ./herald.toml if present]
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<PathBuf>,
+    /// Where events live: embedded (this process's log in the data dir) or redis (Redis
+    /// Streams; several processes on one Redis are one bus) [default: embedded]
+    #[arg(long)]
+    engine: Option<EngineKind>,
+    /// The Redis of `--engine redis` [default: redis://127.0.0.1:6379]
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Allow a non-loopback address with auth off.
     #[arg(long)]
     insecure: bool,
@@ -39,6 +46,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(fsync) = args.fsync {
         config.fsync = fsync;
+    }
+    if let Some(engine) = args.engine {
+        config.engine = engine;
+    }
+    if let Some(url) = args.redis_url {
+        config.redis.url = url;
     }
     config.insecure |= args.insecure;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +81,19 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         server.addr
     );
-    eprintln!("  data:  {} (fsync {fsync})", data_dir.display());
+    match config.engine {
+        EngineKind::Embedded => eprintln!("  data:  {} (fsync {fsync})", data_dir.display()),
+        EngineKind::Redis => eprintln!(
+            "  data:  redis at {}{} (keys {}:*)",
+            config.redis.url_for_display(),
+            if config.redis.cluster {
+                ", cluster"
+            } else {
+                ""
+            },
+            config.redis.key_prefix
+        ),
+    }
     eprintln!("  auth:  {auth}");
     let realtime = &config.realtime;
     if realtime.enabled {

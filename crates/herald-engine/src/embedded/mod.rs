@@ -7,8 +7,8 @@
 mod dedupe;
 mod group;
 mod journal;
-mod live;
-mod rate;
+pub(crate) mod live;
+pub(crate) mod rate;
 mod stream;
 
 use std::collections::HashMap;
@@ -401,7 +401,7 @@ impl EmbeddedEngine {
 
 /// Whether a subscription pattern can match subjects of a stream: a default stream holds only
 /// subjects whose first token is its name; a declared stream may hold anything.
-fn may_match_stream(pattern: &Pattern, stream: &str, declared: bool) -> bool {
+pub(crate) fn may_match_stream(pattern: &Pattern, stream: &str, declared: bool) -> bool {
     declared
         || pattern
             .tokens()

@@ -1,0 +1,1174 @@
+//! A consumer group in one process of the Redis engine: one task serving this process's members
+//! of the group. The group's state lives in Redis (see `scripts.rs` for the states of an
+//! entry); the task keeps only what is local — its members, their deliveries in flight with
+//! their ack deadlines, and the entries it read but has not handed out yet.
+//!
+//! Timers: a process times out its own deliveries (a tokio timer per deadline, precise) and
+//! wakes itself for the retries it scheduled; it also looks at every stream's due set every
+//! [`DUE_POLL_INTERVAL`], for retries scheduled elsewhere (another process, a redrive). Due
+//! times are Redis's clock (`TIME` in the scripts), so processes agree on them.
+//!
+//! Invariants: a delivery is in `in_flight` exactly while the task believes its entry is owned
+//! by the member's consumer at that attempt (the scripts check it again in Redis);
+//! `member.in_flight` counts the member's entries in `in_flight`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{Pattern, StoredEvent};
+use rand::Rng;
+use redis::Value;
+use redis::streams::StreamReadReply;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::keys::{GroupKeys, holder_consumer, member_consumer, process_of};
+use super::scripts;
+use super::tail::Tail;
+use super::{Inner, decode_entries, decode_event};
+use crate::api::{
+    Closed, Delivery, GroupPolicy, MemberCommand, MemberRequest, VerbError, VerbReply,
+};
+
+/// Entries read from one stream per `XREADGROUP`.
+const FETCH_EVENTS_MAX: usize = 256;
+
+/// Entries a task reads in one turn while looking for ones its pattern matches; past it, it
+/// wakes itself, so that verbs are not held up by a long sparse scan.
+const SCAN_EVENTS_PER_TURN_MAX: usize = 16 * 1024;
+
+/// How often a task looks for retries that others scheduled.
+pub(crate) const DUE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Entries of other processes looked at per stream per sweep.
+const SWEEP_ENTRIES_MAX: usize = 256;
+
+/// The wait before trying again a transition that Redis failed to record.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+pub(crate) enum Control {
+    Join {
+        member_id: u64,
+        max_in_flight: u32,
+        deliveries: mpsc::Sender<Delivery>,
+        closed: watch::Sender<Option<Closed>>,
+    },
+    Leave {
+        member_id: u64,
+    },
+    AttachStream(Arc<str>),
+    /// Answered once every verb queued before it is applied.
+    Flush(oneshot::Sender<()>),
+    /// Retries may be due now (after a redrive).
+    DueNow,
+    /// End the task; `release` gives back what this process holds (a clean stop) rather than
+    /// leaving it (a deleted group).
+    Stop {
+        reason: Closed,
+        release: bool,
+    },
+}
+
+struct Member {
+    consumer: String,
+    deliveries: mpsc::Sender<Delivery>,
+    closed: watch::Sender<Option<Closed>>,
+    max_in_flight: u32,
+    in_flight: u32,
+}
+
+struct InFlight {
+    member_id: u64,
+    stream: usize,
+    seq: u64,
+    attempt: u32,
+    deadline: Instant,
+}
+
+struct Attached {
+    name: Arc<str>,
+    keys: GroupKeys,
+    tail: Arc<Tail>,
+    /// Every entry up to this seq has been read by the group (here or elsewhere).
+    caught_up_to: u64,
+    /// The pattern matched nothing of the last read: read past big batches with the holder
+    /// consumer (then hand matches out) rather than reading each member's room straight into
+    /// its consumer.
+    sparse: bool,
+}
+
+/// A held entry dealt to a member, with the channel slot it will be sent through.
+type Dealt = (Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>);
+
+/// What one `XREADGROUP` gave: how many entries, and those the pattern matches.
+struct Read {
+    count: usize,
+    matched: Vec<Arc<StoredEvent>>,
+}
+
+/// An entry read with this process's holder consumer, not yet handed out.
+struct Held {
+    stream: usize,
+    event: Arc<StoredEvent>,
+}
+
+pub(crate) struct GroupTask {
+    inner: Arc<Inner>,
+    name: String,
+    pattern: Pattern,
+    policy: GroupPolicy,
+    holder: String,
+    streams: Vec<Attached>,
+    wake: Arc<Notify>,
+    members: BTreeMap<u64, Member>,
+    /// Where the round robin over members resumes.
+    next_member: u64,
+    held: VecDeque<Held>,
+    in_flight: HashMap<u64, InFlight>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// When each stream's next retry is due, as far as this task knows.
+    due_at: BTreeMap<usize, Instant>,
+    /// Streams whose due set may hold retries due now.
+    due_ready: BTreeSet<usize>,
+    next_poll: Instant,
+    /// When to look next for entries of processes taken for dead.
+    next_sweep: Instant,
+    next_delivery_id: u64,
+}
+
+impl GroupTask {
+    pub fn new(inner: Arc<Inner>, name: String, pattern: Pattern, policy: GroupPolicy) -> Self {
+        let holder = holder_consumer(&inner.process);
+        GroupTask {
+            inner,
+            name,
+            pattern,
+            policy,
+            holder,
+            streams: Vec::new(),
+            wake: Arc::new(Notify::new()),
+            members: BTreeMap::new(),
+            next_member: 0,
+            held: VecDeque::new(),
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            due_at: BTreeMap::new(),
+            due_ready: BTreeSet::new(),
+            next_poll: Instant::now() + DUE_POLL_INTERVAL,
+            next_sweep: Instant::now(),
+            next_delivery_id: 1,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        streams: Vec<Arc<str>>,
+        mut commands: mpsc::Receiver<MemberRequest>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        for stream in streams {
+            self.attach(stream).await;
+        }
+        loop {
+            self.pump().await;
+            let deadline = self.next_deadline();
+            let wake = self.wake.clone();
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(request) = command else { return };
+                    let mut batch = vec![request];
+                    while let Ok(request) = commands.try_recv() {
+                        batch.push(request);
+                    }
+                    self.verbs(batch).await;
+                }
+                control = control.recv() => {
+                    // Verbs a member sent before leaving were queued first: apply them before a
+                    // `Leave` (or a stop) so that its last acks are not taken for unacked.
+                    let mut batch = Vec::new();
+                    while let Ok(request) = commands.try_recv() {
+                        batch.push(request);
+                    }
+                    if !batch.is_empty() {
+                        self.verbs(batch).await;
+                    }
+                    match control {
+                        None => {
+                            self.stop(Closed::EngineStopped, true).await;
+                            return;
+                        }
+                        Some(Control::Stop { reason, release }) => {
+                            self.stop(reason, release).await;
+                            return;
+                        }
+                        Some(control) => self.control(control).await,
+                    }
+                }
+                () = wake.notified() => {}
+                () = sleep_until(deadline) => {
+                    if !self.on_timers().await {
+                        // Deleted by another process: its members here are told so.
+                        self.stop(Closed::GroupDeleted, false).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attach(&mut self, stream: Arc<str>) {
+        if self.streams.iter().any(|attached| attached.name == stream) {
+            return;
+        }
+        let keys = self.inner.keys.group(&stream, &self.name);
+        // Created at the start for a stream that appeared after the group; a group that exists
+        // on the stream (made when the group was, or by another process) keeps its position.
+        if let Err(error) = self
+            .inner
+            .create_redis_group(&keys.events, &self.name, 0)
+            .await
+        {
+            warn!(group = %self.name, %stream, %error, "cannot create the group on the stream");
+            return;
+        }
+        let tail = match self.inner.tail(&stream).await {
+            Ok(tail) => tail,
+            Err(error) => {
+                warn!(group = %self.name, %stream, %error, "cannot follow the stream");
+                return;
+            }
+        };
+        tail.add_waker(Arc::downgrade(&self.wake));
+        self.streams.push(Attached {
+            name: stream,
+            keys,
+            tail,
+            caught_up_to: 0,
+            sparse: false,
+        });
+        self.due_ready.insert(self.streams.len() - 1);
+    }
+
+    async fn control(&mut self, control: Control) {
+        match control {
+            Control::Join {
+                member_id,
+                max_in_flight,
+                deliveries,
+                closed,
+            } => {
+                let consumer = member_consumer(&self.inner.process, member_id);
+                self.members.insert(
+                    member_id,
+                    Member {
+                        consumer,
+                        deliveries,
+                        closed,
+                        max_in_flight: max_in_flight.max(1),
+                        in_flight: 0,
+                    },
+                );
+                self.due_ready.extend(0..self.streams.len());
+            }
+            Control::Leave { member_id } => self.leave(member_id).await,
+            Control::AttachStream(stream) => self.attach(stream).await,
+            Control::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            Control::DueNow => self.due_ready.extend(0..self.streams.len()),
+            Control::Stop { .. } => {}
+        }
+    }
+
+    /// Hands out what it can: retries that are due first, then new entries, round robin over
+    /// members with room.
+    async fn pump(&mut self) {
+        loop {
+            let mut permits = self.reserve();
+            if permits.is_empty() {
+                return;
+            }
+            let mut delivered = self.pump_due(&mut permits).await;
+            delivered += self.pump_held(&mut permits).await;
+            delivered += self.pump_direct(&mut permits).await;
+            let room: usize = permits.iter().map(|(_, slots)| slots.len()).sum();
+            if room > 0 && self.held.len() < room {
+                self.fetch(room).await;
+                delivered += self.pump_held(&mut permits).await;
+            }
+            if delivered == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Channel slots of every member with room, in round-robin order.
+    fn reserve(&mut self) -> Vec<(u64, Vec<mpsc::OwnedPermit<Delivery>>)> {
+        let order: Vec<u64> = self
+            .members
+            .range(self.next_member..)
+            .chain(self.members.range(..self.next_member))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut permits = Vec::new();
+        for member_id in order {
+            let Some(member) = self.members.get(&member_id) else {
+                continue;
+            };
+            let room = member.max_in_flight.saturating_sub(member.in_flight);
+            let mut slots = Vec::new();
+            for _ in 0..room {
+                match member.deliveries.clone().try_reserve_owned() {
+                    Ok(permit) => slots.push(permit),
+                    Err(_) => break,
+                }
+            }
+            if !slots.is_empty() {
+                permits.push((member_id, slots));
+            }
+        }
+        if let Some((first, _)) = permits.first() {
+            self.next_member = first + 1;
+        }
+        permits
+    }
+
+    async fn pump_due(&mut self, permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)]) -> usize {
+        let mut delivered = 0;
+        let ready: Vec<usize> = self.due_ready.iter().copied().collect();
+        for stream in ready {
+            let mut exhausted = false;
+            for (member_id, slots) in permits.iter_mut() {
+                if slots.is_empty() {
+                    continue;
+                }
+                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
+                    continue;
+                };
+                let wanted = slots.len();
+                let keys = self.streams[stream].keys.clone();
+                let mut invocation = scripts::TAKE_DUE.prepare_invoke();
+                for key in keys.all() {
+                    invocation.key(key);
+                }
+                invocation.arg(&self.name).arg(&consumer).arg(wanted);
+                let mut connection = self.inner.connection.clone();
+                let reply: Result<Vec<Value>, _> = invocation.invoke_async(&mut connection).await;
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(error) => {
+                        warn!(group = %self.name, %error, "taking due retries failed");
+                        exhausted = true;
+                        break;
+                    }
+                };
+                let mut values = reply.into_iter();
+                let wait_us = values.next().map_or(-1, |value| as_i64(&value));
+                if wait_us >= 0 {
+                    self.due_at.insert(
+                        stream,
+                        Instant::now() + Duration::from_micros(wait_us as u64),
+                    );
+                } else {
+                    self.due_at.remove(&stream);
+                }
+                let mut taken = 0;
+                while let (Some(seq), Some(attempt), Some(json)) =
+                    (values.next(), values.next(), values.next())
+                {
+                    taken += 1;
+                    let seq = as_i64(&seq) as u64;
+                    let Value::BulkString(json) = json else {
+                        continue;
+                    };
+                    let event = match decode_event(&self.streams[stream].name, seq, &json) {
+                        Ok(event) => Arc::new(event),
+                        Err(error) => {
+                            warn!(group = %self.name, %error, "a due entry does not decode");
+                            continue;
+                        }
+                    };
+                    if let Some(permit) = slots.pop() {
+                        self.deliver(*member_id, permit, stream, event, as_i64(&attempt) as u32);
+                        delivered += 1;
+                    }
+                }
+                if taken < wanted {
+                    exhausted = true;
+                    break;
+                }
+            }
+            if exhausted {
+                self.due_ready.remove(&stream);
+            }
+        }
+        delivered
+    }
+
+    /// Reads new entries straight into members' consumers, as many as each has room for, on
+    /// streams that are not sparse: the common case, where the pattern matches (nearly)
+    /// everything. No hand-over script: each entry is delivered by the read itself.
+    async fn pump_direct(
+        &mut self,
+        permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
+    ) -> usize {
+        let mut delivered = 0;
+        for stream in 0..self.streams.len() {
+            for (member_id, slots) in permits.iter_mut() {
+                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
+                    continue;
+                };
+                while !slots.is_empty() && !self.streams[stream].sparse {
+                    let wanted = slots.len();
+                    let Some(read) = self.read_group(stream, &consumer, wanted).await else {
+                        break;
+                    };
+                    let mut matched = 0;
+                    for event in read.matched {
+                        if let Some(permit) = slots.pop() {
+                            self.deliver(*member_id, permit, stream, event, 1);
+                            matched += 1;
+                        }
+                    }
+                    delivered += matched;
+                    if read.count > 0 && matched == 0 {
+                        self.streams[stream].sparse = true;
+                    }
+                    if read.count < wanted {
+                        break;
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// One `XREADGROUP` of up to `count` new entries into `consumer`'s name, on a stream with
+    /// more to read; entries the pattern does not match are acked at once, and the matching
+    /// ones counted as delivered. `None` when there was nothing to read or the read failed.
+    async fn read_group(&mut self, stream: usize, consumer: &str, count: usize) -> Option<Read> {
+        let attached = &self.streams[stream];
+        let target = attached.tail.last_seq();
+        if attached.caught_up_to >= target {
+            return None;
+        }
+        let mut connection = self.inner.connection.clone();
+        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.name)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&attached.keys.events)
+            .arg(">")
+            .query_async(&mut connection)
+            .await;
+        let entries = match reply {
+            Ok(reply) => reply
+                .map(|reply| {
+                    reply
+                        .keys
+                        .into_iter()
+                        .flat_map(|key| key.ids)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            Err(error) => {
+                warn!(group = %self.name, stream = %attached.name, %error, "reading the stream failed");
+                return None;
+            }
+        };
+        let read_count = entries.len();
+        let events = match decode_entries(&attached.name, &entries) {
+            Ok(events) => events,
+            Err(error) => {
+                warn!(group = %self.name, %error, "entries do not decode");
+                Vec::new()
+            }
+        };
+        let mut unmatched = Vec::new();
+        let mut matched = Vec::new();
+        let mut last = attached.caught_up_to;
+        for event in events {
+            last = last.max(event.seq);
+            if self.pattern.matches(&event.event.event_type) {
+                matched.push(event);
+            } else {
+                unmatched.push(format!("{}-0", event.seq));
+            }
+        }
+        let delivered_here = consumer != self.holder && !matched.is_empty();
+        if !unmatched.is_empty() || delivered_here {
+            let mut pipeline = redis::pipe();
+            if !unmatched.is_empty() {
+                pipeline
+                    .cmd("XACK")
+                    .arg(&attached.keys.events)
+                    .arg(&self.name)
+                    .arg(&unmatched)
+                    .ignore();
+            }
+            if delivered_here {
+                pipeline
+                    .cmd("HINCRBY")
+                    .arg(&attached.keys.stats)
+                    .arg("delivered")
+                    .arg(matched.len())
+                    .ignore();
+            }
+            let done: Result<(), _> = pipeline.query_async(&mut connection).await;
+            if let Err(error) = done {
+                warn!(group = %self.name, %error, "acking unmatched entries failed");
+            }
+        }
+        let attached = &mut self.streams[stream];
+        attached.caught_up_to = attached.caught_up_to.max(last);
+        if read_count < count {
+            attached.caught_up_to = attached.caught_up_to.max(target);
+        }
+        Some(Read {
+            count: read_count,
+            matched,
+        })
+    }
+
+    /// On sparse streams, reads new entries into `held` until it holds `room` matching ones or
+    /// every stream is read, acking at once those the pattern does not match. Only matching
+    /// entries count against `room`; once a read matched nothing, it reads whole batches. A
+    /// batch that matched mostly makes the stream dense again.
+    async fn fetch(&mut self, room: usize) {
+        let mut scanned = 0;
+        for stream in 0..self.streams.len() {
+            if !self.streams[stream].sparse {
+                continue;
+            }
+            let mut limit = FETCH_EVENTS_MAX.min(room.max(1));
+            loop {
+                if self.held.len() >= room {
+                    return;
+                }
+                if scanned >= SCAN_EVENTS_PER_TURN_MAX {
+                    self.wake.notify_one();
+                    return;
+                }
+                let holder = self.holder.clone();
+                let Some(read) = self.read_group(stream, &holder, limit).await else {
+                    break;
+                };
+                scanned += read.count;
+                let matched = read.matched.len();
+                if matched * 2 > read.count {
+                    self.streams[stream].sparse = false;
+                }
+                for event in read.matched {
+                    self.held.push_back(Held { stream, event });
+                }
+                if read.count < limit {
+                    break;
+                }
+                if matched == 0 {
+                    limit = FETCH_EVENTS_MAX;
+                }
+            }
+        }
+    }
+
+    /// Hands held entries to members, round robin, one script per member and stream.
+    async fn pump_held(
+        &mut self,
+        permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
+    ) -> usize {
+        let mut plan: BTreeMap<(usize, u64), Vec<Dealt>> = BTreeMap::new();
+        'deal: loop {
+            let mut dealt = false;
+            for (member_id, slots) in permits.iter_mut() {
+                if self.held.is_empty() {
+                    break 'deal;
+                }
+                let Some(permit) = slots.pop() else { continue };
+                let Some(held) = self.held.pop_front() else {
+                    break 'deal;
+                };
+                plan.entry((held.stream, *member_id))
+                    .or_default()
+                    .push((held.event, permit));
+                dealt = true;
+            }
+            if !dealt {
+                break;
+            }
+        }
+        let mut delivered = 0;
+        for ((stream, member_id), batch) in plan {
+            let Some(consumer) = self.members.get(&member_id).map(|m| m.consumer.clone()) else {
+                continue;
+            };
+            let keys = self.streams[stream].keys.clone();
+            let mut invocation = scripts::ASSIGN.prepare_invoke();
+            for key in keys.all() {
+                invocation.key(key);
+            }
+            invocation.arg(&self.name).arg(&self.holder).arg(&consumer);
+            for (event, _) in &batch {
+                invocation.arg(event.seq);
+            }
+            let mut connection = self.inner.connection.clone();
+            let reply: Result<Vec<i64>, _> = invocation.invoke_async(&mut connection).await;
+            match reply {
+                Ok(assigned) => {
+                    for ((event, permit), ok) in batch.into_iter().zip(assigned) {
+                        if ok == 1 {
+                            self.deliver(member_id, permit, stream, event, 1);
+                            delivered += 1;
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(group = %self.name, %error, "handing out entries failed");
+                    for (event, _) in batch.into_iter().rev() {
+                        self.held.push_front(Held { stream, event });
+                    }
+                    return delivered;
+                }
+            }
+        }
+        delivered
+    }
+
+    fn deliver(
+        &mut self,
+        member_id: u64,
+        permit: mpsc::OwnedPermit<Delivery>,
+        stream: usize,
+        event: Arc<StoredEvent>,
+        attempt: u32,
+    ) {
+        let Some(member) = self.members.get_mut(&member_id) else {
+            return;
+        };
+        member.in_flight += 1;
+        let delivery_id = self.next_delivery_id;
+        self.next_delivery_id += 1;
+        let deadline = Instant::now() + self.policy.ack_timeout;
+        self.deadlines.insert((deadline, delivery_id));
+        self.in_flight.insert(
+            delivery_id,
+            InFlight {
+                member_id,
+                stream,
+                seq: event.seq,
+                attempt,
+                deadline,
+            },
+        );
+        permit.send(Delivery {
+            delivery_id,
+            attempt,
+            event,
+        });
+    }
+
+    fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
+        if self
+            .in_flight
+            .get(&delivery_id)
+            .is_none_or(|in_flight| in_flight.member_id != member_id)
+        {
+            return Err(VerbError::UnknownDelivery(delivery_id));
+        }
+        let in_flight = self
+            .in_flight
+            .remove(&delivery_id)
+            .ok_or(VerbError::UnknownDelivery(delivery_id))?;
+        self.deadlines.remove(&(in_flight.deadline, delivery_id));
+        if let Some(member) = self.members.get_mut(&in_flight.member_id) {
+            member.in_flight = member.in_flight.saturating_sub(1);
+        }
+        Ok(in_flight)
+    }
+
+    /// Puts back a delivery whose transition Redis failed to record, to be timed out later.
+    fn restore(&mut self, delivery_id: u64, mut in_flight: InFlight) {
+        if let Some(member) = self.members.get_mut(&in_flight.member_id) {
+            member.in_flight += 1;
+        }
+        in_flight.deadline = in_flight.deadline.max(Instant::now() + RETRY_AFTER_FAILURE);
+        self.deadlines.insert((in_flight.deadline, delivery_id));
+        self.in_flight.insert(delivery_id, in_flight);
+    }
+
+    async fn verbs(&mut self, batch: Vec<MemberRequest>) {
+        type AckBatch = Vec<(u64, InFlight, Option<VerbReply>)>;
+        let mut acks: BTreeMap<(usize, u64), AckBatch> = BTreeMap::new();
+        let mut others = Vec::new();
+        for request in batch {
+            match request.command {
+                MemberCommand::Ack { delivery_id } => {
+                    match self.take_in_flight(request.member_id, delivery_id) {
+                        Ok(in_flight) => acks
+                            .entry((in_flight.stream, request.member_id))
+                            .or_default()
+                            .push((delivery_id, in_flight, request.reply)),
+                        Err(error) => answer(request.reply, Err(error)),
+                    }
+                }
+                _ => others.push(request),
+            }
+        }
+        for ((stream, member_id), batch) in acks {
+            self.ack_batch(stream, member_id, batch).await;
+        }
+        for request in others {
+            let result = self.verb(request.member_id, request.command).await;
+            answer(request.reply, result);
+        }
+    }
+
+    async fn ack_batch(
+        &mut self,
+        stream: usize,
+        member_id: u64,
+        batch: Vec<(u64, InFlight, Option<VerbReply>)>,
+    ) {
+        let consumer = member_consumer(&self.inner.process, member_id);
+        let mut invocation = scripts::ACK.prepare_invoke();
+        for key in self.streams[stream].keys.all() {
+            invocation.key(key);
+        }
+        invocation.arg(&self.name).arg(&consumer);
+        for (_, in_flight, _) in &batch {
+            invocation.arg(in_flight.seq).arg(in_flight.attempt);
+        }
+        let mut connection = self.inner.connection.clone();
+        let reply: Result<Vec<i64>, _> = invocation.invoke_async(&mut connection).await;
+        match reply {
+            Ok(results) => {
+                for ((delivery_id, _, reply), ok) in batch.into_iter().zip(results) {
+                    let result = if ok == 1 {
+                        Ok(())
+                    } else {
+                        Err(VerbError::UnknownDelivery(delivery_id))
+                    };
+                    answer(reply, result);
+                }
+            }
+            Err(error) => {
+                warn!(group = %self.name, %error, "recording acks failed");
+                for (delivery_id, in_flight, reply) in batch {
+                    self.restore(delivery_id, in_flight);
+                    answer(reply, Err(VerbError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+
+    async fn verb(&mut self, member_id: u64, command: MemberCommand) -> Result<(), VerbError> {
+        match command {
+            MemberCommand::Ack { delivery_id } => {
+                let in_flight = self.take_in_flight(member_id, delivery_id)?;
+                let (reply, answer) = oneshot::channel();
+                let stream = in_flight.stream;
+                self.ack_batch(
+                    stream,
+                    member_id,
+                    vec![(delivery_id, in_flight, Some(reply))],
+                )
+                .await;
+                answer.await.unwrap_or(Err(VerbError::GroupGone))
+            }
+            MemberCommand::Nack {
+                delivery_id,
+                delay,
+                reason,
+            } => {
+                let in_flight = self.take_in_flight(member_id, delivery_id)?;
+                let delay = delay.unwrap_or_else(|| self.backoff(in_flight.attempt));
+                let max_retries = i64::from(self.policy.max_retries);
+                self.fail(delivery_id, in_flight, delay, max_retries, "nacked", reason)
+                    .await
+            }
+            MemberCommand::Extend { delivery_id } => {
+                let in_flight = self
+                    .in_flight
+                    .get(&delivery_id)
+                    .filter(|in_flight| in_flight.member_id == member_id)
+                    .ok_or(VerbError::UnknownDelivery(delivery_id))?;
+                let (stream, seq, attempt) = (in_flight.stream, in_flight.seq, in_flight.attempt);
+                let consumer = member_consumer(&self.inner.process, member_id);
+                let mut invocation = scripts::EXTEND.prepare_invoke();
+                for key in self.streams[stream].keys.all() {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(&self.name)
+                    .arg(&consumer)
+                    .arg(seq)
+                    .arg(attempt);
+                let mut connection = self.inner.connection.clone();
+                let reply: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+                match reply {
+                    Ok(1) => {
+                        let deadline = Instant::now() + self.policy.ack_timeout;
+                        if let Some(in_flight) = self.in_flight.get_mut(&delivery_id) {
+                            self.deadlines.remove(&(in_flight.deadline, delivery_id));
+                            in_flight.deadline = deadline;
+                            self.deadlines.insert((deadline, delivery_id));
+                        }
+                        Ok(())
+                    }
+                    Ok(_) => {
+                        let _ = self.take_in_flight(member_id, delivery_id);
+                        Err(VerbError::UnknownDelivery(delivery_id))
+                    }
+                    Err(error) => Err(VerbError::Unavailable(error.to_string())),
+                }
+            }
+            MemberCommand::Reject {
+                delivery_id,
+                reason,
+            } => {
+                let in_flight = self.take_in_flight(member_id, delivery_id)?;
+                self.fail(delivery_id, in_flight, Duration::ZERO, -1, "", reason)
+                    .await
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.policy
+            .backoff
+            .delay(attempt, rand::rng().random::<f64>())
+    }
+
+    /// A failed attempt: a retry after `delay`, or a dead letter once `max_retries` retries are
+    /// spent (`-1`: at once).
+    async fn fail(
+        &mut self,
+        delivery_id: u64,
+        in_flight: InFlight,
+        delay: Duration,
+        max_retries: i64,
+        counter: &str,
+        reason: Option<String>,
+    ) -> Result<(), VerbError> {
+        let consumer = member_consumer(&self.inner.process, in_flight.member_id);
+        let stream = in_flight.stream;
+        let mut invocation = scripts::FAIL.prepare_invoke();
+        for key in self.streams[stream].keys.all() {
+            invocation.key(key);
+        }
+        invocation
+            .arg(&self.name)
+            .arg(&consumer)
+            .arg(in_flight.seq)
+            .arg(in_flight.attempt)
+            .arg(delay.as_micros() as u64)
+            .arg(max_retries)
+            .arg(counter)
+            .arg(if reason.is_some() { "1" } else { "0" })
+            .arg(reason.as_deref().unwrap_or(""));
+        let mut connection = self.inner.connection.clone();
+        let reply: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+        match reply {
+            Ok(0) => Err(VerbError::UnknownDelivery(delivery_id)),
+            Ok(1) => {
+                let due = Instant::now() + delay;
+                let earlier = self.due_at.get(&stream).is_none_or(|&at| due < at);
+                if earlier {
+                    self.due_at.insert(stream, due);
+                }
+                if delay.is_zero() {
+                    self.due_ready.insert(stream);
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(error) => {
+                warn!(group = %self.name, %error, "recording a failed attempt failed");
+                self.restore(delivery_id, in_flight);
+                Err(VerbError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// Returns whether the group still exists.
+    async fn on_timers(&mut self) -> bool {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        while let Some(&(deadline, delivery_id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            expired.push(delivery_id);
+        }
+        for delivery_id in expired {
+            let Some(member_id) = self.in_flight.get(&delivery_id).map(|f| f.member_id) else {
+                continue;
+            };
+            if let Ok(in_flight) = self.take_in_flight(member_id, delivery_id) {
+                let delay = self.backoff(in_flight.attempt);
+                let max_retries = i64::from(self.policy.max_retries);
+                let _ = self
+                    .fail(
+                        delivery_id,
+                        in_flight,
+                        delay,
+                        max_retries,
+                        "",
+                        Some("ack timeout".to_owned()),
+                    )
+                    .await;
+            }
+        }
+        let due: Vec<usize> = self
+            .due_at
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(&stream, _)| stream)
+            .collect();
+        for stream in due {
+            self.due_at.remove(&stream);
+            self.due_ready.insert(stream);
+        }
+        if self.next_poll <= now {
+            self.next_poll = now + DUE_POLL_INTERVAL;
+            self.due_ready.extend(0..self.streams.len());
+        }
+        if self.next_sweep <= now && !self.members.is_empty() {
+            self.next_sweep = now + self.inner.config.process_ttl / 2;
+            if !self.still_defined().await {
+                return false;
+            }
+            self.sweep().await;
+        }
+        true
+    }
+
+    /// Whether the group's definition is still in Redis (a delete on another process removes
+    /// it); when Redis cannot say, it is taken to be.
+    async fn still_defined(&self) -> bool {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("HEXISTS")
+            .arg(self.inner.keys.groups())
+            .arg(&self.name)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(true)
+    }
+
+    /// Recovers what processes taken for dead (heartbeat expired) left pending: their members'
+    /// deliveries and the entries they held. Only entries idle for a whole process TTL are
+    /// looked at: a process alive then has renewed its heartbeat since.
+    async fn sweep(&mut self) {
+        let idle_ms = self.inner.config.process_ttl.as_millis() as u64;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        let mut connection = self.inner.connection.clone();
+        for stream in 0..self.streams.len() {
+            let mut lost_consumers = BTreeSet::new();
+            let pending: Result<Vec<(String, String, u64, u64)>, _> = redis::cmd("XPENDING")
+                .arg(&self.streams[stream].keys.events)
+                .arg(&self.name)
+                .arg("IDLE")
+                .arg(idle_ms)
+                .arg("-")
+                .arg("+")
+                .arg(SWEEP_ENTRIES_MAX)
+                .query_async(&mut connection)
+                .await;
+            let pending = match pending {
+                Ok(pending) => pending,
+                Err(error) => {
+                    warn!(group = %self.name, %error, "looking for lost entries failed");
+                    continue;
+                }
+            };
+            for (id, consumer, _, count) in pending {
+                let Some(process) = process_of(&consumer) else {
+                    continue;
+                };
+                if process == self.inner.process {
+                    continue;
+                }
+                let is_alive = match alive.get(process) {
+                    Some(&known) => known,
+                    None => {
+                        let exists: bool = redis::cmd("EXISTS")
+                            .arg(self.inner.keys.process(process))
+                            .query_async(&mut connection)
+                            .await
+                            .unwrap_or(true);
+                        alive.insert(process.to_owned(), exists);
+                        exists
+                    }
+                };
+                let Some(seq) = super::seq_of(&id) else {
+                    continue;
+                };
+                if is_alive {
+                    continue;
+                }
+                let mut invocation = scripts::RECOVER.prepare_invoke();
+                for key in self.streams[stream].keys.all() {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(&self.name)
+                    .arg(&consumer)
+                    .arg(seq)
+                    .arg(count)
+                    .arg(self.policy.max_retries);
+                let recovered: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+                lost_consumers.insert(consumer.clone());
+                match recovered {
+                    Ok(1) => {
+                        self.due_ready.insert(stream);
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(group = %self.name, %error, "recovering an entry failed"),
+                }
+            }
+            for consumer in lost_consumers {
+                self.forget_consumer(stream, &consumer).await;
+            }
+        }
+    }
+
+    /// Removes a consumer from the Redis group once it owns nothing.
+    async fn forget_consumer(&self, stream: usize, consumer: &str) {
+        let mut invocation = scripts::FORGET_CONSUMER.prepare_invoke();
+        for key in self.streams[stream].keys.all() {
+            invocation.key(key);
+        }
+        invocation.arg(&self.name).arg(consumer);
+        let mut connection = self.inner.connection.clone();
+        let forgotten: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+        if let Err(error) = forgotten {
+            warn!(group = %self.name, %error, "removing a consumer failed");
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let ack = self.deadlines.first().map(|(deadline, _)| *deadline);
+        let retry = self.due_at.values().min().copied();
+        let poll = (!self.members.is_empty()).then_some(self.next_poll.min(self.next_sweep));
+        [ack, retry, poll].into_iter().flatten().min()
+    }
+
+    /// A member left: its deliveries are due again at once (each counted as an attempt), or
+    /// dead-lettered when that was the last allowed.
+    async fn leave(&mut self, member_id: u64) {
+        self.release_member(
+            member_id,
+            i64::from(self.policy.max_retries),
+            "member left before acking",
+        )
+        .await;
+        let Some(member) = self.members.remove(&member_id) else {
+            return;
+        };
+        for stream in 0..self.streams.len() {
+            self.forget_consumer(stream, &member.consumer).await;
+        }
+        if self.members.is_empty() {
+            self.release_held().await;
+        }
+    }
+
+    async fn release_member(&mut self, member_id: u64, max_retries: i64, reason: &str) {
+        let mut orphans: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, in_flight)| in_flight.member_id == member_id)
+            .map(|(&delivery_id, _)| delivery_id)
+            .collect();
+        orphans.sort_unstable();
+        for delivery_id in orphans {
+            if let Ok(in_flight) = self.take_in_flight(member_id, delivery_id) {
+                let _ = self
+                    .fail(
+                        delivery_id,
+                        in_flight,
+                        Duration::ZERO,
+                        max_retries,
+                        "",
+                        Some(reason.to_owned()),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Gives back entries read but not handed out, so that other processes may take them.
+    async fn release_held(&mut self) {
+        let mut by_stream: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for held in self.held.drain(..) {
+            by_stream
+                .entry(held.stream)
+                .or_default()
+                .push(held.event.seq);
+        }
+        for (stream, seqs) in by_stream {
+            let mut invocation = scripts::RELEASE_HELD.prepare_invoke();
+            for key in self.streams[stream].keys.all() {
+                invocation.key(key);
+            }
+            invocation.arg(&self.name).arg(&self.holder).arg(&seqs);
+            let mut connection = self.inner.connection.clone();
+            let released: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+            if let Err(error) = released {
+                warn!(group = %self.name, %error, "giving back held entries failed");
+            }
+            self.due_ready.insert(stream);
+        }
+    }
+
+    async fn stop(&mut self, reason: Closed, release: bool) {
+        if release {
+            let members: Vec<u64> = self.members.keys().copied().collect();
+            for member_id in members {
+                // Kept for another try elsewhere; never dead-lettered by a stop.
+                self.release_member(member_id, i64::MAX, "the engine stopped")
+                    .await;
+            }
+            self.release_held().await;
+        }
+        for member in self.members.values() {
+            member.closed.send_replace(Some(reason.clone()));
+        }
+    }
+}
+
+fn answer(reply: Option<VerbReply>, result: Result<(), VerbError>) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "verb refused");
+            }
+        }
+    }
+}
+
+fn as_i64(value: &Value) -> i64 {
+    match value {
+        Value::Int(number) => *number,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(-1),
+        _ => -1,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,163 @@
+//! Where the Redis engine keeps things: every key of one stream — its events, its counters,
+//! its dedupe ids, and each group's retries, dead letters and counters on it — carries the
+//! stream's name as a hash tag, so that in a Redis Cluster they live in one slot and one Lua
+//! script may touch them all atomically.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `P:streams` | set | names of every stream |
+//! | `P:groups` | hash | group name → its definition (JSON) |
+//! | `P:procs` | set | ids of Herald processes that announced themselves |
+//! | `P:proc:<id>` | string, expiring | a live process's heartbeat: its members per group (JSON) |
+//! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
+//! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, fields `e` (the event's JSON) and `t` (µs stored) |
+//! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time), `published`, `duplicates` |
+//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids published in one window-long time bucket (dedupe) |
+//! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
+//! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
+//! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
+//! | `P:{S}:g:<G>:info` | hash | `f:<seq>` first delivery time (ms), `e:<seq>` last error, per unfinished event |
+//!
+//! `P` is the configured key prefix (tests give each engine its own).
+
+/// The key names of one engine, from its prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+/// The keys of one stream.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamKeys {
+    pub events: String,
+    pub meta: String,
+    /// Prefix of dedupe buckets; the bucket number (ms since the epoch / window) follows.
+    pub dedupe: String,
+}
+
+/// The keys of one group on one stream, in the order the group scripts take them as `KEYS`.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupKeys {
+    pub events: String,
+    pub due: String,
+    pub dead: String,
+    pub stats: String,
+    pub info: String,
+    pub meta: String,
+}
+
+impl GroupKeys {
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.events,
+            &self.due,
+            &self.dead,
+            &self.stats,
+            &self.info,
+            &self.meta,
+        ]
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn streams(&self) -> String {
+        format!("{}:streams", self.prefix)
+    }
+
+    pub fn groups(&self) -> String {
+        format!("{}:groups", self.prefix)
+    }
+
+    /// The heartbeat of a process: its member counts per group, expiring unless renewed.
+    pub fn process(&self, process: &str) -> String {
+        format!("{}:proc:{process}", self.prefix)
+    }
+
+    /// The ids of processes that announced themselves (pruned once their heartbeat is gone).
+    pub fn processes(&self) -> String {
+        format!("{}:procs", self.prefix)
+    }
+
+    /// The pub/sub channel carrying ephemeral events between processes.
+    pub fn ephemeral_channel(&self) -> String {
+        format!("{}:ephemeral", self.prefix)
+    }
+
+    pub fn stream(&self, stream: &str) -> StreamKeys {
+        let tag = format!("{}:{{{stream}}}", self.prefix);
+        StreamKeys {
+            events: format!("{tag}:events"),
+            meta: format!("{tag}:meta"),
+            dedupe: format!("{tag}:dd:"),
+        }
+    }
+
+    pub fn group(&self, stream: &str, group: &str) -> GroupKeys {
+        let tag = format!("{}:{{{stream}}}", self.prefix);
+        GroupKeys {
+            events: format!("{tag}:events"),
+            due: format!("{tag}:g:{group}:due"),
+            dead: format!("{tag}:g:{group}:dead"),
+            stats: format!("{tag}:g:{group}:stats"),
+            info: format!("{tag}:g:{group}:info"),
+            meta: format!("{tag}:meta"),
+        }
+    }
+}
+
+// The consumer `_scheduled` owns a group's entries while they wait for a retry (or after a
+// redrive): owned by no member, so that no member's verb reaches them, and still pending, so
+// that a crash loses nothing. The scripts name it.
+
+/// The consumer a process reads new entries with before handing them to its members.
+pub(crate) fn holder_consumer(process: &str) -> String {
+    format!("hold:{process}")
+}
+
+/// The process a consumer belongs to (`None` for `_scheduled`).
+pub(crate) fn process_of(consumer: &str) -> Option<&str> {
+    if let Some(process) = consumer.strip_prefix("hold:") {
+        return Some(process);
+    }
+    consumer
+        .strip_prefix("m:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(process, _)| process)
+}
+
+/// The consumer of one member.
+pub(crate) fn member_consumer(process: &str, member_id: u64) -> String {
+    format!("m:{process}:{member_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_stream_shares_its_hash_tag() {
+        let keys = Keys::new("herald");
+        let stream = keys.stream("user");
+        let group = keys.group("user", "mailer");
+        for key in [stream.events.as_str(), &stream.meta, &stream.dedupe]
+            .into_iter()
+            .chain(group.all())
+        {
+            assert!(key.starts_with("herald:{user}:"), "{key}");
+        }
+        assert_eq!(group.due, "herald:{user}:g:mailer:due");
+    }
+
+    #[test]
+    fn consumers_name_their_process() {
+        assert_eq!(process_of(&holder_consumer("p1")), Some("p1"));
+        assert_eq!(process_of(&member_consumer("p1", 7)), Some("p1"));
+        assert_eq!(process_of("_scheduled"), None);
+    }
+}

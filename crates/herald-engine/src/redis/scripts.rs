@@ -1,0 +1,409 @@
+//! The Lua scripts of the Redis engine: each step that must be atomic — a publish with its
+//! dedupe, and every transition of a group's entry — is one script, run by Redis alone.
+//!
+//! Every script touches one stream's keys only (see `keys.rs`: they share a hash tag), so they
+//! run unchanged on a Redis Cluster. Group scripts take `KEYS` in `GroupKeys::all` order:
+//! events, due, dead, stats, info, meta.
+//!
+//! An entry of a group is in exactly one of these states, all in Redis:
+//! - pending, owned by a process's holder consumer (`hold:<process>`): read, not yet handed out;
+//! - pending, owned by a member's consumer (`m:<process>:<member>`): in flight, its delivery
+//!   count is the attempt;
+//! - pending, owned by `_scheduled`, its seq in the `due` sorted set: waiting for a retry;
+//! - acked: done, or dead-lettered (a copy in the `dead` stream).
+//!
+//! Every verb checks that the entry is still owned by the member and at the attempt it was
+//! delivered with, so a verb on a delivery that timed out and went elsewhere is refused.
+//!
+//! Numbers too large for Lua's `tostring` (µs since the epoch) are formatted with `%.0f`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by the group scripts.
+const GROUP_PRELUDE: &str = r#"
+local events, due, dead, stats, info = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local SCHEDULED = '_scheduled'
+local function int(x) return string.format('%.0f', x) end
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+-- The consumer holding entry `seq`, its delivery count and how long ago (ms) it was delivered,
+-- or nil.
+local function pending(group, seq)
+  local ok, p = pcall(redis.call, 'XPENDING', events, group, seq .. '-0', seq .. '-0', 1)
+  if not ok or #p == 0 then return nil, 0, 0 end
+  return p[1][2], tonumber(p[1][4]), tonumber(p[1][3])
+end
+-- Remembers when a first attempt was delivered, once it failed (successes need not pay for it).
+local function first_delivered(seq, count, idle_ms, now)
+  if count == 1 then
+    redis.call('HSETNX', info, 'f:' .. seq, int(math.floor(now / 1000) - idle_ms))
+  end
+end
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+-- Moves an entry to the dead-letter stream, with why, and acks it.
+local function bury(group, seq, attempts, now)
+  local entry = redis.call('XRANGE', events, seq .. '-0', seq .. '-0')
+  local dead_ms = int(math.floor(now / 1000))
+  local first = redis.call('HGET', info, 'f:' .. seq) or dead_ms
+  local err = redis.call('HGET', info, 'e:' .. seq) or ''
+  local has_error = redis.call('HEXISTS', info, 'e:' .. seq)
+  if #entry > 0 then
+    redis.call('XADD', dead, '*', 'seq', seq, 'attempts', attempts, 'error', err,
+      'has_error', has_error, 'first', first, 'dead', dead_ms, 'e', field(entry[1][2], 'e'))
+    redis.call('HINCRBY', stats, 'dead_lettered', 1)
+  end
+  redis.call('XACK', events, group, seq .. '-0')
+  redis.call('ZREM', due, seq)
+  redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
+end
+"#;
+
+fn group_script(body: &str) -> Script {
+    Script::new(&format!("{GROUP_PRELUDE}\n{body}"))
+}
+
+/// KEYS: meta, events, then the dedupe buckets of the previous, current and next window.
+/// ARGV: dedupe window (ms), max events (0: no cap), then each event's id and JSON. Returns, per
+/// event, its new seq, or minus the seq of the event it duplicates.
+///
+/// Dedupe ids live in one hash per window-long time bucket (`HMGET`/`HSET` of the whole batch,
+/// two commands per batch rather than two per event): an id written in bucket `b` is found
+/// while `b` is the previous, current or next bucket, so for at least a window and at most
+/// two, whatever the processes' clocks disagree on by less than a window.
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
+local last = redis.call('HGET', KEYS[1], 't')
+-- Store times never go backwards, so that a time finds its place by binary search.
+if last and tonumber(last) > now then stamp = last end
+local cap = tonumber(ARGV[2])
+local ids = {}
+for i = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local before = redis.call('HMGET', KEYS[3], unpack(ids))
+local current = redis.call('HMGET', KEYS[4], unpack(ids))
+local after = redis.call('HMGET', KEYS[5], unpack(ids))
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local fresh = {}
+local remembered = {}
+local out = {}
+for k, id in ipairs(ids) do
+  local prior = before[k] or current[k] or after[k] or fresh[id]
+  if prior then
+    out[k] = -tonumber(prior)
+  else
+    seq = seq + 1
+    local json = ARGV[2 + 2 * k]
+    if cap > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, seq .. '-0', 'e', json, 't', stamp)
+    else
+      redis.call('XADD', KEYS[2], seq .. '-0', 'e', json, 't', stamp)
+    end
+    fresh[id] = seq
+    remembered[#remembered + 1] = id
+    remembered[#remembered + 1] = seq
+    out[k] = seq
+  end
+end
+local stored = #remembered / 2
+if stored > 0 then
+  redis.call('HSET', KEYS[4], unpack(remembered))
+  redis.call('PEXPIRE', KEYS[4], 3 * tonumber(ARGV[1]))
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 't', stamp)
+redis.call('HINCRBY', KEYS[1], 'published', stored)
+redis.call('HINCRBY', KEYS[1], 'duplicates', #ids - stored)
+return out
+"#,
+    )
+});
+
+/// Hands entries held by a process to one of its members. ARGV: group, holder, member, seqs.
+/// Returns 1 per entry handed over, 0 per entry the holder no longer owns.
+pub(crate) static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, holder, member = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local delivered = 0
+for i = 4, #ARGV do
+  local seq = ARGV[i]
+  if pending(group, seq) == holder then
+    redis.call('XCLAIM', events, group, member, 0, seq .. '-0', 'RETRYCOUNT', 1, 'JUSTID')
+    delivered = delivered + 1
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+redis.call('HINCRBY', stats, 'delivered', delivered)
+return out
+"#,
+    )
+});
+
+/// Hands retries that are due to a member. ARGV: group, member, max count. Returns the µs until
+/// the next retry of this group on this stream is due (-1: none), then per delivery its seq,
+/// attempt and event JSON.
+pub(crate) static TAKE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, member = ARGV[1], ARGV[2]
+local now = now_us()
+local seqs = redis.call('ZRANGEBYSCORE', due, '-inf', int(now), 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {-1}
+local delivered, redelivered = 0, 0
+for _, seq in ipairs(seqs) do
+  redis.call('ZREM', due, seq)
+  local owner, count = pending(group, seq)
+  if owner == SCHEDULED then
+    local attempt = count + 1
+    local claimed = redis.call('XCLAIM', events, group, member, 0, seq .. '-0',
+      'RETRYCOUNT', attempt)
+    local entry = claimed[1]
+    if entry and entry[2] then
+      out[#out + 1] = tonumber(seq)
+      out[#out + 1] = attempt
+      out[#out + 1] = field(entry[2], 'e')
+      delivered = delivered + 1
+      if attempt > 1 then redelivered = redelivered + 1 end
+    else
+      -- Trimmed by retention meanwhile: nothing left to deliver.
+      redis.call('XACK', events, group, seq .. '-0')
+      redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
+    end
+  end
+end
+redis.call('HINCRBY', stats, 'delivered', delivered)
+redis.call('HINCRBY', stats, 'redelivered', redelivered)
+local nxt = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+if #nxt > 0 then
+  local wait = tonumber(nxt[2]) - now
+  if wait < 0 then wait = 0 end
+  out[1] = wait
+end
+return out
+"#,
+    )
+});
+
+/// Acks deliveries of one member. ARGV: group, member, then pairs of seq and attempt. Returns 1
+/// per ack recorded, 0 per delivery no longer in flight to the member at that attempt.
+pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, member = ARGV[1], ARGV[2]
+-- The member's pending entries over the batch's range, in one look-up rather than one per
+-- entry: a range of n seqs holds at most n of them.
+local low, high = math.huge, 0
+for i = 3, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq < low then low = seq end
+  if seq > high then high = seq end
+end
+local owned = {}
+local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0', int(high) .. '-0',
+  high - low + 1, member)
+if ok then
+  for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
+end
+local out = {}
+local ids = {}
+for i = 3, #ARGV, 2 do
+  local seq = ARGV[i]
+  local count = owned[seq .. '-0']
+  if count ~= nil and count == tonumber(ARGV[i + 1]) then
+    ids[#ids + 1] = seq .. '-0'
+    -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
+    if count > 1 then redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq) end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #ids > 0 then
+  redis.call('XACK', events, group, unpack(ids))
+  redis.call('HINCRBY', stats, 'acked', #ids)
+end
+return out
+"#,
+    )
+});
+
+/// A failed attempt: nack, ack timeout, a member leaving, or reject. ARGV: group, member, seq,
+/// attempt, retry delay (µs), max retries (-1: dead-letter now), counter to bump ('' for none),
+/// '1' when a reason follows, the reason. Returns 0 when the delivery is no longer in flight to
+/// the member at that attempt, 1 when a retry is scheduled, 2 when it was dead-lettered.
+pub(crate) static FAIL: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, member, seq = ARGV[1], ARGV[2], ARGV[3]
+local owner, count, idle_ms = pending(group, seq)
+if owner ~= member or count ~= tonumber(ARGV[4]) then return 0 end
+if ARGV[7] ~= '' then redis.call('HINCRBY', stats, ARGV[7], 1) end
+if ARGV[8] == '1' then redis.call('HSET', info, 'e:' .. seq, ARGV[9]) end
+local now = now_us()
+first_delivered(seq, count, idle_ms, now)
+local max_retries = tonumber(ARGV[6])
+if max_retries < 0 or count > max_retries then
+  bury(group, seq, count, now)
+  return 2
+end
+redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'JUSTID')
+redis.call('ZADD', due, int(now + tonumber(ARGV[5])), seq)
+return 1
+"#,
+    )
+});
+
+/// Still working: checks that the entry is still the member's (the ack deadline is the
+/// process's own timer; the entry's idle time keeps counting from its delivery, which dates a
+/// first attempt should it fail). ARGV: group, member, seq, attempt. Returns 1, or 0 when it is
+/// no longer in flight to the member.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, member, seq = ARGV[1], ARGV[2], ARGV[3]
+local owner, count = pending(group, seq)
+if owner ~= member or count ~= tonumber(ARGV[4]) then return 0 end
+return 1
+"#,
+    )
+});
+
+/// Gives back entries a process held without handing them out: due at once, never delivered.
+/// ARGV: group, holder, seqs. Returns how many went back.
+pub(crate) static RELEASE_HELD: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, holder = ARGV[1], ARGV[2]
+local now = now_us()
+local released = 0
+for i = 3, #ARGV do
+  local seq = ARGV[i]
+  if pending(group, seq) == holder then
+    redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'RETRYCOUNT', 0, 'JUSTID')
+    redis.call('ZADD', due, int(now), seq)
+    released = released + 1
+  end
+end
+return released
+"#,
+    )
+});
+
+/// Recovers an entry of a process taken for dead (its heartbeat expired): held entries are
+/// due at once, never delivered; a member's delivery counts as a failed attempt. ARGV: group,
+/// consumer, seq, delivery count, max retries. Returns 0 when the entry moved meanwhile, 1 when
+/// it is due again, 2 when it was dead-lettered.
+pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group, consumer, seq = ARGV[1], ARGV[2], ARGV[3]
+local owner, count, idle_ms = pending(group, seq)
+if owner ~= consumer or count ~= tonumber(ARGV[4]) then return 0 end
+local now = now_us()
+if string.sub(consumer, 1, 5) == 'hold:' then
+  redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'RETRYCOUNT', 0, 'JUSTID')
+  redis.call('ZADD', due, int(now), seq)
+  return 1
+end
+redis.call('HSET', info, 'e:' .. seq, "the member's process was lost")
+first_delivered(seq, count, idle_ms, now)
+if count > tonumber(ARGV[5]) then
+  bury(group, seq, count, now)
+  return 2
+end
+redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'JUSTID')
+redis.call('ZADD', due, int(now), seq)
+return 1
+"#,
+    )
+});
+
+/// Puts up to ARGV[2] dead letters back into the group, attempts reset, due now. ARGV: group,
+/// count. Returns how many letters were taken and how many were redriven (a letter whose event
+/// retention has trimmed cannot be).
+pub(crate) static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group = ARGV[1]
+local letters = redis.call('XRANGE', dead, '-', '+', 'COUNT', tonumber(ARGV[2]))
+local now = now_us()
+local redriven = 0
+for _, letter in ipairs(letters) do
+  local seq = field(letter[2], 'seq')
+  local claimed = redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0',
+    'FORCE', 'JUSTID', 'RETRYCOUNT', 0)
+  if #claimed > 0 then
+    redis.call('ZADD', due, int(now), seq)
+    redriven = redriven + 1
+  end
+  redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
+  redis.call('XDEL', dead, letter[1])
+end
+return {#letters, redriven}
+"#,
+    )
+});
+
+/// Removes a member's consumer once it owns nothing (deleting a consumer drops its pending
+/// entries, which would lose them). ARGV: group, member.
+pub(crate) static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local ok, p = pcall(redis.call, 'XPENDING', events, ARGV[1], '-', '+', 1, ARGV[2])
+if ok and #p == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', events, ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// A group's state on one stream. ARGV: group. Returns nil when the group has no Redis group on
+/// the stream; otherwise pending entries in all, those owned by `_scheduled`, those held by
+/// processes, the due set's size, the dead letters, the counters delivered, acked, nacked,
+/// redelivered and dead_lettered, the last seq the group read, and the stream's last seq.
+pub(crate) static GROUP_STATS: LazyLock<Script> = LazyLock::new(|| {
+    group_script(
+        r#"
+local group = ARGV[1]
+local ok, summary = pcall(redis.call, 'XPENDING', events, group)
+if not ok then return nil end
+local total, scheduled, held = tonumber(summary[1]), 0, 0
+if summary[4] then
+  for _, consumer in ipairs(summary[4]) do
+    if consumer[1] == SCHEDULED then scheduled = scheduled + tonumber(consumer[2]) end
+    if string.sub(consumer[1], 1, 5) == 'hold:' then held = held + tonumber(consumer[2]) end
+  end
+end
+local read = 0
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', events)) do
+  if field(g, 'name') == group then
+    local id = field(g, 'last-delivered-id')
+    read = tonumber(string.match(id, '^(%d+)')) or 0
+  end
+end
+local counters = {}
+for _, name in ipairs({'delivered', 'acked', 'nacked', 'redelivered', 'dead_lettered'}) do
+  counters[#counters + 1] = tonumber(redis.call('HGET', stats, name) or '0')
+end
+local last = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
+return {total, scheduled, held, redis.call('ZCARD', due), redis.call('XLEN', dead),
+  counters[1], counters[2], counters[3], counters[4], counters[5], read, last}
+"#,
+    )
+});

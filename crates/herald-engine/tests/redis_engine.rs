@@ -1,0 +1,118 @@
+//! What the Redis engine does beyond the conformance suite: retention of declared streams, and
+//! refusing what it cannot do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod redis_support;
+
+use std::time::Duration;
+
+use herald_core::Pattern;
+use herald_engine::conformance::event;
+use herald_engine::{Engine, EngineError, RedisConfig, RedisEngine, Storage, StreamConfig};
+use herald_log::Retention;
+use redis_support::{Cleanup, reachable_redis, unique_prefix};
+
+fn declared(name: &str, subjects: &str, retention: Retention) -> StreamConfig {
+    StreamConfig {
+        name: name.to_owned(),
+        subjects: vec![Pattern::new(subjects).unwrap()],
+        retention,
+        dedupe_window: Duration::from_secs(120),
+        storage: Storage::File,
+    }
+}
+
+async fn stats_of(engine: &RedisEngine, stream: &str) -> herald_engine::StreamStats {
+    engine
+        .streams()
+        .await
+        .into_iter()
+        .find(|stats| stats.name == stream)
+        .expect("the stream's stats")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_streams_keep_their_retention() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let mut config = RedisConfig::new(url.as_str());
+    config.key_prefix = prefix;
+    config.streams = vec![
+        declared(
+            "capped",
+            "metric.>",
+            Retention {
+                events_max: Some(100),
+                ..Retention::default()
+            },
+        ),
+        declared(
+            "aged",
+            "audit.>",
+            Retention {
+                age_max: Some(Duration::from_millis(500)),
+                ..Retention::default()
+            },
+        ),
+    ];
+    let engine = RedisEngine::open(config).await.unwrap();
+    for _ in 0..10 {
+        let batch = (0..100)
+            .map(|n| event("metric.cpu", &n.to_string()))
+            .collect();
+        engine.publish(batch).await.unwrap();
+    }
+    let capped = stats_of(&engine, "capped").await;
+    // `MAXLEN ~` trims whole nodes: at least the cap is kept, and far less than everything.
+    assert_eq!(capped.last_seq, 1000);
+    assert!(
+        (100..1000).contains(&capped.events),
+        "{} events kept",
+        capped.events
+    );
+    assert_eq!(capped.first_seq, capped.last_seq - capped.events + 1);
+
+    let old = (0..10)
+        .map(|n| event("audit.entry", &n.to_string()))
+        .collect();
+    engine.publish(old).await.unwrap();
+    // Polled, not slept: the trimmer runs every second and the events age out after 500 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let aged = stats_of(&engine, "aged").await;
+        if aged.events == 0 {
+            assert_eq!(
+                (aged.first_seq, aged.last_seq),
+                (11, 10),
+                "trimmed, seqs kept"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never trimmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_bytes_is_refused_rather_than_ignored() {
+    let mut config = RedisConfig::new("redis://127.0.0.1:6379");
+    config.streams = vec![declared(
+        "big",
+        "big.>",
+        Retention {
+            bytes_max: Some(1 << 20),
+            ..Retention::default()
+        },
+    )];
+    let refused = RedisEngine::open(config).await;
+    assert!(
+        matches!(&refused, Err(EngineError::Config(message)) if message.contains("max_bytes")),
+        "{refused:?}"
+    );
+}

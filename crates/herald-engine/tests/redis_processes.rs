@@ -1,0 +1,271 @@
+//! Several Redis engines on one Redis and one key prefix — as several Herald processes would
+//! be — are one bus: members of a group on different engines share its work, live subscribers
+//! see what any engine publishes, group stats add up, and what a crashed engine held is
+//! recovered by the others.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod redis_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use herald_core::Pattern;
+use herald_engine::conformance::event;
+use herald_engine::{
+    Delivery, Engine, GroupMember, GroupPolicy, GroupSpec, RedisConfig, RedisEngine, StartAt,
+};
+use redis_support::{Cleanup, reachable_redis, unique_prefix};
+
+/// Bounds a wait that should end much sooner (catches a hang, asserts nothing about speed).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A short process TTL, so that a crash is noticed within a test's patience.
+const PROCESS_TTL: Duration = Duration::from_millis(600);
+
+async fn engine(url: &str, prefix: &str) -> RedisEngine {
+    let mut config = RedisConfig::new(url);
+    config.key_prefix = prefix.to_owned();
+    config.process_ttl = PROCESS_TTL;
+    RedisEngine::open(config).await.expect("open")
+}
+
+fn spec(name: &str, pattern: &str) -> GroupSpec {
+    GroupSpec {
+        name: name.to_owned(),
+        pattern: Pattern::new(pattern).unwrap(),
+        policy: GroupPolicy::default(),
+        start: StartAt::Earliest,
+    }
+}
+
+async fn next(member: &mut GroupMember) -> Delivery {
+    tokio::time::timeout(WAIT, member.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("open")
+}
+
+async fn publish_numbered(engine: &RedisEngine, subject: &str, count: usize) {
+    let batch = (0..count).map(|n| event(subject, &n.to_string())).collect();
+    engine.publish(batch).await.expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_engines_share_the_work_and_stats_add_up() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    let mut members = [
+        one.join_group(spec("billing", "order.*"), Some(5))
+            .await
+            .unwrap(),
+        two.join_group(spec("billing", "order.*"), Some(5))
+            .await
+            .unwrap(),
+    ];
+    publish_numbered(&one, "order.placed", 100).await;
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut per_engine = [0usize; 2];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 100",
+            seen.len()
+        );
+        for (at, member) in members.iter_mut().enumerate() {
+            if let Ok(Ok(delivery)) =
+                tokio::time::timeout(Duration::from_millis(20), member.recv()).await
+            {
+                assert_eq!(delivery.attempt, 1);
+                *seen.entry(delivery.event.seq).or_default() += 1;
+                per_engine[at] += 1;
+                member.ack(delivery.delivery_id).await.unwrap();
+            }
+        }
+    }
+    assert!(seen.values().all(|&times| times == 1), "each event once");
+    assert!(
+        per_engine.iter().all(|&count| count > 0),
+        "both engines' members worked: {per_engine:?}"
+    );
+    // Either engine's stats count both engines' members and every ack.
+    for engine in [&one, &two] {
+        let stats = engine.groups().await;
+        let billing = stats.iter().find(|group| group.name == "billing").unwrap();
+        assert_eq!(
+            (billing.members, billing.acked, billing.in_flight),
+            (2, 100, 0)
+        );
+    }
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_sees_what_another_engine_publishes_even_on_new_streams() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    let mut watching = two
+        .subscribe(Pattern::new("*.created").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    // `invoice` does not exist yet: the watcher learns of it from Redis.
+    one.publish(vec![
+        event("invoice.created", "1"),
+        event("user.created", "2"),
+    ])
+    .await
+    .unwrap();
+    let mut got = BTreeSet::new();
+    for _ in 0..2 {
+        let received = tokio::time::timeout(WAIT, watching.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        got.insert(received.event.event_type.to_string());
+    }
+    assert_eq!(
+        got,
+        BTreeSet::from(["invoice.created".to_owned(), "user.created".to_owned()])
+    );
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    publish_numbered(&survivor, "job.queued", 30).await;
+    let mut holder = doomed
+        .join_group(spec("workers", "job.*"), Some(10))
+        .await
+        .unwrap();
+    let mut held = BTreeSet::new();
+    for _ in 0..10 {
+        held.insert(next(&mut holder).await.event.seq);
+    }
+    // The crash: nothing is given back, the heartbeat stops.
+    doomed.abandon();
+    drop(holder);
+    let mut member = survivor
+        .join_group(spec("workers", "job.*"), Some(30))
+        .await
+        .unwrap();
+    let mut acked = BTreeSet::new();
+    while acked.len() < 30 {
+        let delivery = next(&mut member).await;
+        let expected = if held.contains(&delivery.event.seq) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            delivery.attempt, expected,
+            "seq {}: a delivery lost with its process counts as an attempt",
+            delivery.event.seq
+        );
+        member.ack_sync(delivery.delivery_id).await.unwrap();
+        acked.insert(delivery.event.seq);
+    }
+    assert_eq!(acked, (1..=30).collect::<BTreeSet<u64>>());
+    survivor.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_events_reach_subscribers_of_every_engine() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let mut config = RedisConfig::new(url.as_str());
+    config.key_prefix = prefix.clone();
+    config.ephemeral = vec![Pattern::new("typing.>").unwrap()];
+    let one = RedisEngine::open(config.clone()).await.unwrap();
+    let two = RedisEngine::open(config).await.unwrap();
+    let mut here = one
+        .subscribe(Pattern::new("typing.>").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    let mut there = two
+        .subscribe(Pattern::new("typing.>").unwrap(), StartAt::Latest)
+        .await
+        .unwrap();
+    let outcomes = one
+        .publish(vec![event("typing.started", r#"{"user":"u1"}"#)])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].seq, None, "never stored");
+    for subscription in [&mut here, &mut there] {
+        let received = tokio::time::timeout(WAIT, subscription.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(received.event.data.get(), r#"{"user":"u1"}"#);
+    }
+    // Once each: the publishing engine does not take its own relay for another event.
+    one.publish(vec![event("typing.stopped", "null")])
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, here.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.event.event_type.as_str(), "typing.stopped");
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    let mut member = two
+        .join_group(spec("reports", "report.*"), None)
+        .await
+        .unwrap();
+    one.delete_group("reports").await.unwrap();
+    let closed = tokio::time::timeout(WAIT, member.recv())
+        .await
+        .expect("told in time");
+    assert!(
+        matches!(closed, Err(herald_engine::Closed::GroupDeleted)),
+        "{closed:?}"
+    );
+    // The name can be used afresh, from either engine.
+    let mut again = two
+        .join_group(spec("reports", "report.>"), None)
+        .await
+        .unwrap();
+    one.publish(vec![event("report.daily", "1")]).await.unwrap();
+    assert_eq!(next(&mut again).await.attempt, 1);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
