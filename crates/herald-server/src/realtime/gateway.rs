@@ -460,6 +460,9 @@ mod tests {
         assert_eq!(owned.uri(), uri);
         assert_eq!(owned.headers(), &before);
         let original = owned.extensions().get::<axum::extract::OriginalUri>();
-        assert_eq!(original.map(|original| original.0.to_string()), Some(uri.into()));
+        assert_eq!(
+            original.map(|original| original.0.to_string()),
+            Some(uri.into())
+        );
     }
 }
