@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
@@ -25,6 +25,11 @@ use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
 
+/// How long a reply may take before the run fails. redis-rs's default (500 ms) fails runs on
+/// this shared machine when another tenant stalls Redis (an `appendfsync always` pipeline of
+/// 500 `XADD`s waiting behind someone else's disk writes); a slow reply is a measurement.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a member's `XREADGROUP` blocks when the stream has nothing new for it.
 const READ_BLOCK_MS: usize = 100;
 
@@ -34,8 +39,10 @@ const LATENCY_READ_COUNT: usize = 1000;
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .with_context(|| format!("connecting to {url}"))
 }
