@@ -7,6 +7,8 @@
 //! consume is one connection per member pulling from one durable consumer in batches of
 //! `maxInFlight` (`max_ack_pending` is the group's total credit) and acking each message as it
 //! is read. Events are the JSON envelope Herald stores for the same event, as the payload.
+//! Latency (`paced.rs`): publishes at a fixed rate with their JetStream acks awaited off the
+//! send path, a durable pull consumer (`messages()`) on its own connection acking each message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,13 +1,16 @@
-//! The publish and consume workloads against Redis Streams driven directly with a plain client:
-//! the baseline docs/PERFORMANCE.md compares Herald with, in the same run and at equal
-//! durability (set by the redis-server's own `appendonly`/`appendfsync`; `scripts/bench-peers`
-//! starts one per durability class).
+//! The publish, consume and latency workloads against Redis Streams driven directly with a
+//! plain client: the baseline docs/PERFORMANCE.md compares Herald with, in the same run and at
+//! equal durability (set by the redis-server's own `appendonly`/`appendfsync`;
+//! `scripts/bench-compare` starts one per durability class).
 //!
 //! Each is the way an experienced Redis user would write it: publish is `XADD` pipelined,
 //! `batch` commands per pipeline and `window` pipelines in flight per connection (Herald's `pub`
 //! frames and window); consume is one connection per member sending, in one round trip, the
 //! `XACK` of what it read and the next `XREADGROUP … COUNT maxInFlight` (Herald's credit).
 //! Events are the JSON envelope Herald stores for the same event (about 250 bytes), in one field.
+//! Latency (`paced.rs`): `XADD`s at a fixed rate, each burst of due events one pipeline sent
+//! without waiting for the previous reply, and a consumer on its own connection looping on
+//! `XACK` + `XREADGROUP … BLOCK` in one round trip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,8 +42,7 @@ const LATENCY_READ_COUNT: usize = 1000;
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
