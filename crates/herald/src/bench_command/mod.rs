@@ -5,8 +5,11 @@
 mod consume;
 mod http_publish;
 mod latency;
+mod limits;
 mod nats_jetstream;
+mod paced;
 mod publish;
+mod rabbitmq;
 mod redis_streams;
 mod report;
 mod socketio;
@@ -20,8 +23,8 @@ pub use report::Report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server URL [env: HERALD_URL]; a redis:// or nats:// URL runs publish and consume against
-    /// Redis Streams or NATS JetStream directly, as baselines.
+    /// Server URL [env: HERALD_URL]; a redis://, nats:// or amqp:// URL runs publish, consume
+    /// and latency against Redis Streams, NATS JetStream or RabbitMQ directly, as baselines.
     #[arg(
         long,
         env = "HERALD_URL",
@@ -56,6 +59,9 @@ enum Workload {
     /// delivery times (not part of `all`: it opens 10 000 connections).
     #[command(name = "socketio")]
     SocketIo(socketio::SocketIoArgs),
+    /// The machine's limits: disk sequential write, fsync latency, loopback bandwidth (no
+    /// server; not part of `all`).
+    Limits(limits::LimitsArgs),
     /// Every workload above with its defaults.
     All,
 }
@@ -65,6 +71,7 @@ enum Workload {
 enum Peer {
     Redis(String),
     Nats(String),
+    Rabbit(String),
 }
 
 impl Peer {
@@ -73,6 +80,8 @@ impl Peer {
             Some(Peer::Redis(url.to_owned()))
         } else if url.starts_with("nats://") {
             Some(Peer::Nats(url.to_owned()))
+        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            Some(Peer::Rabbit(url.to_owned()))
         } else {
             None
         }
@@ -121,6 +130,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let mut samples: Vec<Vec<Report>> = Vec::new();
             for _ in 0..runs {
                 let produced = match (&workload, &peer) {
+                    (Workload::Limits(args), _) => vec![
+                        limits::disk_write(args)?,
+                        limits::fsync(args)?,
+                        limits::loopback()?,
+                    ],
                     (Workload::Publish(args), Some(Peer::Redis(url))) => {
                         vec![redis_streams::publish(url, args, !args_quiet()).await?]
                     }
@@ -133,9 +147,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     (Workload::Consume(args), Some(Peer::Nats(url))) => {
                         vec![nats_jetstream::consume(url, args, !args_quiet()).await?]
                     }
+                    (Workload::Latency(args), Some(Peer::Redis(url))) => {
+                        vec![redis_streams::latency(url, args, !args_quiet()).await?]
+                    }
+                    (Workload::Latency(args), Some(Peer::Nats(url))) => {
+                        vec![nats_jetstream::latency(url, args, !args_quiet()).await?]
+                    }
+                    (Workload::Publish(args), Some(Peer::Rabbit(url))) => {
+                        vec![rabbitmq::publish(url, args, !args_quiet()).await?]
+                    }
+                    (Workload::Consume(args), Some(Peer::Rabbit(url))) => {
+                        vec![rabbitmq::consume(url, args, !args_quiet()).await?]
+                    }
+                    (Workload::Latency(args), Some(Peer::Rabbit(url))) => {
+                        vec![rabbitmq::latency(url, args, !args_quiet()).await?]
+                    }
                     (_, Some(_)) => anyhow::bail!(
-                        "against a peer only `publish` and `consume` run; the other workloads \
-                         need a Herald server"
+                        "against a peer only `publish`, `consume` and `latency` run; the other \
+                         workloads need a Herald server"
                     ),
                     (workload, None) => match workload {
                         Workload::Publish(args) => {
@@ -153,7 +182,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                         Workload::SocketIo(args) => {
                             socketio::run(&target, args, !args_quiet()).await?
                         }
-                        Workload::All => unreachable_all()?,
+                        Workload::All | Workload::Limits(_) => unreachable_all()?,
                     },
                 };
                 samples.push(produced);

@@ -7,6 +7,8 @@
 //! consume is one connection per member pulling from one durable consumer in batches of
 //! `maxInFlight` (`max_ack_pending` is the group's total credit) and acking each message as it
 //! is read. Events are the JSON envelope Herald stores for the same event, as the payload.
+//! Latency (`paced.rs`): publishes at a fixed rate with their JetStream acks awaited off the
+//! send path, a durable pull consumer (`messages()`) on its own connection acking each message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +17,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
+use tokio::task::JoinSet;
 
 use super::consume::ConsumeArgs;
+use super::latency::LatencyArgs;
+use super::paced::{Recorder, Schedule, next_due, payload};
 use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
+
+/// Unacked messages the latency workload's consumer may hold: far more than arrive within one
+/// round trip at 20 k/s, so credit never delays a delivery.
+const LATENCY_MAX_ACK_PENDING: i64 = 10_000;
+
+/// Messages per pull request of the latency workload's consumer.
+const LATENCY_PULL_BATCH: usize = 1000;
 
 async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
     let client = async_nats::connect(url)
@@ -190,4 +202,102 @@ async fn drain(
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     Ok((acked.load(Ordering::Relaxed), seconds))
+}
+
+pub async fn latency(url: &str, args: &LatencyArgs, progress: bool) -> anyhow::Result<Report> {
+    let id = run_id();
+    let (name, subject) = (format!("BENCH_{id}"), format!("bench.{id}.latency"));
+    let admin = connect(url).await?;
+    create_stream(&admin, &name, &subject).await?;
+    let outcome = measure_latency(url, &admin, &name, &subject, args, progress).await;
+    let _ = admin.delete_stream(&name).await;
+    let recorder = outcome?;
+    Ok(recorder.report(
+        args,
+        "NATS JetStream publish with acks → durable pull consumer, explicit acks",
+    ))
+}
+
+async fn measure_latency(
+    url: &str,
+    admin: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    args: &LatencyArgs,
+    progress: bool,
+) -> anyhow::Result<Recorder> {
+    let stream = admin.get_stream(name).await.context("the bench stream")?;
+    let durable = format!("bench-{}", run_id());
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: LATENCY_MAX_ACK_PENDING,
+            ..Default::default()
+        })
+        .await
+        .context("creating the durable consumer")?;
+    let reader_js = connect(url).await?;
+    let consumer: consumer::PullConsumer = reader_js
+        .get_stream(name)
+        .await
+        .context("the bench stream")?
+        .get_consumer(&durable)
+        .await
+        .map_err(|error| anyhow::anyhow!("the durable consumer: {error}"))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(LATENCY_PULL_BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let publisher = connect(url).await?;
+    let schedule = Schedule::new(args);
+    let (mut due, pacer) = schedule.start();
+    let data_bytes = args.data_bytes;
+    let subject = subject.to_owned();
+    // The JetStream acks are awaited off the send path, as an async publisher does.
+    let writer = tokio::spawn(async move {
+        let mut acks = JoinSet::new();
+        while let Some(batch) = next_due(&mut due).await {
+            let mut pending = Vec::with_capacity(batch.len());
+            for i in batch {
+                let body = bytes::Bytes::from(payload(i, data_bytes));
+                pending.push(publisher.publish(subject.clone(), body).await?);
+            }
+            acks.spawn(async move {
+                for ack in pending {
+                    ack.await?;
+                }
+                anyhow::Ok(())
+            });
+            while let Some(done) = acks.try_join_next() {
+                done??;
+            }
+        }
+        while let Some(done) = acks.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    });
+    let bar = progress_bar(progress, schedule.total);
+    bar.set_message("latency");
+    let mut recorder = Recorder::new(schedule)?;
+    while !recorder.done() {
+        recorder.check_deadline()?;
+        let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
+        let Ok(next) = next else { continue };
+        let message = next.context("the consumer's message stream ended")?;
+        let message = message.map_err(|error| anyhow::anyhow!("{error}"))?;
+        recorder.record(&message.payload)?;
+        message
+            .ack()
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    writer.await??;
+    let _ = pacer.join();
+    Ok(recorder)
 }

@@ -1,34 +1,50 @@
-//! The publish and consume workloads against Redis Streams driven directly with a plain client:
-//! the baseline docs/PERFORMANCE.md compares Herald with, in the same run and at equal
-//! durability (set by the redis-server's own `appendonly`/`appendfsync`; `scripts/bench-peers`
-//! starts one per durability class).
+//! The publish, consume and latency workloads against Redis Streams driven directly with a
+//! plain client: the baseline docs/PERFORMANCE.md compares Herald with, in the same run and at
+//! equal durability (set by the redis-server's own `appendonly`/`appendfsync`;
+//! `scripts/bench-compare` starts one per durability class).
 //!
 //! Each is the way an experienced Redis user would write it: publish is `XADD` pipelined,
 //! `batch` commands per pipeline and `window` pipelines in flight per connection (Herald's `pub`
 //! frames and window); consume is one connection per member sending, in one round trip, the
 //! `XACK` of what it read and the next `XREADGROUP … COUNT maxInFlight` (Herald's credit).
 //! Events are the JSON envelope Herald stores for the same event (about 250 bytes), in one field.
+//! Latency (`paced.rs`): `XADD`s at a fixed rate, each burst of due events one pipeline sent
+//! without waiting for the previous reply, and a consumer on its own connection looping on
+//! `XACK` + `XREADGROUP … BLOCK` in one round trip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
+use tokio::task::JoinSet;
 
 use super::consume::ConsumeArgs;
+use super::latency::LatencyArgs;
+use super::paced::{Recorder, Schedule, next_due, payload};
 use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
 
+/// How long a reply may take before the run fails. redis-rs's default (500 ms) fails runs on
+/// this shared machine when another tenant stalls Redis (an `appendfsync always` pipeline of
+/// 500 `XADD`s waiting behind someone else's disk writes); a slow reply is a measurement.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a member's `XREADGROUP` blocks when the stream has nothing new for it.
 const READ_BLOCK_MS: usize = 100;
 
+/// Entries the latency workload's consumer reads per `XREADGROUP` at most: more than arrive
+/// between two reads at 20 k/s, so it never falls behind for want of a larger read.
+const LATENCY_READ_COUNT: usize = 1000;
+
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .with_context(|| format!("connecting to {url}"))
 }
@@ -183,4 +199,119 @@ pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::R
         acked.load(Ordering::Relaxed),
         seconds,
     ))
+}
+
+pub async fn latency(url: &str, args: &LatencyArgs, progress: bool) -> anyhow::Result<Report> {
+    let id = run_id();
+    let key = format!("bench-latency:{id}");
+    let group = format!("bench-{id}");
+    let mut admin = connect(url).await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(&group)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut admin)
+        .await
+        .context("XGROUP CREATE")?;
+    let outcome = measure_latency(url, &key, &group, args, progress).await;
+    let _ = redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut admin)
+        .await;
+    let recorder = outcome?;
+    Ok(recorder.report(
+        args,
+        "Redis Streams XADD → XREADGROUP BLOCK + XACK on its own connection",
+    ))
+}
+
+async fn measure_latency(
+    url: &str,
+    key: &str,
+    group: &str,
+    args: &LatencyArgs,
+    progress: bool,
+) -> anyhow::Result<Recorder> {
+    let mut reader = connect(url).await?;
+    let publisher = connect(url).await?;
+    let schedule = Schedule::new(args);
+    let (mut due, pacer) = schedule.start();
+    let data_bytes = args.data_bytes;
+    let writer_key = key.to_owned();
+    // Each burst of due events is one pipeline, sent without waiting for the previous one's
+    // replies (the multiplexed connection pipelines them), as Herald's latency publisher does.
+    let writer = tokio::spawn(async move {
+        let mut replies = JoinSet::new();
+        while let Some(batch) = next_due(&mut due).await {
+            let mut pipeline = redis::pipe();
+            for i in batch {
+                pipeline
+                    .cmd("XADD")
+                    .arg(&writer_key)
+                    .arg("*")
+                    .arg("event")
+                    .arg(payload(i, data_bytes))
+                    .ignore();
+            }
+            let mut connection = publisher.clone();
+            replies.spawn(async move { pipeline.query_async::<()>(&mut connection).await });
+            while let Some(done) = replies.try_join_next() {
+                done??;
+            }
+        }
+        while let Some(done) = replies.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    });
+    let bar = progress_bar(progress, schedule.total);
+    bar.set_message("latency");
+    let mut recorder = Recorder::new(schedule)?;
+    let mut unacked: Vec<String> = Vec::new();
+    while !recorder.done() {
+        recorder.check_deadline()?;
+        let mut round = redis::pipe();
+        if !unacked.is_empty() {
+            round.cmd("XACK").arg(key).arg(group).arg(&unacked).ignore();
+            unacked.clear();
+        }
+        round
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg("member-0")
+            .arg("COUNT")
+            .arg(LATENCY_READ_COUNT)
+            .arg("BLOCK")
+            .arg(READ_BLOCK_MS)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(">");
+        let (read,): (Option<StreamReadReply>,) = round.query_async(&mut reader).await?;
+        let before = recorder.received;
+        for stream in read.into_iter().flat_map(|read| read.keys) {
+            for entry in stream.ids {
+                let body: Vec<u8> = entry
+                    .get("event")
+                    .ok_or_else(|| anyhow::anyhow!("a stream entry without its event"))?;
+                recorder.record(&body)?;
+                unacked.push(entry.id);
+            }
+        }
+        bar.inc(recorder.received - before);
+    }
+    if !unacked.is_empty() {
+        redis::cmd("XACK")
+            .arg(key)
+            .arg(group)
+            .arg(&unacked)
+            .query_async::<()>(&mut reader)
+            .await?;
+    }
+    bar.finish_and_clear();
+    writer.await??;
+    let _ = pacer.join();
+    Ok(recorder)
 }

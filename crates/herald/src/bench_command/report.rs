@@ -8,6 +8,8 @@ pub struct Report {
     /// What was run: connections, batch, rate, fsync as the server reported it.
     pub conditions: String,
     pub events: u64,
+    /// What `events` counts: events, or bytes and syncs for the physical limits.
+    pub unit: String,
     pub seconds: f64,
     pub events_per_second: f64,
     /// Min and max of `events_per_second` over the runs.
@@ -15,6 +17,9 @@ pub struct Report {
     /// Latency percentiles in microseconds, for latency workloads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Percentiles>,
+    /// Min and max of the p99 over the runs, for latency workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_range_us: Option<(f64, f64)>,
     pub runs: usize,
 }
 
@@ -45,10 +50,12 @@ impl Report {
             workload: workload.to_owned(),
             conditions,
             events,
+            unit: "events".to_owned(),
             seconds,
             events_per_second: rate,
             range: (rate, rate),
             latency_us: None,
+            p99_range_us: None,
             runs: 1,
         }
     }
@@ -69,9 +76,15 @@ impl Report {
             .iter()
             .map(|r| r.events_per_second)
             .fold(0.0, f64::max);
+        let p99s: Vec<f64> = samples
+            .iter()
+            .filter_map(|r| r.latency_us.map(|l| l.p99))
+            .collect();
+        let p99_range = p99s.first().zip(p99s.last()).map(|(l, h)| (*l, *h));
         let runs = samples.len();
         let mut median = samples.swap_remove(runs / 2);
         median.range = (low, high);
+        median.p99_range_us = p99_range;
         median.runs = runs;
         median
     }
@@ -80,7 +93,7 @@ impl Report {
 pub fn print_table(reports: &[Report]) {
     println!(
         "{:<10} {:>12} {:>22} {:>9} {:>9} {:>9}  conditions",
-        "workload", "events/s", "range", "p50 µs", "p99 µs", "p99.9 µs"
+        "workload", "per second", "range", "p50 µs", "p99 µs", "p99.9 µs"
     );
     for report in reports {
         let (p50, p99, p999) = match report.latency_us {
@@ -92,9 +105,9 @@ pub fn print_table(reports: &[Report]) {
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<10} {:>12.0} {:>22} {:>9} {:>9} {:>9}  {} ({} runs)",
+            "{:<10} {:>12} {:>22} {:>9} {:>9} {:>9}  {} ({} runs)",
             report.workload,
-            report.events_per_second,
+            format!("{:.0} {}", report.events_per_second, report.unit),
             format!("{:.0}–{:.0}", report.range.0, report.range.1),
             p50,
             p99,
