@@ -4,6 +4,30 @@
 //! deterministic and tested without a server, and every decoder of untrusted bytes (the fuzz
 //! target is [`Event::from_json`]) lives here, away from the network code.
 
+/// `AsRef<str>`, `Display` and a `Debug` that names the type, for the validated string newtypes
+/// (`Subject`, `Pattern`, `RoomName`, `RoomPattern`), whose field `0` is their text.
+macro_rules! str_newtype_impls {
+    ($name:ident) => {
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+    };
+}
+
 pub mod batch;
 pub mod cloudevents;
 pub mod event;

@@ -15,8 +15,6 @@
 //! Names starting with [`USER_ROOM_PREFIX`] are Herald's own per-user rooms (PRODUCT.md §6):
 //! nobody joins or targets one by name; users are reached through the user verbs.
 
-use std::fmt;
-
 /// As many tokens as a subject may have.
 pub const ROOM_TOKENS_MAX: usize = crate::subject::SUBJECT_TOKENS_MAX;
 /// Room names travel in frames, metric labels and stats; like subjects they stay short.
@@ -233,30 +231,8 @@ impl From<&crate::Pattern> for RoomPattern {
     }
 }
 
-macro_rules! string_impls {
-    ($name:ident) => {
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), &*self.0)
-            }
-        }
-    };
-}
-
-string_impls!(RoomName);
-string_impls!(RoomPattern);
+str_newtype_impls!(RoomName);
+str_newtype_impls!(RoomPattern);
 
 #[cfg(test)]
 mod tests {
