@@ -10,7 +10,7 @@ use herald_core::Pattern;
 use herald_engine::conformance::event;
 use herald_engine::{Engine, EngineError, RedisConfig, RedisEngine, Storage, StreamConfig};
 use herald_log::Retention;
-use redis_support::{Cleanup, reachable_redis, unique_prefix};
+use redis_support::{isolated_prefix, reachable_redis};
 
 fn declared(name: &str, subjects: &str, retention: Retention) -> StreamConfig {
     StreamConfig {
@@ -34,12 +34,7 @@ async fn stats_of(engine: &RedisEngine, stream: &str) -> herald_engine::StreamSt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_streams_keep_their_retention() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let mut config = RedisConfig::new(url.as_str());
     config.key_prefix = prefix;
     config.streams = vec![

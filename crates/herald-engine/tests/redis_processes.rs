@@ -14,7 +14,7 @@ use herald_engine::conformance::event;
 use herald_engine::{
     Delivery, Engine, GroupMember, GroupPolicy, GroupSpec, RedisConfig, RedisEngine, StartAt,
 };
-use redis_support::{Cleanup, reachable_redis, unique_prefix};
+use redis_support::{isolated_prefix, reachable_redis};
 
 /// Bounds a wait that should end much sooner (catches a hang, asserts nothing about speed).
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,12 +53,7 @@ async fn publish_numbered(engine: &RedisEngine, subject: &str, count: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_two_engines_share_the_work_and_stats_add_up() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut members = [
         one.join_group(spec("billing", "order.*"), Some(5))
@@ -110,12 +105,7 @@ async fn members_on_two_engines_share_the_work_and_stats_add_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_subscriber_sees_what_another_engine_publishes_even_on_new_streams() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut watching = two
         .subscribe(Pattern::new("*.created").unwrap(), StartAt::Latest)
@@ -147,12 +137,7 @@ async fn a_live_subscriber_sees_what_another_engine_publishes_even_on_new_stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
     let mut holder = doomed
@@ -193,12 +178,7 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_events_reach_subscribers_of_every_engine() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let mut config = RedisConfig::new(url.as_str());
     config.key_prefix = prefix.clone();
     config.ephemeral = vec![Pattern::new("typing.>").unwrap()];
@@ -240,12 +220,7 @@ async fn ephemeral_events_reach_subscribers_of_every_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
     let Some(url) = reachable_redis() else { return };
-    let prefix = unique_prefix();
-    let _cleanup = Cleanup {
-        urls: vec![url.clone()],
-        prefix: prefix.clone(),
-        engine: None,
-    };
+    let (prefix, _cleanup) = isolated_prefix(&url);
     let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     let mut member = two
         .join_group(spec("reports", "report.*"), None)

@@ -45,6 +45,17 @@ pub fn unique_prefix() -> String {
     format!("herald-test-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// A fresh prefix on the Redis at `url`, and the guard that deletes its keys at the test's end.
+pub fn isolated_prefix(url: &str) -> (String, Cleanup) {
+    let prefix = unique_prefix();
+    let cleanup = Cleanup {
+        urls: vec![url.to_owned()],
+        prefix: prefix.clone(),
+        engine: None,
+    };
+    (prefix, cleanup)
+}
+
 /// Deletes every key under a prefix when dropped, after stopping the engine's tasks if given
 /// one (they would otherwise go on writing until the test's runtime ends).
 #[derive(Debug)]
