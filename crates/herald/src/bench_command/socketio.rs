@@ -7,7 +7,6 @@
 //! ping/pong, event) over tokio-tungstenite rather than a Socket.IO client library: ten thousand
 //! of them must fit beside the server on this machine, and the figures are about the server.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -339,9 +338,6 @@ async fn socket_loop(
         Some(token) => format!("40{}", json!({ "token": token })),
         None => "40".to_owned(),
     };
-    let mut kinds = HashMap::new();
-    kinds.insert(BROADCAST_TYPE.to_owned(), Kind::Broadcast);
-    kinds.insert(TARGETED_TYPE.to_owned(), Kind::Targeted);
     while let Some(message) = ws.next().await {
         let text = match message? {
             Message::Text(text) => text,
@@ -365,7 +361,12 @@ async fn socket_loop(
             [b'4', b'2', ..] => {
                 let EventPacket(kind, data, _) = serde_json::from_str(&text[2..])
                     .with_context(|| format!("an event packet the bench did not send: {text}"))?;
-                if let Some(&kind) = kinds.get(&kind) {
+                let kind = match kind.as_str() {
+                    BROADCAST_TYPE => Some(Kind::Broadcast),
+                    TARGETED_TYPE => Some(Kind::Targeted),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
                     arrivals
                         .send(Arrival::Event {
                             kind,
