@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::Pattern;
+use herald_core::{Pattern, RoomName};
 use herald_protocol::http::PublishResult;
 use herald_protocol::realtime::{RealtimeSent, Target};
 use serde::Serialize;
@@ -20,6 +20,7 @@ use crate::connection::{
 use crate::error::{Error, Result};
 use crate::event::NewEvent;
 use crate::options::{ClientOptions, backoff_delay};
+use crate::rooms::{Listener, RoomSubscription};
 use crate::subscription::{
     GroupOptions, GroupSubscription, GroupWorker, SubHandle, SubscribeOptions, Subscription,
     request,
@@ -242,6 +243,42 @@ impl Client {
         let concurrency = options.concurrency;
         let subscription = self.group_subscription(pattern, group, options).await?;
         Ok(GroupWorker::spawn(subscription, concurrency, handler))
+    }
+
+    /// Listens to `room` as a browser socket in it would (seed 004's `joinRoom`): every event
+    /// sent to the room from now on, live and at most once. The token needs the room in its
+    /// `rooms` (or `subscribe`) patterns.
+    pub async fn join_room<T: DeserializeOwned>(&self, room: &str) -> Result<RoomSubscription<T>> {
+        let room = RoomName::new(room).map_err(Error::InvalidRoom)?;
+        let local = self.inner.ids.next();
+        let shared = Arc::new(SubShared::default());
+        let (confirm, confirmed) = oneshot::channel();
+        let (sink, receiver) = mpsc::channel(self.inner.options.live_buffer_events);
+        self.inner
+            .control
+            .send(Control::Join {
+                local,
+                room: room.as_str().to_owned(),
+                listener: Listener {
+                    sink,
+                    shared: shared.clone(),
+                    confirm: Some(confirm),
+                },
+            })
+            .map_err(|_| Error::Closed)?;
+        let subscription = RoomSubscription {
+            room: room.as_str().to_owned(),
+            local,
+            control: self.inner.control.clone(),
+            shared,
+            receiver,
+            timeout: self.inner.options.timeout,
+            ended: false,
+            _data: PhantomData,
+        };
+        // On failure, dropping the subscription withdraws it from the task.
+        request(confirmed, self.inner.options.timeout).await?;
+        Ok(subscription)
     }
 
     fn open(

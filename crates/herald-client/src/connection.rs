@@ -38,6 +38,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::error::{Error, Result};
 use crate::options::{ClientOptions, backoff_delay};
+use crate::rooms::{Listener, Rooms};
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -102,7 +103,7 @@ pub(crate) struct SubShared {
 }
 
 impl SubShared {
-    fn close(&self, error: Error) {
+    pub fn close(&self, error: Error) {
         if let Ok(mut closed) = self.closed.lock()
             && closed.is_none()
         {
@@ -151,6 +152,16 @@ pub(crate) enum Control {
     Ping {
         reply: Reply<()>,
     },
+    Join {
+        local: u64,
+        room: String,
+        listener: Listener,
+    },
+    Leave {
+        local: u64,
+        room: String,
+        reply: Option<Reply<()>>,
+    },
     Close,
 }
 
@@ -163,11 +174,13 @@ struct Sub {
     sid: Option<u64>,
 }
 
-enum Pending {
+pub(crate) enum Pending {
     Sub { local: u64 },
     Unsub { reply: Option<Reply<()>> },
     Verb { reply: Reply<()> },
     Ping { reply: Reply<()> },
+    Join { room: String },
+    Leave { reply: Option<Reply<()>> },
 }
 
 /// One open connection.
@@ -190,6 +203,24 @@ impl Conn {
             .send(Message::Text(frame.encode().into()))
             .is_ok()
     }
+
+    /// Sends `frame` and waits for the answer to its `rid`.
+    pub(crate) fn request(&mut self, rid: u64, frame: &Frame, pending: Pending) {
+        self.send(frame);
+        self.pending.insert(rid, pending);
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// Refusals that a later attempt on a new connection may not meet again.
+pub(crate) fn is_transient(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+    )
 }
 
 /// Opens a connection and reads its `welcome`.
@@ -312,6 +343,7 @@ pub(crate) struct Task {
     pub publishes: mpsc::Receiver<PublishRequest>,
     publishes_open: bool,
     subs: HashMap<u64, Sub>,
+    rooms: Rooms,
     /// Publishes waiting for a connection (or for room on it), oldest first.
     buffer: VecDeque<PublishRequest>,
     buffered_events: usize,
@@ -334,6 +366,7 @@ impl Task {
             publishes,
             publishes_open: true,
             subs: HashMap::new(),
+            rooms: Rooms::default(),
             buffer: VecDeque::new(),
             buffered_events: 0,
             generation,
@@ -374,6 +407,12 @@ impl Task {
         for local in self.subs.keys().copied().collect::<Vec<_>>() {
             self.send_sub(conn, local);
         }
+        let next_rid = &mut self.next_rid;
+        self.rooms.rejoin(conn, || {
+            let rid = *next_rid;
+            *next_rid += 1;
+            rid
+        });
         let silence_max = conn.heartbeat * SILENT_HEARTBEATS_MAX;
         // Set once the client closes: publishes already taken are still sent and answered.
         let mut closing: Option<Instant> = None;
@@ -691,6 +730,18 @@ impl Task {
                 });
                 conn.pending.insert(rid, Pending::Ping { reply });
             }
+            Control::Join {
+                local,
+                room,
+                listener,
+            } => {
+                let rid = self.rid();
+                self.rooms.add(Some(conn), rid, room, local, listener);
+            }
+            Control::Leave { local, room, reply } => {
+                let rid = self.rid();
+                self.rooms.remove(Some(conn), rid, &room, local, reply);
+            }
             Control::Close => {}
         }
     }
@@ -702,6 +753,14 @@ impl Task {
             return Err("a frame without op".to_owned());
         };
         match op {
+            Op::Event if frame.room.is_some() => {
+                let (Some(room), Some(event)) = (frame.room, frame.event) else {
+                    return Err("room event without event".to_owned());
+                };
+                let rid = self.rid();
+                let buffered = self.options.live_buffer_events;
+                self.rooms.deliver(conn, rid, &room, event, buffered);
+            }
             Op::Event => self.on_event(conn, frame),
             Op::Puback => {
                 let (Some(rid), Some(results)) = (frame.rid, frame.results) else {
@@ -757,7 +816,11 @@ impl Task {
                     ) => {
                         let _ = reply.send(Ok(()));
                     }
-                    Some(Pending::Unsub { reply: None }) => {}
+                    Some(Pending::Unsub { reply: None } | Pending::Leave { reply: None }) => {}
+                    Some(Pending::Leave { reply: Some(reply) }) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Some(Pending::Join { room }) => self.rooms.joined(&room),
                     Some(Pending::Sub { .. }) | None => {
                         return Err(format!("{op} for unknown rid {rid}"));
                     }
@@ -768,6 +831,12 @@ impl Task {
                     .error
                     .unwrap_or_else(|| ErrorDetail::new(ErrorCode::Internal, "error frame"));
                 return self.on_error(conn, frame.rid, frame.sid, detail);
+            }
+            Op::Closed if frame.room.is_some() => {
+                let (Some(room), Some(detail)) = (frame.room, frame.error) else {
+                    return Err("room closed without error".to_owned());
+                };
+                self.rooms.closed(&room, detail);
             }
             Op::Closed => {
                 let (Some(sid), Some(detail)) = (frame.sid, frame.error) else {
@@ -854,10 +923,7 @@ impl Task {
                 let Some(mut sub) = self.subs.remove(&local) else {
                     return Ok(());
                 };
-                let transient = matches!(
-                    detail.code,
-                    ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
-                );
+                let transient = is_transient(detail.code);
                 match sub.confirm.take() {
                     Some(confirm) => {
                         let _ = confirm.send(Err(Error::Server(detail)));
@@ -875,14 +941,16 @@ impl Task {
                     }
                 }
             }
+            Some(Pending::Join { room }) => return self.rooms.refused(&room, detail),
             Some(
                 Pending::Verb { reply }
                 | Pending::Ping { reply }
-                | Pending::Unsub { reply: Some(reply) },
+                | Pending::Unsub { reply: Some(reply) }
+                | Pending::Leave { reply: Some(reply) },
             ) => {
                 let _ = reply.send(Err(Error::Server(detail)));
             }
-            Some(Pending::Unsub { reply: None }) | None => {
+            Some(Pending::Unsub { reply: None } | Pending::Leave { reply: None }) | None => {
                 tracing::debug!(rid, error = %detail, "herald refused a request nobody waits for");
             }
         }
@@ -910,12 +978,17 @@ impl Task {
                 Pending::Verb { reply } | Pending::Ping { reply } => {
                     let _ = reply.send(Err(Error::ConnectionLost));
                 }
-                Pending::Unsub { reply: Some(reply) } => {
+                // Closing the connection left its rooms too.
+                Pending::Unsub { reply: Some(reply) } | Pending::Leave { reply: Some(reply) } => {
                     let _ = reply.send(Ok(()));
                 }
-                Pending::Unsub { reply: None } | Pending::Sub { .. } => {}
+                Pending::Unsub { reply: None }
+                | Pending::Leave { reply: None }
+                | Pending::Sub { .. }
+                | Pending::Join { .. } => {}
             }
         }
+        self.rooms.lost();
     }
 
     /// Reconnects with backoff, serving the channels meanwhile; None once the client is gone.
@@ -1013,6 +1086,14 @@ impl Task {
             Control::Ping { reply } => {
                 let _ = reply.send(Err(Error::ConnectionLost));
             }
+            Control::Join {
+                local,
+                room,
+                listener,
+            } => self.rooms.add(None, 0, room, local, listener),
+            Control::Leave { local, room, reply } => {
+                self.rooms.remove(None, 0, &room, local, reply);
+            }
             Control::Close => {}
         }
     }
@@ -1036,6 +1117,7 @@ impl Task {
                 let _ = confirm.send(Err(Error::Closed));
             }
         }
+        self.rooms.close_all();
         self.publishes.close();
         while let Ok(request) = self.publishes.try_recv() {
             let _ = request.reply.send(Err(Error::Closed));
@@ -1048,9 +1130,13 @@ impl Task {
                 }
                 Control::Unsubscribe {
                     reply: Some(reply), ..
+                }
+                | Control::Leave {
+                    reply: Some(reply), ..
                 } => {
                     let _ = reply.send(Ok(()));
                 }
+                Control::Join { listener, .. } => listener.end(Error::Closed),
                 Control::Verb {
                     reply: Some(reply), ..
                 }
@@ -1058,6 +1144,7 @@ impl Task {
                     let _ = reply.send(Err(Error::Closed));
                 }
                 Control::Unsubscribe { reply: None, .. }
+                | Control::Leave { reply: None, .. }
                 | Control::Verb { reply: None, .. }
                 | Control::Close => {}
             }

@@ -14,6 +14,8 @@ pub enum Error {
     InvalidType(herald_core::SubjectError),
     #[error("invalid pattern: {0}")]
     InvalidPattern(herald_core::SubjectError),
+    #[error("invalid room: {0}")]
+    InvalidRoom(herald_core::RoomError),
     #[error("invalid event id: {0}")]
     InvalidId(herald_core::EventIdError),
     #[error("invalid timestamp {value:?}: {reason}")]

@@ -22,8 +22,8 @@
 //! # }
 //! ```
 //!
-//! Not here yet: publishing to users, rooms and broadcasts (`publishToUser`, `publishToRoom`,
-//! `broadcast`), which arrive with the server's real-time endpoints.
+//! Real-time sends to browsers (users, rooms, broadcast) go over HTTP; a service listens to a
+//! room with [`Client::join_room`].
 
 mod admin;
 mod client;
@@ -31,6 +31,7 @@ mod connection;
 mod error;
 mod event;
 mod options;
+mod rooms;
 mod subscription;
 
 pub use admin::Admin;
@@ -45,6 +46,7 @@ pub use herald_protocol::http::{
 pub use herald_protocol::realtime::{RealtimeSent, Target};
 pub use herald_protocol::{ErrorCode, ErrorDetail};
 pub use options::ClientOptions;
+pub use rooms::RoomSubscription;
 pub use subscription::{
     Delivery, GroupOptions, GroupSubscription, GroupWorker, SubscribeOptions, Subscription,
 };

@@ -331,3 +331,130 @@ async fn a_slow_listener_is_dropped_from_its_rooms_without_slowing_others() {
         "{metrics}"
     );
 }
+
+async fn rust_client(server: &Server, token: &str) -> herald_client::Client {
+    herald_client::Client::connect(
+        herald_client::ClientOptions::new(server.url())
+            .service_name("rooms")
+            .token(token)
+            .timeout(support::WAIT)
+            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500)),
+    )
+    .await
+    .unwrap()
+}
+
+async fn next_room_event(room: &mut herald_client::RoomSubscription<Value>) -> Value {
+    tokio::time::timeout(support::WAIT, room.next())
+        .await
+        .expect("a room event in time")
+        .expect("the room subscription goes on")
+        .expect("an event that decodes")
+        .data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_joins_rooms_listens_and_leaves() {
+    use herald_client::{Error, ErrorCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let client = rust_client(&server, SESSIONS_TOKEN).await;
+
+    // Refusals: outside the token's rooms (server), reserved and malformed names (client).
+    let refused = client.join_room::<Value>("chat.general").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
+    let reserved = client.join_room::<Value>("user:alice").await.unwrap_err();
+    assert!(matches!(reserved, Error::InvalidRoom(_)), "{reserved}");
+    let malformed = client.join_room::<Value>("session:").await.unwrap_err();
+    assert!(matches!(malformed, Error::InvalidRoom(_)), "{malformed}");
+
+    // Two subscriptions to one room: the connection listens once, both get every event.
+    let mut first = client.join_room::<Value>("session:abc123").await.unwrap();
+    let mut second = client.join_room::<Value>("session:abc123").await.unwrap();
+    assert_eq!(first.room(), "session:abc123");
+    let (status, body) = post_to_room(
+        &server,
+        "session:abc123",
+        json!({"type": "notification.new", "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!((status, &body["delivered"]), (200, &json!(1)), "{body}");
+    assert_eq!(next_room_event(&mut first).await, json!({"n": 1}));
+    assert_eq!(next_room_event(&mut second).await, json!({"n": 1}));
+
+    // One leaves: the room stays joined for the other.
+    second.leave().await.unwrap();
+    let (_, body) = post_to_room(
+        &server,
+        "session:abc123",
+        json!({"type": "a.b", "data": {"n": 2}}),
+    )
+    .await;
+    assert_eq!(body["delivered"], 1, "{body}");
+    assert_eq!(next_room_event(&mut first).await, json!({"n": 2}));
+
+    // The last leaves: the connection leaves the room.
+    first.leave().await.unwrap();
+    let (_, body) = post_to_room(
+        &server,
+        "session:abc123",
+        json!({"type": "a.b", "data": {"n": 3}}),
+    )
+    .await;
+    assert_eq!(body["delivered"], 0, "{body}");
+
+    // Dropping a subscription leaves too.
+    let dropped = client.join_room::<Value>("session:dropped").await.unwrap();
+    drop(dropped);
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let (_, body) = post_to_room(&server, "session:dropped", json!({"type": "a.b"})).await;
+        if body["delivered"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still listening after the drop: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_joins_its_rooms_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let listen = server.addr.to_string();
+    let client = rust_client(&server, SESSIONS_TOKEN).await;
+    let mut room = client.join_room::<Value>("session:abc123").await.unwrap();
+    post_to_room(&server, "session:abc123", json!({"type": "a.b", "data": 1})).await;
+    assert_eq!(next_room_event(&mut room).await, json!(1));
+
+    assert!(server.terminate());
+    let config = dir.path().join("herald.toml");
+    let server = Server::start_on(
+        &listen,
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    // Sent until the client has joined again on its new connection (earlier sends are lost:
+    // room events are live).
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let (_, body) =
+            post_to_room(&server, "session:abc123", json!({"type": "a.b", "data": 2})).await;
+        if body["delivered"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client did not join again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(next_room_event(&mut room).await, json!(2));
+    client.close().await;
+}
