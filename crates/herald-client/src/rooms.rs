@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::connection::{Conn, Control, Incoming, Pending, Reply, SubShared, is_transient};
 use crate::error::{Error, Result};
 use crate::event::ReceivedEvent;
-use crate::subscription::request;
+use crate::subscription::{poll_live, request};
 
 /// Events sent to one room, as they come. Dropping it leaves the room (when no other
 /// subscription of this client listens to it).
@@ -70,19 +70,7 @@ impl<T: DeserializeOwned> RoomSubscription<T> {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReceivedEvent<T>>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(incoming)) => {
-                Poll::Ready(Some(ReceivedEvent::decode(&incoming.event)))
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                Poll::Ready(self.shared.take_closed().map(Err))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        poll_live(&mut self.receiver, &self.shared, &mut self.ended, cx)
     }
 }
 

@@ -118,6 +118,27 @@ impl Drop for SubHandle {
     }
 }
 
+/// The next event of a live stream (a subscription, a room): after the last, why it ended
+/// (when it ended for a reason), then `None`.
+pub(crate) fn poll_live<T: DeserializeOwned>(
+    receiver: &mut mpsc::Receiver<Incoming>,
+    shared: &SubShared,
+    ended: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<ReceivedEvent<T>>>> {
+    if *ended {
+        return Poll::Ready(None);
+    }
+    match receiver.poll_recv(cx) {
+        Poll::Ready(Some(incoming)) => Poll::Ready(Some(ReceivedEvent::decode(&incoming.event))),
+        Poll::Ready(None) => {
+            *ended = true;
+            Poll::Ready(shared.take_closed().map(Err))
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 /// Waits for the task's answer within `timeout`.
 pub(crate) async fn request<T>(
     answer: oneshot::Receiver<Result<T>>,
@@ -154,19 +175,7 @@ impl<T: DeserializeOwned> Subscription<T> {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReceivedEvent<T>>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(incoming)) => {
-                Poll::Ready(Some(ReceivedEvent::decode(&incoming.event)))
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                Poll::Ready(self.handle.shared.take_closed().map(Err))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        poll_live(&mut self.receiver, &self.handle.shared, &mut self.ended, cx)
     }
 }
 

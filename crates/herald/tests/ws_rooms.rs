@@ -344,6 +344,16 @@ async fn rust_client(server: &Server, token: &str) -> herald_client::Client {
     .unwrap()
 }
 
+/// Sends `data` to `room` and checks how many connections listened.
+async fn assert_delivered(server: &Server, room: &str, data: Value, listeners: u64) {
+    let (status, body) = post_to_room(server, room, json!({"type": "a.b", "data": data})).await;
+    assert_eq!(
+        (status, &body["delivered"]),
+        (200, &json!(listeners)),
+        "{body}"
+    );
+}
+
 async fn next_room_event(room: &mut herald_client::RoomSubscription<Value>) -> Value {
     tokio::time::timeout(support::WAIT, room.next())
         .await
@@ -385,24 +395,12 @@ async fn the_rust_client_joins_rooms_listens_and_leaves() {
 
     // One leaves: the room stays joined for the other.
     second.leave().await.unwrap();
-    let (_, body) = post_to_room(
-        &server,
-        "session:abc123",
-        json!({"type": "a.b", "data": {"n": 2}}),
-    )
-    .await;
-    assert_eq!(body["delivered"], 1, "{body}");
+    assert_delivered(&server, "session:abc123", json!({"n": 2}), 1).await;
     assert_eq!(next_room_event(&mut first).await, json!({"n": 2}));
 
     // The last leaves: the connection leaves the room.
     first.leave().await.unwrap();
-    let (_, body) = post_to_room(
-        &server,
-        "session:abc123",
-        json!({"type": "a.b", "data": {"n": 3}}),
-    )
-    .await;
-    assert_eq!(body["delivered"], 0, "{body}");
+    assert_delivered(&server, "session:abc123", json!({"n": 3}), 0).await;
 
     // Dropping a subscription leaves too.
     let dropped = client.join_room::<Value>("session:dropped").await.unwrap();
