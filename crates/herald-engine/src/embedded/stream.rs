@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use herald_core::{Event, Limits, ParseContext, StoredEvent, SubjectIndex, SubscriptionId};
+use herald_core::{Event, StoredEvent, SubjectIndex, SubscriptionId};
 use herald_log::{Log, Record};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
@@ -447,11 +447,8 @@ impl Stream {
     }
 
     fn decode(&self, record: &Record) -> Result<StoredEvent, EngineError> {
-        let context = ParseContext {
-            now: OffsetDateTime::UNIX_EPOCH,
-            limits: STORED_LIMITS,
-        };
-        let event = Event::from_json(&record.payload, &context).map_err(|error| {
+        // Validated when published; the log's checksums vouch for the bytes since.
+        let event = Event::from_stored_json(&record.payload).map_err(|error| {
             warn!(stream = %self.name, seq = record.seq, %error, "stored event does not decode");
             EngineError::Corrupt {
                 stream: self.name.clone(),
@@ -485,14 +482,6 @@ impl Stream {
         }
     }
 }
-
-/// Stored events were valid when published; limits may have been lowered since, so reading them
-/// back applies none.
-const STORED_LIMITS: Limits = Limits {
-    event_bytes_max: usize::MAX / 2,
-    batch_bytes_max: usize::MAX / 2,
-    batch_events_max: usize::MAX / 2,
-};
 
 impl Fanout {
     fn attach(&mut self, subscriber: Arc<Subscriber>, seq_min: u64) {
