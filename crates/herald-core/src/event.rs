@@ -377,20 +377,25 @@ impl Event {
         for (name, raw) in members {
             match &*name {
                 "id" => fields.id = Some(EventId(stored_string("id", raw)?.into_boxed_str())),
-                "type" => fields.event_type = Some(Subject::from_stored(stored_string("type", raw)?)),
+                "type" => {
+                    fields.event_type = Some(Subject::from_stored(stored_string("type", raw)?))
+                }
                 "version" => fields.version = Some(stored_string("version", raw)?),
                 "timestamp" => {
                     let text = stored_string("timestamp", raw)?;
-                    fields.timestamp = Some(wire::parse_stored_timestamp(&text).map_err(
-                        |reason| EventError::InvalidTimestamp {
-                            field: "timestamp",
-                            value: excerpt(&text),
-                            reason,
-                        },
-                    )?);
+                    fields.timestamp =
+                        Some(wire::parse_stored_timestamp(&text).map_err(|reason| {
+                            EventError::InvalidTimestamp {
+                                field: "timestamp",
+                                value: excerpt(&text),
+                                reason,
+                            }
+                        })?);
                 }
                 "source" => fields.source = Some(stored_string("source", raw)?),
-                "correlationId" => fields.correlation_id = Some(stored_string("correlationId", raw)?),
+                "correlationId" => {
+                    fields.correlation_id = Some(stored_string("correlationId", raw)?)
+                }
                 "traceId" => fields.trace_id = Some(stored_string("traceId", raw)?),
                 "userId" => fields.user_id = Some(stored_string("userId", raw)?),
                 "key" => fields.key = Some(stored_string("key", raw)?),
@@ -727,7 +732,10 @@ pub(crate) fn string_field(
 /// requires, so most values are copied straight from between their quotes.
 fn stored_string(field: &'static str, raw: &RawValue) -> Result<String, EventError> {
     let text = raw.get();
-    match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+    match text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
         Some(inner) if !inner.contains('\\') => Ok(inner.to_owned()),
         _ => string_field(field, raw)?.ok_or(EventError::WrongType {
             field,

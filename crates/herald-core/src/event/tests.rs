@@ -469,7 +469,9 @@ fn stored_json_reports_structural_damage() {
         Err(EventError::MissingField { name: "id" })
     ));
     assert!(matches!(
-        Event::from_stored_json(br#"{"id":"x","type":"a.b","timestamp":"2026-11-30T22:00:00Z","nope":1}"#),
+        Event::from_stored_json(
+            br#"{"id":"x","type":"a.b","timestamp":"2026-11-30T22:00:00Z","nope":1}"#
+        ),
         Err(EventError::UnknownField { .. })
     ));
     assert!(matches!(

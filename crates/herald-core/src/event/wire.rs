@@ -206,7 +206,11 @@ pub(crate) fn parse_stored_timestamp(text: &str) -> Result<OffsetDateTime, Strin
 fn stored_timestamp(bytes: &[u8]) -> Option<OffsetDateTime> {
     let (head, rest) = bytes.split_at_checked(19)?;
     let fraction = rest.strip_suffix(b"Z")?;
-    if head[4] != b'-' || head[7] != b'-' || head[10] != b'T' || head[13] != b':' || head[16] != b':'
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] != b'T'
+        || head[13] != b':'
+        || head[16] != b':'
     {
         return None;
     }

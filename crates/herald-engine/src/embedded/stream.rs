@@ -328,20 +328,47 @@ impl Stream {
     }
 
     /// Up to `limit` dispatched events from `from_seq`, from the tail cache when it reaches back
-    /// that far, else from the log.
-    pub fn fetch(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
+    /// that far, else from the log through `cursor`.
+    ///
+    /// The caller keeps `cursor` between fetches, so that reading a backlog opens the segment
+    /// once and each read-ahead chunk (256 KiB) serves every event in it; a fresh reader per
+    /// fetch read (and zeroed) a whole chunk for a few hundred events. It is dropped once the
+    /// tail cache serves, so that an idle group holds no segment file open.
+    pub fn fetch(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        cursor: &mut StreamCursor,
+    ) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
         let head = {
             let fanout = self.fanout.lock();
             if from_seq >= fanout.next_seq {
+                cursor.reader = None;
                 return Ok(Vec::new());
             }
             if let Some(mut cached) = fanout.tail_from(from_seq) {
+                cursor.reader = None;
                 cached.truncate(limit);
                 return Ok(cached);
             }
             fanout.next_seq
         };
-        let mut events = self.read(from_seq, limit)?;
+        let reader = match &mut cursor.reader {
+            Some(reader) => {
+                if reader.next_seq() != from_seq {
+                    reader.seek(from_seq);
+                }
+                reader
+            }
+            None => cursor.reader.insert(self.log.reader(from_seq)),
+        };
+        let records = reader
+            .next_batch(limit, READ_BYTES_MAX)
+            .map_err(|source| self.storage_error(source))?;
+        let mut events = records
+            .iter()
+            .map(|record| self.decode(record).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         events.retain(|event| event.seq < head);
         Ok(events)
     }
@@ -416,7 +443,7 @@ impl Stream {
     pub fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
         let records = self
             .log
-            .read(from_seq, limit, 4 << 20)
+            .read(from_seq, limit, READ_BYTES_MAX)
             .map_err(|source| self.storage_error(source))?;
         records
             .iter()
@@ -481,6 +508,15 @@ impl Stream {
             source,
         }
     }
+}
+
+/// Payload bytes one read from the log returns at most.
+const READ_BYTES_MAX: usize = 4 << 20;
+
+/// Where a reader of the stream (a group) is in its log, kept between fetches.
+#[derive(Default)]
+pub(crate) struct StreamCursor {
+    reader: Option<herald_log::Reader>,
 }
 
 impl Fanout {
