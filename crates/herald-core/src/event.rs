@@ -364,6 +364,60 @@ impl Event {
         Ok(event)
     }
 
+    /// Decodes an event that Herald itself encoded ([`Event::to_json`]) after validating it, read
+    /// back from its own log, whose records are checksummed: only its structure is checked.
+    ///
+    /// Reading a stored backlog is bounded by this decode (a group's task does it for every
+    /// event it delivers); re-running the publish checks (ids, subject tokens, text limits,
+    /// control characters, duplicate fields, RFC 3339 in full) was most of its cost and could
+    /// only fail on a log whose checksums passed over damage, which the checksums rule out.
+    pub fn from_stored_json(bytes: &[u8]) -> Result<Event, EventError> {
+        let members = parse_object(bytes)?;
+        let mut fields = EventFields::default();
+        for (name, raw) in members {
+            match &*name {
+                "id" => fields.id = Some(EventId(stored_string("id", raw)?.into_boxed_str())),
+                "type" => {
+                    fields.event_type = Some(Subject::from_stored(stored_string("type", raw)?))
+                }
+                "version" => fields.version = Some(stored_string("version", raw)?),
+                "timestamp" => {
+                    let text = stored_string("timestamp", raw)?;
+                    fields.timestamp =
+                        Some(wire::parse_stored_timestamp(&text).map_err(|reason| {
+                            EventError::InvalidTimestamp {
+                                field: "timestamp",
+                                value: excerpt(&text),
+                                reason,
+                            }
+                        })?);
+                }
+                "source" => fields.source = Some(stored_string("source", raw)?),
+                "correlationId" => {
+                    fields.correlation_id = Some(stored_string("correlationId", raw)?)
+                }
+                "traceId" => fields.trace_id = Some(stored_string("traceId", raw)?),
+                "userId" => fields.user_id = Some(stored_string("userId", raw)?),
+                "key" => fields.key = Some(stored_string("key", raw)?),
+                "data" => fields.data = Some(raw.to_owned()),
+                "metadata" => fields.metadata = decode_metadata(raw)?,
+                other => {
+                    return Err(EventError::UnknownField {
+                        name: excerpt(other),
+                        suggestion: suggest_field(other),
+                    });
+                }
+            }
+        }
+        if fields.id.is_none() {
+            return Err(EventError::MissingField { name: "id" });
+        }
+        let now = fields
+            .timestamp
+            .ok_or(EventError::MissingField { name: "timestamp" })?;
+        fields.finish(&ParseContext::new(now))
+    }
+
     /// The JSON form, camelCase, with absent optionals omitted and `data` verbatim.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.data.get().len());
@@ -670,6 +724,23 @@ pub(crate) fn string_field(
             field,
             expected: "a string",
             found,
+        }),
+    }
+}
+
+/// A string field of a stored event: the writer ([`wire::write_string`]) escapes only what JSON
+/// requires, so most values are copied straight from between their quotes.
+fn stored_string(field: &'static str, raw: &RawValue) -> Result<String, EventError> {
+    let text = raw.get();
+    match text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
+        Some(inner) if !inner.contains('\\') => Ok(inner.to_owned()),
+        _ => string_field(field, raw)?.ok_or(EventError::WrongType {
+            field,
+            expected: "a string",
+            found: "null",
         }),
     }
 }

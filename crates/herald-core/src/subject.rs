@@ -152,6 +152,12 @@ impl Subject {
         Ok(Subject(text.into()))
     }
 
+    /// A subject Herald validated before storing it, read back from its own checksummed log:
+    /// validating it again would only cost time (see `Event::from_stored_json`).
+    pub(crate) fn from_stored(text: String) -> Subject {
+        Subject(text.into_boxed_str())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -128,6 +128,7 @@ macro_rules! conformance_tests {
             reject_dead_letters_at_once_and_redrive_delivers_again,
             a_member_that_leaves_has_its_deliveries_redelivered_at_once,
             acks_sent_just_before_leaving_count,
+            deliveries_taken_and_acked_in_bursts_are_each_acked_once,
             nothing_is_lost_when_members_crash_mid_flight,
             a_group_pattern_spans_streams,
             a_group_reads_past_events_it_does_not_match,
@@ -1053,6 +1054,55 @@ pub async fn acks_sent_just_before_leaving_count<E: Engine>(fixture: &Fixture<E>
     let stats = engine.groups().await;
     let batcher = stats.iter().find(|stats| stats.name == "batcher").unwrap();
     assert_eq!((batcher.acked, batcher.redelivered), (50, 0));
+}
+
+/// A member may take its deliveries in bursts and ack a burst in one call, as the server does
+/// for a WebSocket member: every event arrives once, in order, within the credit, and each is
+/// acked once.
+pub async fn deliveries_taken_and_acked_in_bursts_are_each_acked_once<E: Engine>(
+    fixture: &Fixture<E>,
+) {
+    let engine = &fixture.engine;
+    let timing = &fixture.timing;
+    publish_numbered(engine, "bulk.item", 250).await;
+    let mut member = engine
+        .join_group(group(timing, "bulk", "bulk.*"), Some(40))
+        .await
+        .expect("join");
+    let mut seqs = Vec::new();
+    let mut burst = Vec::new();
+    while seqs.len() < 250 {
+        let wait = timing.of(GROUP_WAIT);
+        match tokio::time::timeout(wait, member.recv_batch(&mut burst, 64)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(closed)) => panic!("membership closed: {closed}"),
+            Err(_) => panic!("no delivery within {wait:?} after {} events", seqs.len()),
+        }
+        assert!(
+            burst.len() <= 40,
+            "a burst of {} beyond the credit of 40",
+            burst.len()
+        );
+        let ids: Vec<u64> = burst.iter().map(|delivery| delivery.delivery_id).collect();
+        seqs.extend(burst.drain(..).map(|delivery| delivery.event.seq));
+        member.verbs().ack_many(&ids).await.expect("ack");
+    }
+    assert_eq!(seqs, (1..=250).collect::<Vec<u64>>());
+    let deadline = tokio::time::Instant::now() + timing.of(GROUP_WAIT);
+    loop {
+        let stats = engine.groups().await;
+        let bulk = stats.iter().find(|stats| stats.name == "bulk").unwrap();
+        if bulk.acked == 250 {
+            assert_eq!((bulk.redelivered, bulk.in_flight), (0, 0));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 250 acks recorded",
+            bulk.acked
+        );
+        tokio::time::sleep(timing.of(Duration::from_millis(10))).await;
+    }
 }
 
 pub async fn nothing_is_lost_when_members_crash_mid_flight<E: Engine>(fixture: &Fixture<E>) {

@@ -416,8 +416,66 @@ proptest! {
         prop_assert_eq!(back, stored);
     }
 
+    /// What the log gives back decodes, without the publish checks, to the event stored.
+    #[test]
+    fn stored_json_round_trip(event in event_strategy()) {
+        let json = event.to_json();
+        let back = Event::from_stored_json(&json).unwrap();
+        prop_assert_eq!(&back, &event);
+        prop_assert_eq!(back.to_json(), json);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = Event::from_json(&bytes, &ParseContext::new(NOW));
+        let _ = Event::from_stored_json(&bytes);
     }
+}
+
+/// The stored-timestamp fast path reads what the writer writes, and hands anything else to the
+/// general RFC 3339 parser, so both agree on every input.
+#[test]
+fn stored_timestamps_parse_as_rfc3339_does() {
+    for text in [
+        "2026-11-30T22:00:00Z",
+        "2026-11-30T22:00:00.1Z",
+        "2026-11-30T22:00:00.123456789Z",
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999999Z",
+        "2024-02-29T12:00:00Z",
+        "2026-02-29T12:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-11-30T24:00:00Z",
+        "2026-11-30T22:00:60Z",
+        "2026-11-30T22:00:00.Z",
+        "2026-11-30T22:00:00.1234567890Z",
+        "2026-11-30T22:00:00+01:00",
+        "2026-11-30 22:00:00Z",
+        "2026-11-3xT22:00:00Z",
+        "",
+    ] {
+        assert_eq!(
+            wire::parse_stored_timestamp(text),
+            wire::parse_timestamp(text),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn stored_json_reports_structural_damage() {
+    assert!(matches!(
+        Event::from_stored_json(br#"{"type":"a.b","timestamp":"2026-11-30T22:00:00Z"}"#),
+        Err(EventError::MissingField { name: "id" })
+    ));
+    assert!(matches!(
+        Event::from_stored_json(
+            br#"{"id":"x","type":"a.b","timestamp":"2026-11-30T22:00:00Z","nope":1}"#
+        ),
+        Err(EventError::UnknownField { .. })
+    ));
+    assert!(matches!(
+        Event::from_stored_json(br#"{"id":"x","type":"a.b""#),
+        Err(EventError::Json { .. })
+    ));
 }

@@ -197,6 +197,59 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<OffsetDateTime, String> {
     Ok(utc)
 }
 
+/// Parses what [`write_timestamp`] writes (`2026-11-30T22:00:00.123Z`, UTC, 4-digit year)
+/// without the general RFC 3339 parser; anything else goes to [`parse_timestamp`].
+pub(crate) fn parse_stored_timestamp(text: &str) -> Result<OffsetDateTime, String> {
+    stored_timestamp(text.as_bytes()).map_or_else(|| parse_timestamp(text), Ok)
+}
+
+fn stored_timestamp(bytes: &[u8]) -> Option<OffsetDateTime> {
+    let (head, rest) = bytes.split_at_checked(19)?;
+    let fraction = rest.strip_suffix(b"Z")?;
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] != b'T'
+        || head[13] != b':'
+        || head[16] != b':'
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        head[range].iter().try_fold(0u32, |value, &digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| value * 10 + u32::from(digit - b'0'))
+        })
+    };
+    let nanosecond = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let value = digits.iter().try_fold(0u32, |value, &digit| {
+                digit
+                    .is_ascii_digit()
+                    .then(|| value * 10 + u32::from(digit - b'0'))
+            })?;
+            value * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let month = time::Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(number(0..4)?).ok()?,
+        month,
+        u8::try_from(number(8..10)?).ok()?,
+    )
+    .ok()?;
+    let time = time::Time::from_hms_nano(
+        u8::try_from(number(11..13)?).ok()?,
+        u8::try_from(number(14..16)?).ok()?,
+        u8::try_from(number(17..19)?).ok()?,
+        nanosecond,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
 pub(crate) fn is_timestamp_in_range(timestamp: &OffsetDateTime) -> bool {
     timestamp
         .checked_to_offset(UtcOffset::UTC)

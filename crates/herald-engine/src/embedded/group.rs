@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashMap as FastMap;
 use herald_core::{Event, ParseContext, Pattern, StoredEvent};
 use rand::Rng;
 use time::OffsetDateTime;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
-use super::stream::Stream;
+use super::stream::{Stream, StreamCursor};
 use crate::api::{
     Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, MemberRequest, StartAt,
     VerbError, VerbReply,
@@ -81,6 +82,9 @@ struct Member {
     closed: watch::Sender<Option<Closed>>,
     max_in_flight: u32,
     in_flight: u32,
+    /// Deliveries to it waiting in this turn's outbox: they will take that many of its
+    /// channel's free slots.
+    queued: usize,
 }
 
 #[derive(Default)]
@@ -98,13 +102,16 @@ pub(crate) struct GroupActor {
     policy: GroupPolicy,
     start: StartAt,
     streams: Vec<Arc<Stream>>,
+    /// Each stream's log reader, by the index in `streams`.
+    cursors: Vec<StreamCursor>,
     positions: HashMap<String, u64>,
     /// The positions as last journaled.
     journaled_positions: HashMap<String, u64>,
     wake: Arc<Notify>,
     ready: VecDeque<Pending>,
     scheduled: BTreeMap<(Instant, u64), Pending>,
-    in_flight: HashMap<u64, InFlight>,
+    /// By delivery id; hashbrown's foldhash, as every ack looks one up (SipHash cost more here).
+    in_flight: FastMap<u64, InFlight>,
     deadlines: BTreeSet<(Instant, u64)>,
     members: BTreeMap<u64, Member>,
     /// Where the round-robin over members resumes.
@@ -114,9 +121,8 @@ pub(crate) struct GroupActor {
     next_delivery_id: u64,
     next_schedule_id: u64,
     counters: Counters,
-    /// Deliveries made this turn, each with its reserved channel slot, sent after the journal
-    /// write.
-    outbox: Vec<(mpsc::OwnedPermit<Delivery>, Delivery)>,
+    /// Deliveries made this turn, by member, sent after the journal write.
+    outbox: Vec<(u64, Delivery)>,
     /// Answers to member verbs, sent once their journal records are written: an acked event
     /// is never delivered again, even after a crash.
     replies: Vec<(VerbReply, Result<(), VerbError>)>,
@@ -140,12 +146,13 @@ impl GroupActor {
             policy,
             start,
             streams: Vec::new(),
+            cursors: Vec::new(),
             positions: replayed.positions.clone(),
             journaled_positions: replayed.positions.clone(),
             wake,
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
-            in_flight: HashMap::new(),
+            in_flight: FastMap::new(),
             deadlines: BTreeSet::new(),
             members: BTreeMap::new(),
             next_member: 0,
@@ -239,6 +246,7 @@ impl GroupActor {
         }
         stream.add_waker(&self.wake);
         self.streams.push(stream);
+        self.cursors.push(StreamCursor::default());
     }
 
     pub async fn run(
@@ -347,32 +355,33 @@ impl GroupActor {
     /// Hands ready events, then newly fetched ones, to members with room, round-robin.
     ///
     /// A member has room when it holds fewer than `max_in_flight` deliveries and its channel has
-    /// a free slot (deliveries that timed out may still sit in it, unread); the slot is reserved
-    /// before the delivery is made, so handing it out after the journal write cannot fail.
+    /// a free slot not already promised to this turn's outbox (deliveries that timed out may
+    /// still sit in it, unread). Only this task sends into a member's channel, so the slots
+    /// counted here are still free when the outbox is sent after the journal write. (Reserving
+    /// a permit per delivery did the same with two atomic operations and a sender clone each.)
     fn pump(&mut self) {
+        let now = Instant::now();
+        let now_utc = OffsetDateTime::now_utc();
         let mut full = Vec::new();
         while let Some(member_id) = self.member_with_room(&full) {
             let Some(member) = self.members.get(&member_id) else {
                 return;
             };
-            let permit = match member.deliveries.clone().try_reserve_owned() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    full.push(member_id);
-                    continue;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.leave(member_id);
-                    continue;
-                }
-            };
+            if member.deliveries.is_closed() {
+                self.leave(member_id);
+                continue;
+            }
+            if member.deliveries.capacity() <= member.queued {
+                full.push(member_id);
+                continue;
+            }
             if self.ready.is_empty() {
                 self.fetch(self.room());
             }
             let Some(pending) = self.ready.pop_front() else {
                 return;
             };
-            self.deliver(member_id, pending, permit);
+            self.deliver(member_id, pending, now, now_utc);
         }
     }
 
@@ -400,7 +409,7 @@ impl GroupActor {
     /// neither stalls (no wake-up would come for events already stored) nor holds up verbs.
     fn fetch(&mut self, room: usize) {
         let mut scanned = 0;
-        for stream in &self.streams {
+        for (stream, cursor) in self.streams.iter().zip(&mut self.cursors) {
             // Only matching events count against `room`; once a batch matched nothing, read
             // whole batches.
             let mut limit = FETCH_EVENTS_MAX.min(room.max(1));
@@ -413,7 +422,7 @@ impl GroupActor {
                     return;
                 }
                 let position = self.positions.get(&stream.name).copied().unwrap_or(1);
-                let events = match stream.fetch(position, limit) {
+                let events = match stream.fetch(position, limit, cursor) {
                     Ok(events) => events,
                     Err(error) => {
                         warn!(group = %self.name, stream = %stream.name, %error, "fetch failed");
@@ -464,37 +473,40 @@ impl GroupActor {
         }
     }
 
+    /// Makes one delivery; `now` and `now_utc` are the turn's (one clock read per turn, and
+    /// deliveries of one turn share a first-delivery time, so they journal as one range).
     fn deliver(
         &mut self,
         member_id: u64,
         mut pending: Pending,
-        permit: mpsc::OwnedPermit<Delivery>,
+        now: Instant,
+        now_utc: OffsetDateTime,
     ) {
         let Some(member) = self.members.get_mut(&member_id) else {
             self.ready.push_front(pending);
             return;
         };
-        let now = OffsetDateTime::now_utc();
         pending.fresh = false;
         pending.attempts += 1;
-        let first_delivered_at = *pending.first_delivered_at.get_or_insert(now);
+        let first_delivered_at = *pending.first_delivered_at.get_or_insert(now_utc);
         if pending.attempts > 1 {
             self.counters.redelivered += 1;
         }
         self.counters.delivered += 1;
         member.in_flight += 1;
+        member.queued += 1;
         let delivery_id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        let deadline = Instant::now() + self.policy.ack_timeout;
+        let deadline = now + self.policy.ack_timeout;
         self.deadlines.insert((deadline, delivery_id));
-        self.journal.stage(JournalRecord::Delivered {
-            stream: pending.event.stream.clone(),
-            seq: pending.event.seq,
-            attempts: pending.attempts,
-            first_delivered_ms: unix_ms(first_delivered_at),
-        });
+        self.journal.stage_delivered(
+            &pending.event.stream,
+            pending.event.seq,
+            pending.attempts,
+            unix_ms(first_delivered_at),
+        );
         self.outbox.push((
-            permit,
+            member_id,
             Delivery {
                 delivery_id,
                 attempt: pending.attempts,
@@ -511,11 +523,17 @@ impl GroupActor {
         );
     }
 
-    /// Sends the deliveries journaled this turn into their reserved slots. (A member that left
-    /// meanwhile is noticed at the next reservation, and its deliveries go back to `ready`.)
+    /// Sends the deliveries journaled this turn into the slots `pump` counted. A send fails
+    /// only when the member went away meanwhile; its leave (or the closed channel, seen at the
+    /// next `pump`) puts its deliveries back in `ready`.
     fn send_outbox(&mut self) {
-        for (permit, delivery) in self.outbox.drain(..) {
-            permit.send(delivery);
+        for (member_id, delivery) in self.outbox.drain(..) {
+            if let Some(member) = self.members.get(&member_id) {
+                let _ = member.deliveries.try_send(delivery);
+            }
+        }
+        for member in self.members.values_mut() {
+            member.queued = 0;
         }
     }
 
@@ -537,10 +555,8 @@ impl GroupActor {
             MemberCommand::Ack { delivery_id } => {
                 let in_flight = self.take_in_flight(member_id, delivery_id)?;
                 self.counters.acked += 1;
-                self.journal.stage(JournalRecord::Acked {
-                    stream: in_flight.pending.event.stream.clone(),
-                    seq: in_flight.pending.event.seq,
-                });
+                self.journal
+                    .stage_acked(&in_flight.pending.event.stream, in_flight.pending.event.seq);
             }
             MemberCommand::Nack {
                 delivery_id,
@@ -576,17 +592,12 @@ impl GroupActor {
 
     /// Takes a delivery out of flight; `member_id` must be the member it was made to.
     fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
-        if self
-            .in_flight
-            .get(&delivery_id)
-            .is_none_or(|in_flight| in_flight.member_id != member_id)
-        {
-            return Err(VerbError::UnknownDelivery(delivery_id));
-        }
-        let in_flight = self
-            .in_flight
-            .remove(&delivery_id)
-            .ok_or(VerbError::UnknownDelivery(delivery_id))?;
+        let in_flight = match self.in_flight.entry(delivery_id) {
+            hashbrown::hash_map::Entry::Occupied(entry) if entry.get().member_id == member_id => {
+                entry.remove()
+            }
+            _ => return Err(VerbError::UnknownDelivery(delivery_id)),
+        };
         self.deadlines.remove(&(in_flight.deadline, delivery_id));
         if let Some(member) = self.members.get_mut(&in_flight.member_id) {
             member.in_flight -= 1;
@@ -720,6 +731,7 @@ impl GroupActor {
                         closed,
                         max_in_flight: max_in_flight.max(1),
                         in_flight: 0,
+                        queued: 0,
                     },
                 );
             }

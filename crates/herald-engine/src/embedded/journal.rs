@@ -318,6 +318,22 @@ impl Journal {
         self.staged.push(record);
     }
 
+    /// Stages a delivery, extending the last staged range when it continues it.
+    pub fn stage_delivered(
+        &mut self,
+        stream: &str,
+        seq: u64,
+        attempts: u32,
+        first_delivered_ms: i64,
+    ) {
+        push_delivered(&mut self.staged, stream, seq, attempts, first_delivered_ms);
+    }
+
+    /// Stages an ack, into the last staged ack ranges when they are the same stream's.
+    pub fn stage_acked(&mut self, stream: &str, seq: u64) {
+        push_acked(&mut self.staged, stream, seq);
+    }
+
     pub fn needs_snapshot(&self) -> bool {
         self.records_since_snapshot >= self.snapshot_every_records
     }
@@ -327,7 +343,7 @@ impl Journal {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let records = compact(std::mem::take(&mut self.staged));
+        let records = std::mem::take(&mut self.staged);
         self.records_since_snapshot += records.len();
         self.append(records).await.map(|_| ())
     }
@@ -393,66 +409,58 @@ impl Journal {
     }
 }
 
-/// Merges runs of adjacent records into range records, keeping the order of everything else:
-/// a turn that delivers a thousand events writes one record, not a thousand.
-fn compact(records: Vec<JournalRecord>) -> Vec<JournalRecord> {
-    let mut out: Vec<JournalRecord> = Vec::with_capacity(records.len().min(64));
-    for record in records {
-        match (out.last_mut(), record) {
-            (
-                Some(JournalRecord::DeliveredRange {
-                    stream: run_stream,
-                    to_seq,
-                    attempts: run_attempts,
-                    first_delivered_ms: run_ms,
-                    ..
-                }),
-                JournalRecord::Delivered {
-                    stream,
-                    seq,
-                    attempts,
-                    first_delivered_ms,
-                },
-            ) if *run_stream == stream
-                && seq == *to_seq + 1
-                && attempts == *run_attempts
-                && first_delivered_ms == *run_ms =>
-            {
-                *to_seq = seq;
-            }
-            (
-                _,
-                JournalRecord::Delivered {
-                    stream,
-                    seq,
-                    attempts,
-                    first_delivered_ms,
-                },
-            ) => out.push(JournalRecord::DeliveredRange {
-                stream,
-                from_seq: seq,
-                to_seq: seq,
-                attempts,
-                first_delivered_ms,
-            }),
-            (
-                Some(JournalRecord::AckedRanges {
-                    stream: run_stream,
-                    ranges,
-                }),
-                JournalRecord::Acked { stream, seq },
-            ) if *run_stream == stream => match ranges.last_mut() {
-                Some((_, to_seq)) if seq == *to_seq + 1 => *to_seq = seq,
-                _ => ranges.push((seq, seq)),
-            },
-            (_, JournalRecord::Acked { stream, seq }) => out.push(JournalRecord::AckedRanges {
-                stream,
-                ranges: vec![(seq, seq)],
-            }),
-            (_, other) => out.push(other),
-        }
+/// Appends a delivery to `records`, extending the last record when it is a range this one
+/// continues: a turn's deliveries (consecutive seqs, same attempt and time) become one record,
+/// without a record (and a copy of the stream's name) per event.
+fn push_delivered(
+    records: &mut Vec<JournalRecord>,
+    stream: &str,
+    seq: u64,
+    attempts: u32,
+    first_delivered_ms: i64,
+) {
+    if let Some(JournalRecord::DeliveredRange {
+        stream: run_stream,
+        to_seq,
+        attempts: run_attempts,
+        first_delivered_ms: run_ms,
+        ..
+    }) = records.last_mut()
+        && run_stream == stream
+        && seq == *to_seq + 1
+        && attempts == *run_attempts
+        && first_delivered_ms == *run_ms
+    {
+        *to_seq = seq;
+        return;
     }
-    out
+    records.push(JournalRecord::DeliveredRange {
+        stream: stream.to_owned(),
+        from_seq: seq,
+        to_seq: seq,
+        attempts,
+        first_delivered_ms,
+    });
+}
+
+/// Appends an ack to `records`, into the last record when it holds the same stream's acks.
+fn push_acked(records: &mut Vec<JournalRecord>, stream: &str, seq: u64) {
+    if let Some(JournalRecord::AckedRanges {
+        stream: run_stream,
+        ranges,
+    }) = records.last_mut()
+        && run_stream == stream
+    {
+        match ranges.last_mut() {
+            Some((_, to_seq)) if seq == *to_seq + 1 => *to_seq = seq,
+            _ => ranges.push((seq, seq)),
+        }
+        return;
+    }
+    records.push(JournalRecord::AckedRanges {
+        stream: stream.to_owned(),
+        ranges: vec![(seq, seq)],
+    });
 }
 
 fn storage_error(source: herald_log::LogError) -> EngineError {
@@ -533,8 +541,10 @@ mod tests {
         assert_eq!(replayed.pending[&("s".into(), 7)].attempts, 0);
     }
 
+    /// Staging merges runs into range records, and replaying them gives what replaying one
+    /// record per event gives.
     #[test]
-    fn compaction_merges_runs_and_keeps_the_order_of_the_rest() {
+    fn staging_merges_runs_and_keeps_the_order_of_the_rest() {
         let acked = |seq| JournalRecord::Acked {
             stream: "s".into(),
             seq,
@@ -549,17 +559,29 @@ mod tests {
             JournalRecord::Purged,
             delivered(13, 1),
         ];
-        let compacted = compact(records.clone());
-        assert_eq!(compacted.len(), 5, "{compacted:?}");
+        let mut staged = Vec::new();
+        for record in records.clone() {
+            match record {
+                JournalRecord::Delivered {
+                    stream,
+                    seq,
+                    attempts,
+                    first_delivered_ms,
+                } => push_delivered(&mut staged, &stream, seq, attempts, first_delivered_ms),
+                JournalRecord::Acked { stream, seq } => push_acked(&mut staged, &stream, seq),
+                other => staged.push(other),
+            }
+        }
+        assert_eq!(staged.len(), 5, "{staged:?}");
         let mut from_plain = Replayed::default();
         records
             .into_iter()
             .for_each(|record| from_plain.apply(record));
-        let mut from_compact = Replayed::default();
-        compacted
+        let mut from_staged = Replayed::default();
+        staged
             .into_iter()
-            .for_each(|record| from_compact.apply(record));
-        assert_eq!(from_plain.pending, from_compact.pending);
+            .for_each(|record| from_staged.apply(record));
+        assert_eq!(from_plain.pending, from_staged.pending);
     }
 
     #[test]

@@ -494,9 +494,7 @@ impl Connection {
             }
         }
         if op == Op::Ack && rid.is_none() {
-            for id in ids {
-                verbs.ack(id).await?;
-            }
+            verbs.ack_many(&ids).await?;
             return Ok(None);
         }
         let permit = self

@@ -16,6 +16,9 @@ use tokio::task::AbortHandle;
 
 use crate::state::AppState;
 
+/// Deliveries a group forwarder takes from its member per wake-up at most.
+const FORWARD_BATCH_DELIVERIES_MAX: usize = 256;
+
 /// Deliveries remembered per group subscription at least; older ones (long timed out and
 /// redelivered elsewhere) are forgotten and their acks refused as unknown.
 const OUTSTANDING_DELIVERIES_MIN: usize = 1024;
@@ -60,8 +63,8 @@ impl Outstanding {
         }
     }
 
-    fn insert(&mut self, delivery_id: u64) {
-        self.ids.insert(delivery_id);
+    fn insert_all(&mut self, delivery_ids: impl Iterator<Item = u64>) {
+        self.ids.extend(delivery_ids);
         while self.ids.len() > self.max {
             self.ids.pop_first();
         }
@@ -218,27 +221,33 @@ async fn forward_group(
     outbound: mpsc::Sender<Message>,
 ) {
     let subscribed_at = OffsetDateTime::now_utc();
+    let mut batch = Vec::with_capacity(FORWARD_BATCH_DELIVERIES_MAX);
     loop {
-        match member.recv().await {
-            Ok(delivery) => {
-                if delivery.attempt == 1 {
-                    observe_delivery(&state, &delivery.event, subscribed_at);
-                }
-                outstanding.lock().insert(delivery.delivery_id);
-                let frame = encode_event_frame(
-                    sid,
-                    Some((delivery.delivery_id, delivery.attempt)),
-                    &event_json(&delivery.event),
-                );
-                if outbound.send(text(frame)).await.is_err() {
-                    return;
-                }
-                state.metrics.group_delivered_frames.inc();
+        if let Err(closed) = member
+            .recv_batch(&mut batch, FORWARD_BATCH_DELIVERIES_MAX)
+            .await
+        {
+            let _ = outbound.send(closed_frame(sid, &closed)).await;
+            return;
+        }
+        // Outstanding before sent, so that an ack racing its delivery's frame is known.
+        outstanding
+            .lock()
+            .insert_all(batch.iter().map(|delivery| delivery.delivery_id));
+        let count = batch.len() as u64;
+        for delivery in batch.drain(..) {
+            if delivery.attempt == 1 {
+                observe_delivery(&state, &delivery.event, subscribed_at);
             }
-            Err(closed) => {
-                let _ = outbound.send(closed_frame(sid, &closed)).await;
+            let frame = encode_event_frame(
+                sid,
+                Some((delivery.delivery_id, delivery.attempt)),
+                &event_json(&delivery.event),
+            );
+            if outbound.send(text(frame)).await.is_err() {
                 return;
             }
         }
+        state.metrics.group_delivered_frames.inc_by(count);
     }
 }
