@@ -15,7 +15,7 @@ use crate::error::{IoContext, LogError};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
-use crate::writer::{AppendAck, Reply, Request, Writer};
+use crate::writer::{AppendAck, Answer, OnAppended, Reply, Request, Writer};
 
 /// State shared by the writer thread and every reader.
 #[derive(Debug)]
@@ -86,7 +86,11 @@ impl FileLog {
     ) -> Result<(Request, flume::Receiver<Result<AppendAck, LogError>>), LogError> {
         check_batch(&payloads, self.payload_bytes_max)?;
         let (reply, answer) = flume::bounded(1);
-        Ok((Request::Append { payloads, reply }, answer))
+        let request = Request::Append {
+            payloads,
+            answer: Answer::Reply(reply),
+        };
+        Ok((request, answer))
     }
 
     pub async fn append(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
@@ -96,6 +100,25 @@ impl FileLog {
             .await
             .map_err(|_| LogError::Closed)?;
         answer.recv_async().await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Queues an append whose outcome `on_appended` receives on the writer thread (see
+    /// [`crate::Log::append_then`]); calls it at once with the error when the batch is refused
+    /// or the log is closed.
+    pub async fn append_then(&self, payloads: Vec<Bytes>, on_appended: OnAppended) {
+        if let Err(refused) = check_batch(&payloads, self.payload_bytes_max) {
+            on_appended(Err(refused));
+            return;
+        }
+        let request = Request::Append {
+            payloads,
+            answer: Answer::Call(on_appended),
+        };
+        if let Err(flume::SendError(Request::Append { answer, .. })) =
+            self.requests.send_async(request).await
+        {
+            answer.send(Err(LogError::Closed));
+        }
     }
 
     pub fn append_blocking(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {

@@ -53,10 +53,40 @@ const WRITER_SPIN: Duration = Duration::from_micros(20);
 
 pub(crate) type Reply<T> = flume::Sender<Result<T, LogError>>;
 
+/// Called on the writer thread with an append's outcome, once the batch is durable under the
+/// fsync policy (or failed), and before any later append is answered: what an appender that
+/// must act in seq order on every acknowledged append uses instead of a reply it could abandon.
+pub type OnAppended = Box<dyn FnOnce(Result<AppendAck, LogError>) + Send>;
+
+/// How an append is answered.
+pub(crate) enum Answer {
+    Reply(Reply<AppendAck>),
+    Call(OnAppended),
+}
+
+impl Answer {
+    pub fn send(self, outcome: Result<AppendAck, LogError>) {
+        match self {
+            Answer::Reply(reply) => {
+                let _ = reply.send(outcome);
+            }
+            // A panicking callback is a bug of the appender; it must not take the writer (and
+            // with it every other appender) down.
+            Answer::Call(on_appended) => {
+                let called =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_appended(outcome)));
+                if called.is_err() {
+                    error!("an append callback panicked");
+                }
+            }
+        }
+    }
+}
+
 pub(crate) enum Request {
     Append {
         payloads: Vec<Bytes>,
-        reply: Reply<AppendAck>,
+        answer: Answer,
     },
     Sync {
         reply: Reply<()>,
@@ -76,7 +106,7 @@ pub(crate) enum Request {
 /// Requests drained from the queue for one group commit.
 #[derive(Default)]
 struct Gathered {
-    appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>,
+    appends: Vec<(Vec<Bytes>, Answer)>,
     controls: Vec<Request>,
     records: usize,
     bytes: usize,
@@ -85,10 +115,10 @@ struct Gathered {
 impl Gathered {
     fn add(&mut self, request: Request) {
         match request {
-            Request::Append { payloads, reply } => {
+            Request::Append { payloads, answer } => {
                 self.records += payloads.len();
                 self.bytes += payloads.iter().map(Bytes::len).sum::<usize>();
-                self.appends.push((payloads, reply));
+                self.appends.push((payloads, answer));
             }
             control => self.controls.push(control),
         }
@@ -244,10 +274,10 @@ impl Writer {
         false
     }
 
-    fn commit(&mut self, appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>) {
+    fn commit(&mut self, appends: Vec<(Vec<Bytes>, Answer)>) {
         if let Some(reason) = &self.poisoned {
-            for (_, reply) in appends {
-                let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+            for (_, answer) in appends {
+                answer.send(Err(LogError::Poisoned(reason.clone())));
             }
             return;
         }
@@ -258,16 +288,16 @@ impl Writer {
         match durable {
             Ok(()) => {
                 self.shared.visible.send_replace(self.next_seq - 1);
-                for ((_, reply), ack) in appends.into_iter().zip(acks) {
-                    let _ = reply.send(Ok(ack));
+                for ((_, answer), ack) in appends.into_iter().zip(acks) {
+                    answer.send(Ok(ack));
                 }
             }
             Err(failure) => {
                 error!(error = %failure, "log write failed; the log refuses writes until reopened");
                 let reason = failure.to_string();
                 self.poisoned = Some(reason.clone());
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+                for (_, answer) in appends {
+                    answer.send(Err(LogError::Poisoned(reason.clone())));
                 }
             }
         }
@@ -275,7 +305,7 @@ impl Writer {
 
     fn write_all(
         &mut self,
-        appends: &[(Vec<Bytes>, Reply<AppendAck>)],
+        appends: &[(Vec<Bytes>, Answer)],
         timestamp_us: u64,
         acks: &mut Vec<AppendAck>,
     ) -> Result<(), LogError> {

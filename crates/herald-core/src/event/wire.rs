@@ -259,7 +259,11 @@ fn write_digits(out: &mut Vec<u8>, value: u32, width: usize) {
         used += 1;
     }
     let shown = used.max(width).min(digits.len());
-    out.extend_from_slice(&digits[digits.len() - shown..]);
+    // Byte by byte: for a few digits, `extend_from_slice` costs a call to memmove (it was 2% of
+    // a publish profile, through the timestamp of every stored event).
+    for &digit in &digits[digits.len() - shown..] {
+        out.push(digit);
+    }
 }
 
 #[cfg(test)]
