@@ -15,7 +15,7 @@ use crate::error::{IoContext, LogError};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
-use crate::writer::{AppendAck, Answer, OnAppended, Reply, Request, Writer};
+use crate::writer::{self, AppendAck, Answer, OnAppended, Reply, Request, Writer};
 
 /// State shared by the writer thread and every reader.
 #[derive(Debug)]
@@ -33,7 +33,9 @@ pub(crate) struct Shared {
 pub(crate) struct FileLog {
     shared: Arc<Shared>,
     requests: flume::Sender<Request>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Shared with the writer thread; appenders take it to commit inline.
+    writer: Arc<Mutex<Writer>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     payload_bytes_max: usize,
 }
 
@@ -67,15 +69,21 @@ impl FileLog {
             visible,
             lock,
         });
-        let writer = Writer::new(shared.clone(), inbox, recovered)?;
+        let writer = Arc::new(Mutex::new(Writer::new(
+            shared.clone(),
+            requests.downgrade(),
+            recovered,
+        )?));
+        let thread_writer = writer.clone();
         let handle = std::thread::Builder::new()
             .name(format!("herald-log-writer:{}", dir.display()))
-            .spawn(move || writer.run())
+            .spawn(move || writer::run(thread_writer, inbox))
             .at(dir)?;
         Ok(FileLog {
             shared,
             requests,
-            writer: Mutex::new(Some(handle)),
+            writer,
+            thread: Mutex::new(Some(handle)),
             payload_bytes_max,
         })
     }
@@ -110,10 +118,17 @@ impl FileLog {
             on_appended(Err(refused));
             return;
         }
-        let request = Request::Append {
-            payloads,
-            answer: Answer::Call(on_appended),
+        let answer = Answer::Call(on_appended);
+        // Committed here when the writer is free and the commit cannot wait on the disk;
+        // otherwise queued for the writer thread, as every other append.
+        let (payloads, answer) = match self.writer.try_lock() {
+            Some(mut writer) => match writer.try_append_inline(payloads, answer) {
+                Ok(()) => return,
+                Err(given_back) => given_back,
+            },
+            None => (payloads, answer),
         };
+        let request = Request::Append { payloads, answer };
         if let Err(flume::SendError(Request::Append { answer, .. })) =
             self.requests.send_async(request).await
         {
@@ -155,7 +170,7 @@ impl FileLog {
 
     pub fn close(&self) -> Result<(), LogError> {
         let result = self.control(|reply| Request::Close { reply });
-        if let Some(handle) = self.writer.lock().take() {
+        if let Some(handle) = self.thread.lock().take() {
             let _ = handle.join();
             let _ = self.shared.lock.unlock();
         }
