@@ -216,6 +216,11 @@ impl FileLog {
 
 impl Drop for FileLog {
     fn drop(&mut self) {
+        if writer::in_append_callback() {
+            // Dropped from inside a commit, which cannot wait for itself: the queue closes with
+            // this handle, and the writer thread syncs and stops once it has drained it.
+            return;
+        }
         let _ = self.close();
     }
 }

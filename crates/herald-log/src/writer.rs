@@ -65,6 +65,16 @@ pub(crate) type Reply<T> = flume::Sender<Result<T, LogError>>;
 /// must act in seq order on every acknowledged append uses instead of a reply it could abandon.
 pub type OnAppended = Box<dyn FnOnce(Result<AppendAck, LogError>) + Send>;
 
+thread_local! {
+    /// Set while an [`OnAppended`] runs: a log dropped by its own callback (whose appender held
+    /// the last handle) must not wait for the writer, which is busy calling it.
+    static IN_APPEND_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn in_append_callback() -> bool {
+    IN_APPEND_CALLBACK.with(std::cell::Cell::get)
+}
+
 /// How an append is answered.
 pub(crate) enum Answer {
     Reply(Reply<AppendAck>),
@@ -80,8 +90,10 @@ impl Answer {
             // A panicking callback is a bug of the appender; it must not take the writer (and
             // with it every other appender) down.
             Answer::Call(on_appended) => {
+                IN_APPEND_CALLBACK.with(|flag| flag.set(true));
                 let called =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_appended(outcome)));
+                IN_APPEND_CALLBACK.with(|flag| flag.set(false));
                 if called.is_err() {
                     error!("an append callback panicked");
                 }

@@ -1,8 +1,9 @@
 //! The embedded engine: streams on Herald's own log, in this process.
 //!
 //! Lock order: `Inner::streams` → `Inner::live` → a stream's fan-out → the subject indexes'
-//! own locks. A stream's dedupe lock is never held with any other. No lock is held across an
-//! `.await`.
+//! own locks. A stream's dedupe lock is never held with any other of the engine's (a publish's
+//! log callback takes it, then the fan-out's, under the log's writer lock). No lock is held
+//! across an `.await`.
 
 mod dedupe;
 mod group;

@@ -1,9 +1,11 @@
 //! One stream of the embedded engine: its log, its dedupe table, and its fan-out to live
 //! subscribers.
 //!
-//! Publishes to one stream run concurrently (their appends share group commit), so their acks
-//! can come back in any order. Fan-out restores seq order: acknowledged events wait in
-//! `pending` until every earlier seq has been dispatched. The last dispatched events stay in a
+//! Publishes to one stream run concurrently (their appends share group commit). Each publish
+//! is finished by its log callback (dedupe, counters, fan-out), which a file log calls in seq
+//! order; a memory log calls it in its appender's thread, so concurrent publishes may finish in
+//! any order there, and fan-out restores seq order: acknowledged events wait in `pending`
+//! until every earlier seq has been dispatched. The last dispatched events stay in a
 //! bounded tail cache, from which subscribers near the head catch up without a disk read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
