@@ -250,6 +250,11 @@ impl Stream {
                 }),
             )
             .await;
+        // A publish always yields once, as it did when every append was a hand-off: one the log
+        // committed inline is answered already, and a publisher looping without yielding would
+        // starve whatever shares its task or worker — its own subscribers first, which would
+        // then be dropped as slow.
+        tokio::task::yield_now().await;
         answered
             .await
             .map_err(|_| self.storage_error(LogError::Closed))?
