@@ -15,7 +15,7 @@ use crate::error::{IoContext, LogError};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
-use crate::writer::{self, AppendAck, Answer, OnAppended, Reply, Request, Writer};
+use crate::writer::{self, Answer, AppendAck, OnAppended, Reply, Request, Writer};
 
 /// State shared by the writer thread and every reader.
 #[derive(Debug)]

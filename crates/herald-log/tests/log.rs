@@ -446,11 +446,18 @@ async fn append_then_answers_every_append_once_in_seq_order_under_every_policy()
         let answered = answered.lock().clone();
         assert_eq!(answered.len(), 8 * 50, "{fsync:?}");
         for (at, &(first_seq, last_seq)) in answered.iter().enumerate() {
-            assert_eq!(first_seq, at as u64 * 4 + 1, "{fsync:?}: callbacks in seq order");
+            assert_eq!(
+                first_seq,
+                at as u64 * 4 + 1,
+                "{fsync:?}: callbacks in seq order"
+            );
             assert_eq!(last_seq, first_seq + 3);
         }
         assert_eq!(read_all(&log, 1).len(), 8 * 50 * 4);
-        assert!(log.stats().segments > 1, "the appends crossed segment rolls");
+        assert!(
+            log.stats().segments > 1,
+            "the appends crossed segment rolls"
+        );
         log.close().unwrap();
         let (done, finished) = tokio::sync::oneshot::channel();
         log.append_then(

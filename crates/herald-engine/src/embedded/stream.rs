@@ -231,10 +231,7 @@ impl Stream {
     }
 
     /// Appends the claimed events; the writer thread finishes the publish and answers.
-    async fn store(
-        &self,
-        claimed: Claimed,
-    ) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
+    async fn store(&self, claimed: Claimed) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
         let payloads: Vec<Bytes> = claimed
             .events
             .iter()
