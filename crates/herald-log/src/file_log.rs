@@ -15,7 +15,7 @@ use crate::error::{IoContext, LogError};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
-use crate::writer::{AppendAck, Reply, Request, Writer};
+use crate::writer::{self, Answer, AppendAck, OnAppended, Reply, Request, Writer};
 
 /// State shared by the writer thread and every reader.
 #[derive(Debug)]
@@ -33,7 +33,9 @@ pub(crate) struct Shared {
 pub(crate) struct FileLog {
     shared: Arc<Shared>,
     requests: flume::Sender<Request>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Shared with the writer thread; appenders take it to commit inline.
+    writer: Arc<Mutex<Writer>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     payload_bytes_max: usize,
 }
 
@@ -67,15 +69,21 @@ impl FileLog {
             visible,
             lock,
         });
-        let writer = Writer::new(shared.clone(), inbox, recovered)?;
+        let writer = Arc::new(Mutex::new(Writer::new(
+            shared.clone(),
+            requests.downgrade(),
+            recovered,
+        )?));
+        let thread_writer = writer.clone();
         let handle = std::thread::Builder::new()
             .name(format!("herald-log-writer:{}", dir.display()))
-            .spawn(move || writer.run())
+            .spawn(move || writer::run(thread_writer, inbox))
             .at(dir)?;
         Ok(FileLog {
             shared,
             requests,
-            writer: Mutex::new(Some(handle)),
+            writer,
+            thread: Mutex::new(Some(handle)),
             payload_bytes_max,
         })
     }
@@ -86,7 +94,11 @@ impl FileLog {
     ) -> Result<(Request, flume::Receiver<Result<AppendAck, LogError>>), LogError> {
         check_batch(&payloads, self.payload_bytes_max)?;
         let (reply, answer) = flume::bounded(1);
-        Ok((Request::Append { payloads, reply }, answer))
+        let request = Request::Append {
+            payloads,
+            answer: Answer::Reply(reply),
+        };
+        Ok((request, answer))
     }
 
     pub async fn append(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
@@ -96,6 +108,32 @@ impl FileLog {
             .await
             .map_err(|_| LogError::Closed)?;
         answer.recv_async().await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Queues an append whose outcome `on_appended` receives on the writer thread (see
+    /// [`crate::Log::append_then`]); calls it at once with the error when the batch is refused
+    /// or the log is closed.
+    pub async fn append_then(&self, payloads: Vec<Bytes>, on_appended: OnAppended) {
+        if let Err(refused) = check_batch(&payloads, self.payload_bytes_max) {
+            on_appended(Err(refused));
+            return;
+        }
+        let answer = Answer::Call(on_appended);
+        // Committed here when the writer is free and the commit cannot wait on the disk;
+        // otherwise queued for the writer thread, as every other append.
+        let (payloads, answer) = match self.writer.try_lock() {
+            Some(mut writer) => match writer.try_append_inline(payloads, answer) {
+                Ok(()) => return,
+                Err(given_back) => given_back,
+            },
+            None => (payloads, answer),
+        };
+        let request = Request::Append { payloads, answer };
+        if let Err(flume::SendError(Request::Append { answer, .. })) =
+            self.requests.send_async(request).await
+        {
+            answer.send(Err(LogError::Closed));
+        }
     }
 
     pub fn append_blocking(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
@@ -132,7 +170,7 @@ impl FileLog {
 
     pub fn close(&self) -> Result<(), LogError> {
         let result = self.control(|reply| Request::Close { reply });
-        if let Some(handle) = self.writer.lock().take() {
+        if let Some(handle) = self.thread.lock().take() {
             let _ = handle.join();
             let _ = self.shared.lock.unlock();
         }
@@ -178,6 +216,11 @@ impl FileLog {
 
 impl Drop for FileLog {
     fn drop(&mut self) {
+        if writer::in_append_callback() {
+            // Dropped from inside a commit, which cannot wait for itself: the queue closes with
+            // this handle, and the writer thread syncs and stops once it has drained it.
+            return;
+        }
         let _ = self.close();
     }
 }

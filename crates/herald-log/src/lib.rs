@@ -42,7 +42,7 @@ pub use config::{
 pub use error::{CorruptionReason, LogError};
 pub use record::Record;
 pub use verify::{SegmentReport, VerifyReport, verify};
-pub use writer::AppendAck;
+pub use writer::{AppendAck, OnAppended};
 
 use file_log::FileLog;
 use memory_log::{MemoryLog, MemoryReader};
@@ -96,6 +96,23 @@ impl Log {
         match &self.backend {
             Backend::File(log) => log.append(payloads).await,
             Backend::Memory(log) => log.append(payloads),
+        }
+    }
+
+    /// Appends like [`Log::append`], but hands the outcome to `on_appended` instead of a future:
+    /// it is called exactly once (unless this future is dropped before the append is queued),
+    /// once the batch is durable under the fsync policy, and a file log calls it under its
+    /// writer's lock, in seq order, before any later append is acknowledged — on the writer
+    /// thread, or within this call when the append was committed inline (under `interval` and
+    /// `never`, when the writer is free and nothing must wait on the disk). An appender that
+    /// must act on every acknowledged append (Herald's fan-out) then does so even if its caller
+    /// goes away, without a task of its own and a hand-off back from the writer. `on_appended`
+    /// runs on the writer's time: it must be short, must not block, and must not append to the
+    /// same log.
+    pub async fn append_then(&self, payloads: Vec<Bytes>, on_appended: OnAppended) {
+        match &self.backend {
+            Backend::File(log) => log.append_then(payloads, on_appended).await,
+            Backend::Memory(log) => on_appended(log.append(payloads)),
         }
     }
 

@@ -7,7 +7,13 @@
 //! new records made visible to readers and the appenders answered.
 //!
 //! Under `interval` and `never` the fsync runs on a syncer thread (`syncer.rs`) so that it never
-//! delays the appends queued behind it.
+//! delays the appends queued behind it. Under those policies an [`OnAppended`] append may also
+//! be committed by the appender itself (`Writer::try_append_inline`), when the writer is free and
+//! the commit cannot wait on a disk sync: one short `pwrite` in the appender's thread costs less
+//! than waking this thread and being woken back, and on a small machine it is one thread fewer
+//! that must be scheduled before an event is acknowledged and delivered. The writer's state is
+//! behind a mutex shared by the thread and those appenders; answers (and callbacks) are given
+//! under it, so they come in seq order whoever committed.
 //!
 //! A failed write or fsync poisons the log: after an fsync error the kernel may have dropped the
 //! dirty pages, so the only safe continuation is to reopen and let recovery find what is on disk.
@@ -18,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tracing::{debug, error};
 
 use crate::config::{FsyncPolicy, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_RECORDS_MAX};
@@ -53,10 +60,52 @@ const WRITER_SPIN: Duration = Duration::from_micros(20);
 
 pub(crate) type Reply<T> = flume::Sender<Result<T, LogError>>;
 
+/// Called on the writer thread with an append's outcome, once the batch is durable under the
+/// fsync policy (or failed), and before any later append is answered: what an appender that
+/// must act in seq order on every acknowledged append uses instead of a reply it could abandon.
+pub type OnAppended = Box<dyn FnOnce(Result<AppendAck, LogError>) + Send>;
+
+thread_local! {
+    /// Set while an [`OnAppended`] runs: a log dropped by its own callback (whose appender held
+    /// the last handle) must not wait for the writer, which is busy calling it.
+    static IN_APPEND_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn in_append_callback() -> bool {
+    IN_APPEND_CALLBACK.with(std::cell::Cell::get)
+}
+
+/// How an append is answered.
+pub(crate) enum Answer {
+    Reply(Reply<AppendAck>),
+    Call(OnAppended),
+}
+
+impl Answer {
+    pub fn send(self, outcome: Result<AppendAck, LogError>) {
+        match self {
+            Answer::Reply(reply) => {
+                let _ = reply.send(outcome);
+            }
+            // A panicking callback is a bug of the appender; it must not take the writer (and
+            // with it every other appender) down.
+            Answer::Call(on_appended) => {
+                IN_APPEND_CALLBACK.with(|flag| flag.set(true));
+                let called =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_appended(outcome)));
+                IN_APPEND_CALLBACK.with(|flag| flag.set(false));
+                if called.is_err() {
+                    error!("an append callback panicked");
+                }
+            }
+        }
+    }
+}
+
 pub(crate) enum Request {
     Append {
         payloads: Vec<Bytes>,
-        reply: Reply<AppendAck>,
+        answer: Answer,
     },
     Sync {
         reply: Reply<()>,
@@ -71,12 +120,15 @@ pub(crate) enum Request {
     Close {
         reply: Reply<()>,
     },
+    /// Makes the thread compute its next deadline again: an inline commit left data unsynced
+    /// that the thread's interval timer must cover.
+    Wake,
 }
 
 /// Requests drained from the queue for one group commit.
 #[derive(Default)]
 struct Gathered {
-    appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>,
+    appends: Vec<(Vec<Bytes>, Answer)>,
     controls: Vec<Request>,
     records: usize,
     bytes: usize,
@@ -85,10 +137,10 @@ struct Gathered {
 impl Gathered {
     fn add(&mut self, request: Request) {
         match request {
-            Request::Append { payloads, reply } => {
+            Request::Append { payloads, answer } => {
                 self.records += payloads.len();
                 self.bytes += payloads.iter().map(Bytes::len).sum::<usize>();
-                self.appends.push((payloads, reply));
+                self.appends.push((payloads, answer));
             }
             control => self.controls.push(control),
         }
@@ -97,7 +149,8 @@ impl Gathered {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    requests: flume::Receiver<Request>,
+    /// To wake the thread (weak, so that the queue still closes when the log is dropped).
+    wake: flume::WeakSender<Request>,
     /// Shared with the syncer, which syncs it while the writer appends.
     file: Arc<File>,
     /// `None` under `always`, where the writer syncs inline.
@@ -119,12 +172,28 @@ pub(crate) struct Writer {
     last_sync: Instant,
     next_retention_check: Instant,
     poisoned: Option<String>,
+    /// Set once `Close` is handled: nothing is written after it.
+    closed: bool,
 }
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("base_seq", &self.base_seq)
+            .field("next_seq", &self.next_seq)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes an appender may write inline at most: a larger batch goes to the writer thread, so that
+/// no async worker is held for a long write.
+pub const INLINE_APPEND_BYTES_MAX: usize = 256 * 1024;
 
 impl Writer {
     pub fn new(
         shared: Arc<Shared>,
-        requests: flume::Receiver<Request>,
+        wake: flume::WeakSender<Request>,
         recovered: Recovered,
     ) -> Result<Writer, LogError> {
         let syncer = match shared.config.fsync {
@@ -150,7 +219,7 @@ impl Writer {
             file: Arc::new(recovered.active_file),
             syncer,
             shared,
-            requests,
+            wake,
             buffer: Vec::with_capacity(1024 * 1024),
             pending_index: Vec::new(),
             unsynced: false,
@@ -159,68 +228,81 @@ impl Writer {
             last_sync: Instant::now(),
             next_retention_check: Instant::now() + retention_check_interval,
             poisoned: None,
+            closed: false,
         })
     }
 
-    pub fn run(mut self) {
-        loop {
-            let first = match self.next_request() {
-                Ok(request) => request,
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    self.on_timer();
-                    continue;
-                }
-                Err(flume::RecvTimeoutError::Disconnected) => {
-                    let _ = self.sync();
-                    return;
-                }
-            };
-            let mut batch = Gathered::default();
-            batch.add(first);
-            while batch.records < GROUP_COMMIT_RECORDS_MAX && batch.bytes < GROUP_COMMIT_BYTES_MAX {
-                match self.requests.try_recv() {
-                    Ok(request) => batch.add(request),
-                    Err(_) => break,
-                }
-            }
-            let Gathered {
-                appends, controls, ..
-            } = batch;
-            if !appends.is_empty() {
-                self.commit(appends);
-            }
-            for control in controls {
-                if self.handle_control(control) {
-                    return;
-                }
-            }
-            if Instant::now() >= self.next_deadline() {
-                self.on_timer();
+    /// Commits `payloads` in the caller's thread if that cannot wait on the disk: the policy
+    /// syncs in the background, no sync must be waited for, the batch is small and needs no
+    /// segment roll. Otherwise gives the append back, for the queue.
+    pub fn try_append_inline(
+        &mut self,
+        payloads: Vec<Bytes>,
+        answer: Answer,
+    ) -> Result<(), (Vec<Bytes>, Answer)> {
+        let bytes: usize = payloads
+            .iter()
+            .map(|payload| RECORD_HEADER_BYTES + payload.len())
+            .sum();
+        if !self.commits_inline(bytes as u64) {
+            return Err((payloads, answer));
+        }
+        let unsynced_before = self.unsynced;
+        self.commit(vec![(payloads, answer)]);
+        if self.unsynced && !unsynced_before {
+            // The thread may be parked until a later deadline than this data's interval sync.
+            if let Some(wake) = self.wake.upgrade() {
+                let _ = wake.try_send(Request::Wake);
             }
         }
+        Ok(())
     }
 
-    /// Waits for the next request, spinning briefly first: right after a commit the next
-    /// request usually follows within microseconds, and parking and waking a thread costs tens
-    /// of microseconds on a virtual machine.
-    fn next_request(&self) -> Result<Request, flume::RecvTimeoutError> {
-        let spin_until = Instant::now() + WRITER_SPIN;
-        // The clock is read once per 64 polls: reading it every time cost more than the poll.
-        'spin: loop {
-            for _ in 0..64 {
-                match self.requests.try_recv() {
-                    Ok(request) => return Ok(request),
-                    Err(flume::TryRecvError::Disconnected) => {
-                        return Err(flume::RecvTimeoutError::Disconnected);
-                    }
-                    Err(flume::TryRecvError::Empty) => std::hint::spin_loop(),
-                }
-            }
-            if Instant::now() >= spin_until {
-                break 'spin;
+    fn commits_inline(&self, bytes: u64) -> bool {
+        let interval_due = match self.shared.config.fsync {
+            FsyncPolicy::Always => return false,
+            FsyncPolicy::Interval(interval) => self.last_sync.elapsed() >= interval,
+            FsyncPolicy::Never => false,
+        };
+        if self.closed || self.poisoned.is_some() || bytes > INLINE_APPEND_BYTES_MAX as u64 {
+            return false;
+        }
+        let segment_has_records = self.next_seq > self.base_seq;
+        if segment_has_records && self.position + bytes > self.shared.config.segment_bytes_max {
+            return false;
+        }
+        // Only the writer starts a sync, and it is held here: a sync idle now stays idle.
+        let busy = self.syncer.as_ref().is_some_and(Syncer::is_busy);
+        let far_behind = self.position + bytes - self.synced_position >= 2 * UNSYNCED_BYTES_MAX;
+        !(busy && (interval_due || far_behind))
+    }
+
+    /// Takes the first request and whatever else is queued behind it, commits the appends
+    /// (one write, one fsync) and handles the controls; true when the writer must stop.
+    fn step(&mut self, first: Request, requests: &flume::Receiver<Request>) -> bool {
+        let mut batch = Gathered::default();
+        batch.add(first);
+        while batch.records < GROUP_COMMIT_RECORDS_MAX && batch.bytes < GROUP_COMMIT_BYTES_MAX {
+            match requests.try_recv() {
+                Ok(request) => batch.add(request),
+                Err(_) => break,
             }
         }
-        self.requests.recv_deadline(self.next_deadline())
+        let Gathered {
+            appends, controls, ..
+        } = batch;
+        if !appends.is_empty() {
+            self.commit(appends);
+        }
+        for control in controls {
+            if self.handle_control(control) {
+                return true;
+            }
+        }
+        if Instant::now() >= self.next_deadline() {
+            self.on_timer();
+        }
+        false
     }
 
     /// Handles a control request; true when the writer must stop.
@@ -237,17 +319,25 @@ impl Writer {
             }
             Request::Close { reply } => {
                 let _ = reply.send(self.sync());
+                self.closed = true;
                 return true;
             }
+            Request::Wake => {}
             Request::Append { .. } => unreachable!("appends are sorted out before controls"),
         }
         false
     }
 
-    fn commit(&mut self, appends: Vec<(Vec<Bytes>, Reply<AppendAck>)>) {
+    fn commit(&mut self, appends: Vec<(Vec<Bytes>, Answer)>) {
+        if self.closed {
+            for (_, answer) in appends {
+                answer.send(Err(LogError::Closed));
+            }
+            return;
+        }
         if let Some(reason) = &self.poisoned {
-            for (_, reply) in appends {
-                let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+            for (_, answer) in appends {
+                answer.send(Err(LogError::Poisoned(reason.clone())));
             }
             return;
         }
@@ -258,16 +348,16 @@ impl Writer {
         match durable {
             Ok(()) => {
                 self.shared.visible.send_replace(self.next_seq - 1);
-                for ((_, reply), ack) in appends.into_iter().zip(acks) {
-                    let _ = reply.send(Ok(ack));
+                for ((_, answer), ack) in appends.into_iter().zip(acks) {
+                    answer.send(Ok(ack));
                 }
             }
             Err(failure) => {
                 error!(error = %failure, "log write failed; the log refuses writes until reopened");
                 let reason = failure.to_string();
                 self.poisoned = Some(reason.clone());
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(LogError::Poisoned(reason.clone())));
+                for (_, answer) in appends {
+                    answer.send(Err(LogError::Poisoned(reason.clone())));
                 }
             }
         }
@@ -275,7 +365,7 @@ impl Writer {
 
     fn write_all(
         &mut self,
-        appends: &[(Vec<Bytes>, Reply<AppendAck>)],
+        appends: &[(Vec<Bytes>, Answer)],
         timestamp_us: u64,
         acks: &mut Vec<AppendAck>,
     ) -> Result<(), LogError> {
@@ -589,4 +679,52 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The writer thread: waits for requests (spinning briefly first), then commits under the
+/// writer's lock; runs the interval sync and retention on their deadlines.
+pub(crate) fn run(writer: Arc<Mutex<Writer>>, requests: flume::Receiver<Request>) {
+    loop {
+        let deadline = writer.lock().next_deadline();
+        let first = match next_request(&requests, deadline) {
+            Ok(request) => request,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                writer.lock().on_timer();
+                continue;
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                let _ = writer.lock().sync();
+                return;
+            }
+        };
+        if writer.lock().step(first, &requests) {
+            return;
+        }
+    }
+}
+
+/// Waits for the next request, spinning briefly first: right after a commit the next request
+/// usually follows within microseconds, and parking and waking a thread costs tens of
+/// microseconds on a virtual machine.
+fn next_request(
+    requests: &flume::Receiver<Request>,
+    deadline: Instant,
+) -> Result<Request, flume::RecvTimeoutError> {
+    let spin_until = Instant::now() + WRITER_SPIN;
+    // The clock is read once per 64 polls: reading it every time cost more than the poll.
+    'spin: loop {
+        for _ in 0..64 {
+            match requests.try_recv() {
+                Ok(request) => return Ok(request),
+                Err(flume::TryRecvError::Disconnected) => {
+                    return Err(flume::RecvTimeoutError::Disconnected);
+                }
+                Err(flume::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if Instant::now() >= spin_until {
+            break 'spin;
+        }
+    }
+    requests.recv_deadline(deadline)
 }

@@ -398,3 +398,75 @@ async fn drop_before_removes_whole_segments_below_a_seq_and_nothing_after_it() {
         assert_records(&read_all(&log, 1), first..=300);
     }
 }
+
+/// `append_then` callbacks come exactly once each, in seq order, and only for records readers
+/// can see — whether the appender committed inline or the writer thread did — under every
+/// policy, with many appenders and segment rolls (which never commit inline) in the mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_then_answers_every_append_once_in_seq_order_under_every_policy() {
+    for fsync in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval(Duration::from_millis(1)),
+        FsyncPolicy::Always,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), small_segments(fsync)).unwrap());
+        let answered = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let appenders: Vec<_> = (0..8u64)
+            .map(|writer| {
+                let (log, answered) = (log.clone(), answered.clone());
+                tokio::spawn(async move {
+                    for round in 0..50u64 {
+                        let batch = (0..4u64)
+                            .map(|item| Bytes::from(format!("{writer}/{round}/{item}")))
+                            .collect();
+                        let (done, finished) = tokio::sync::oneshot::channel();
+                        let (reader_log, answered) = (log.clone(), answered.clone());
+                        log.append_then(
+                            batch,
+                            Box::new(move |appended| {
+                                let ack = appended.unwrap();
+                                assert!(
+                                    reader_log.stats().last_seq >= ack.last_seq,
+                                    "visible before its callback"
+                                );
+                                answered.lock().push((ack.first_seq, ack.last_seq));
+                                let _ = done.send(());
+                            }),
+                        )
+                        .await;
+                        finished.await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for appender in appenders {
+            appender.await.unwrap();
+        }
+        let answered = answered.lock().clone();
+        assert_eq!(answered.len(), 8 * 50, "{fsync:?}");
+        for (at, &(first_seq, last_seq)) in answered.iter().enumerate() {
+            assert_eq!(
+                first_seq,
+                at as u64 * 4 + 1,
+                "{fsync:?}: callbacks in seq order"
+            );
+            assert_eq!(last_seq, first_seq + 3);
+        }
+        assert_eq!(read_all(&log, 1).len(), 8 * 50 * 4);
+        assert!(
+            log.stats().segments > 1,
+            "the appends crossed segment rolls"
+        );
+        log.close().unwrap();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        log.append_then(
+            payloads(1..=1),
+            Box::new(move |appended| {
+                let _ = done.send(appended);
+            }),
+        )
+        .await;
+        assert!(matches!(finished.await.unwrap(), Err(LogError::Closed)));
+    }
+}

@@ -142,12 +142,13 @@ pub(crate) fn write_string(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = text.as_bytes();
-    // Most strings (ids, types, times) need no escaping: one pass the compiler vectorizes, then
-    // a single copy.
-    if !bytes
-        .iter()
-        .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
-    {
+    // Most strings (ids, types, times) need no escaping: one pass the compiler vectorizes (a
+    // fold without early exit: `any` stops at each byte and was not vectorized, 4% of a publish's
+    // instructions), then a single copy.
+    let needs_escape = bytes.iter().fold(false, |found, &byte| {
+        found | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
+    });
+    if !needs_escape {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -312,7 +313,11 @@ fn write_digits(out: &mut Vec<u8>, value: u32, width: usize) {
         used += 1;
     }
     let shown = used.max(width).min(digits.len());
-    out.extend_from_slice(&digits[digits.len() - shown..]);
+    // Byte by byte: for a few digits, `extend_from_slice` costs a call to memmove (it was 2% of
+    // a publish profile, through the timestamp of every stored event).
+    for &digit in &digits[digits.len() - shown..] {
+        out.push(digit);
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The embedded engine: streams on Herald's own log, in this process.
 //!
 //! Lock order: `Inner::streams` → `Inner::live` → a stream's fan-out → the subject indexes'
-//! own locks. A stream's dedupe lock is never held with any other. No lock is held across an
-//! `.await`.
+//! own locks. A stream's dedupe lock is never held with any other of the engine's (a publish's
+//! log callback takes it, then the fan-out's, under the log's writer lock). No lock is held
+//! across an `.await`.
 
 mod dedupe;
 mod group;
@@ -302,7 +303,7 @@ impl EmbeddedEngine {
     }
 
     /// The stream a subject is stored in, or `None` for an ephemeral subject.
-    fn route(&self, subject: &Subject) -> Option<String> {
+    fn route<'a>(&'a self, subject: &'a Subject) -> Option<&'a str> {
         let config = &self.inner.config;
         if config
             .ephemeral
@@ -317,10 +318,7 @@ impl EmbeddedEngine {
                 .iter()
                 .any(|pattern| pattern.matches(subject))
         });
-        Some(declared.map_or_else(
-            || subject.stream_name().to_owned(),
-            |declared| declared.name.clone(),
-        ))
+        Some(declared.map_or_else(|| subject.stream_name(), |declared| &declared.name))
     }
 
     /// The named stream, opened (and created) on first use. A new stream attaches every live
@@ -477,25 +475,25 @@ impl Engine for EmbeddedEngine {
         }
         let now_us = (self.inner.config.clock)();
         let count = events.len();
-        let mut by_stream: HashMap<String, Vec<(usize, Event)>> = HashMap::new();
+        // A stream's name is copied once per batch, not once per event.
+        let mut by_stream: hashbrown::HashMap<String, Vec<(usize, Event)>> =
+            hashbrown::HashMap::new();
         let mut ephemeral = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
-            match self.route(&event.event_type) {
-                Some(stream) => by_stream.entry(stream).or_default().push((index, event)),
-                None => ephemeral.push((index, event)),
-            }
+            let Some(name) = self.route(&event.event_type) else {
+                ephemeral.push((index, event));
+                continue;
+            };
+            let part = by_stream.entry_ref(name).or_default();
+            part.push((index, event));
         }
         let mut streams = Vec::with_capacity(by_stream.len());
+        let mut parts = Vec::with_capacity(by_stream.len());
         for (name, events) in by_stream {
-            streams.push((self.stream(&name)?, events));
+            streams.push(self.stream(&name)?);
+            parts.push(events);
         }
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
-        // Each stream's part runs as its own task, so that a caller that goes away between the
-        // append and the fan-out cannot leave the stream's dispatch order waiting on a gap.
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .map(|(stream, events)| tokio::spawn(stream.publish(events, now_us)))
-            .collect();
         for (index, event) in ephemeral {
             outcomes[index] = Some(PublishOutcome {
                 id: event.id.clone(),
@@ -505,9 +503,18 @@ impl Engine for EmbeddedEngine {
             });
             self.deliver_ephemeral(event);
         }
-        for task in tasks {
-            let stream_outcomes = task.await.map_err(|_| EngineError::Stopped)??;
-            for (index, outcome) in stream_outcomes {
+        // In the caller's task, the streams concurrently (their appends share nothing). No task
+        // is needed to keep a stream's fan-out whole if the caller goes away: see
+        // `Stream::publish`.
+        let per_stream = futures::future::join_all(
+            streams
+                .iter()
+                .zip(parts)
+                .map(|(stream, events)| stream.publish(events, now_us)),
+        )
+        .await;
+        for stream_outcomes in per_stream {
+            for (index, outcome) in stream_outcomes? {
                 outcomes[index] = Some(outcome);
             }
         }

@@ -1,9 +1,11 @@
 //! One stream of the embedded engine: its log, its dedupe table, and its fan-out to live
 //! subscribers.
 //!
-//! Publishes to one stream run concurrently (their appends share group commit), so their acks
-//! can come back in any order. Fan-out restores seq order: acknowledged events wait in
-//! `pending` until every earlier seq has been dispatched. The last dispatched events stay in a
+//! Publishes to one stream run concurrently (their appends share group commit). Each publish
+//! is finished by its log callback (dedupe, counters, fan-out), which a file log calls in seq
+//! order; a memory log calls it in its appender's thread, so concurrent publishes may finish in
+//! any order there, and fan-out restores seq order: acknowledged events wait in `pending`
+//! until every earlier seq has been dispatched. The last dispatched events stay in a
 //! bounded tail cache, from which subscribers near the head catch up without a disk read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use herald_core::{Event, StoredEvent, SubjectIndex, SubscriptionId};
-use herald_log::{Log, Record};
+use herald_log::{AppendAck, Log, LogError, Record};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -113,8 +115,13 @@ impl Stream {
 
     /// Stores events (all routed to this stream, in publish order), answering each with its
     /// position in `events`.
+    ///
+    /// Needs no task of its own: once the append is queued, the log's writer thread finishes the
+    /// publish ([`Claimed::finish`]: dedupe, counters, fan-out) whether or not this future is
+    /// still awaited, so a caller that goes away cannot leave a gap in the fan-out's seq order;
+    /// and a future dropped before that releases its claims ([`Claimed`]'s `Drop`).
     pub async fn publish(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         events: Vec<(usize, Event)>,
         now_us: u64,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
@@ -137,7 +144,7 @@ impl Stream {
         drop(first_of);
         // Every distinct id claimed under one lock; an id another publish is storing right now
         // is waited for on its own.
-        let mut seen: Vec<Option<Seen>> = {
+        let seen: Vec<Option<Seen>> = {
             let mut dedupe = self.dedupe.lock();
             events
                 .iter()
@@ -149,53 +156,60 @@ impl Stream {
                 })
                 .collect()
         };
-        for (position, (_, event)) in events.iter().enumerate() {
-            if seen[position] == Some(Seen::InFlight) {
-                seen[position] = Some(match self.claim(event.id.as_str(), now_us).await {
-                    Some(seq) => Seen::Stored(seq),
-                    None => Seen::New,
-                });
-            }
-        }
+        let mut claimed = Claimed {
+            stream: self.clone(),
+            events: Vec::with_capacity(events.len()),
+        };
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut to_store: Vec<(usize, Event)> = Vec::with_capacity(events.len());
-        // For each event stored, its position in `to_store`.
-        let mut store_slot: Vec<Option<usize>> = vec![None; events.len()];
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut waiting: Vec<(usize, Event)> = Vec::new();
+        // Repeats of an id earlier in the batch, answered once their first occurrence is.
+        let mut repeats: Vec<(usize, Event)> = Vec::new();
         for (position, (index, event)) in events.into_iter().enumerate() {
             match (repeat_of[position], seen[position]) {
-                (Some(first), _) => match seen[first] {
-                    // The first occurrence is a duplicate of an earlier publish: so is this.
-                    Some(Seen::Stored(seq)) => {
-                        self.duplicates.fetch_add(1, Ordering::Relaxed);
-                        outcomes.push((index, self.outcome(&event, seq, true)));
-                    }
-                    _ => repeats.push((index, first)),
-                },
+                (Some(_), _) => repeats.push((index, event)),
                 (None, Some(Seen::Stored(seq))) => {
                     self.duplicates.fetch_add(1, Ordering::Relaxed);
                     outcomes.push((index, self.outcome(&event, seq, true)));
                 }
-                (None, _) => {
-                    store_slot[position] = Some(to_store.len());
-                    to_store.push((index, event));
+                (None, Some(Seen::InFlight)) => waiting.push((index, event)),
+                (None, _) => claimed.events.push((index, event)),
+            }
+        }
+        let waited = !waiting.is_empty();
+        for (index, event) in waiting {
+            match self.claim(event.id.as_str(), now_us).await {
+                Some(seq) => {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                    outcomes.push((index, self.outcome(&event, seq, true)));
                 }
+                None => claimed.events.push((index, event)),
             }
         }
-        let stored = if to_store.is_empty() {
-            Vec::new()
-        } else {
-            self.store(to_store).await?
-        };
-        for (index, first) in repeats {
-            if let Some(slot) = store_slot[first] {
-                self.duplicates.fetch_add(1, Ordering::Relaxed);
-                let original = &stored[slot].1;
-                outcomes.push((index, self.outcome(&original.event, original.seq, true)));
+        if waited {
+            // Seqs follow publish order within the batch.
+            claimed.events.sort_by_key(|(index, _)| *index);
+        }
+        if !claimed.events.is_empty() {
+            for (index, event) in self.store(claimed).await? {
+                outcomes.push((index, self.outcome(&event.event, event.seq, false)));
             }
         }
-        for (index, event) in stored {
-            outcomes.push((index, self.outcome(&event.event, event.seq, false)));
+        if !repeats.is_empty() {
+            let seq_of: hashbrown::HashMap<&str, u64> = outcomes
+                .iter()
+                .filter_map(|(_, outcome)| Some((outcome.id.as_str(), outcome.seq?)))
+                .collect();
+            let answers: Vec<(usize, PublishOutcome)> = repeats
+                .iter()
+                .filter_map(|(index, event)| {
+                    let seq = *seq_of.get(event.id.as_str())?;
+                    Some((*index, self.outcome(event, seq, true)))
+                })
+                .collect();
+            drop(seq_of);
+            self.duplicates
+                .fetch_add(answers.len() as u64, Ordering::Relaxed);
+            outcomes.extend(answers);
         }
         Ok(outcomes)
     }
@@ -216,40 +230,39 @@ impl Stream {
         }
     }
 
-    async fn store(
-        &self,
-        events: Vec<(usize, Event)>,
-    ) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
-        let payloads: Vec<Bytes> = events
+    /// Appends the claimed events; the writer thread finishes the publish and answers.
+    async fn store(&self, claimed: Claimed) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
+        let payloads: Vec<Bytes> = claimed
+            .events
             .iter()
             .map(|(_, event)| Bytes::from(event.to_json()))
             .collect();
-        let appended = self.log.append(payloads.clone()).await;
-        let ack = match appended {
-            Ok(ack) => ack,
-            Err(source) => {
-                let mut dedupe = self.dedupe.lock();
-                for (_, event) in &events {
-                    dedupe.release(event.id.as_str());
-                }
-                drop(dedupe);
-                self.dedupe_settled.notify_waiters();
-                return Err(self.storage_error(source));
-            }
-        };
-        debug_assert_eq!(ack.last_seq - ack.first_seq + 1, events.len() as u64);
-        let stored: Vec<(usize, Arc<StoredEvent>)> = events
-            .into_iter()
-            .zip(payloads)
-            .zip(ack.first_seq..)
-            .map(|(((index, event), json), seq)| {
-                let stored = StoredEvent::from_stored(self.name.clone(), seq, event, json);
-                (index, Arc::new(stored))
-            })
-            .collect();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let kept = payloads.clone();
+        self.log
+            .append_then(
+                payloads,
+                Box::new(move |appended| {
+                    let _ = answer.send(claimed.finish(appended, kept));
+                }),
+            )
+            .await;
+        // A publish always yields once, as it did when every append was a hand-off: one the log
+        // committed inline is answered already, and a publisher looping without yielding would
+        // starve whatever shares its task or worker — its own subscribers first, which would
+        // then be dropped as slow.
+        tokio::task::yield_now().await;
+        answered
+            .await
+            .map_err(|_| self.storage_error(LogError::Closed))?
+    }
+
+    /// Records a stored batch: dedupe, counters, fan-out. Runs on the log's writer thread, in
+    /// seq order.
+    fn on_stored(&self, stored: &[(usize, Arc<StoredEvent>)], timestamp_us: u64) {
         let mut dedupe = self.dedupe.lock();
-        for (_, event) in &stored {
-            dedupe.stored(event.event.id.as_str(), event.seq, ack.timestamp_us);
+        for (_, event) in stored {
+            dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
         }
         drop(dedupe);
         self.dedupe_settled.notify_waiters();
@@ -257,7 +270,6 @@ impl Stream {
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.rate.lock().record(stored.len() as u64);
         self.dispatch(stored.iter().map(|(_, event)| event.clone()));
-        Ok(stored)
     }
 
     /// Feeds acknowledged events to live subscribers, in seq order across concurrent publishes.
@@ -502,7 +514,7 @@ impl Stream {
         }
     }
 
-    fn storage_error(&self, source: herald_log::LogError) -> EngineError {
+    fn storage_error(&self, source: LogError) -> EngineError {
         EngineError::Storage {
             stream: self.name.clone(),
             source,
@@ -517,6 +529,55 @@ const READ_BYTES_MAX: usize = 4 << 20;
 #[derive(Default)]
 pub(crate) struct StreamCursor {
     reader: Option<herald_log::Reader>,
+}
+
+/// Events whose ids a publish claimed in the stream's dedupe table, on their way to the log.
+/// Dropped unfinished (its publish cancelled before the append was queued, or the log closed
+/// under it), it releases the claims, so that a retry is stored rather than left waiting on an
+/// id nobody is storing.
+struct Claimed {
+    stream: Arc<Stream>,
+    /// With their positions in the engine call's batch, in publish order.
+    events: Vec<(usize, Event)>,
+}
+
+impl Claimed {
+    /// Completes the publish once the log answered `payloads` (the events' JSON, in order).
+    fn finish(
+        mut self,
+        appended: Result<AppendAck, LogError>,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
+        // On failure, dropping `self` releases the claims.
+        let ack = appended.map_err(|source| self.stream.storage_error(source))?;
+        let events = std::mem::take(&mut self.events);
+        debug_assert_eq!(ack.last_seq - ack.first_seq + 1, events.len() as u64);
+        let stored: Vec<(usize, Arc<StoredEvent>)> = events
+            .into_iter()
+            .zip(payloads)
+            .zip(ack.first_seq..)
+            .map(|(((index, event), json), seq)| {
+                let stored = StoredEvent::from_stored(self.stream.name.clone(), seq, event, json);
+                (index, Arc::new(stored))
+            })
+            .collect();
+        self.stream.on_stored(&stored, ack.timestamp_us);
+        Ok(stored)
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let mut dedupe = self.stream.dedupe.lock();
+        for (_, event) in &self.events {
+            dedupe.release(event.id.as_str());
+        }
+        drop(dedupe);
+        self.stream.dedupe_settled.notify_waiters();
+    }
 }
 
 impl Fanout {
