@@ -436,7 +436,10 @@ impl RedisEngine {
             let window_ms = window.as_millis().max(1) as u64;
             let bucket = unix_ms_now() / window_ms;
             let mut invocation = scripts::PUBLISH.prepare_invoke();
-            invocation.key(&keys.meta).key(&keys.events);
+            invocation
+                .key(&keys.meta)
+                .key(&keys.events)
+                .key(&keys.times);
             for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
                 invocation.key(format!("{}{bucket}", keys.dedupe));
             }
@@ -803,55 +806,58 @@ impl Inner {
         Ok(seq.unwrap_or(0))
     }
 
-    /// The seq of the first event stored at or after `time` (one past the last if none), by
-    /// binary search over seqs: store times never go backwards.
+    /// The seq of the first event stored at or after `time` (one past the last if none): the
+    /// first publish call of the time index stored then or later. Every event of a call has
+    /// the call's store time, and store times never go backwards, so that call's first seq is
+    /// the answer.
     async fn seq_at_time(&self, stream: &str, time: OffsetDateTime) -> Result<u64, EngineError> {
         let target_us = time.unix_timestamp_nanos() / 1_000;
-        let events_key = self.keys.stream(stream).events;
+        let keys = self.keys.stream(stream);
         let mut connection = self.connection.clone();
-        let (mut low, mut high) = (1u64, self.last_seq(stream).await? + 1);
-        // Invariant: every seq below `low` was stored before `time`; `high` is at or after it.
-        while low < high {
-            let middle = low + (high - low) / 2;
-            let found: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&events_key)
-                .arg(format!("{middle}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| backend("finding a time in a stream", &error))?;
-            let Some(entry) = found.ids.first() else {
-                high = middle;
-                continue;
-            };
-            let seq = seq_of(&entry.id).unwrap_or(middle);
-            let stored_us: i128 = entry
-                .get::<String>("t")
-                .and_then(|text| text.parse().ok())
-                .unwrap_or(0);
-            if stored_us >= target_us {
-                high = middle;
-            } else {
-                low = seq + 1;
-            }
+        // The last seq first: a call stored between the two reads is then past it, and found
+        // by the second read or after the returned seq.
+        let (last, found): (Option<u64>, Vec<String>) = redis::pipe()
+            .cmd("HGET")
+            .arg(&keys.meta)
+            .arg("seq")
+            .cmd("ZRANGEBYSCORE")
+            .arg(&keys.times)
+            .arg(target_us.to_string())
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| backend("finding a time in a stream", &error))?;
+        match found.first() {
+            Some(first) => first.parse().map_err(|_| EngineError::Corrupt {
+                stream: stream.to_owned(),
+                seq: 0,
+                reason: format!("time index entry {first:?} is not a seq"),
+            }),
+            None => Ok(last.unwrap_or(0) + 1),
         }
-        Ok(low)
     }
 
-    /// Drops the entries of a stream stored more than `age_max` ago.
+    /// Drops the entries of a stream stored more than `age_max` ago, and their time index.
     async fn trim_older_than(&self, stream: &str, age_max: Duration) -> Result<(), EngineError> {
         let cut_off = OffsetDateTime::now_utc() - age_max;
         let first_kept = self.seq_at_time(stream, cut_off).await?;
         if first_kept <= 1 {
             return Ok(());
         }
+        let keys = self.keys.stream(stream);
         let mut connection = self.connection.clone();
-        let _: i64 = redis::cmd("XTRIM")
-            .arg(self.keys.stream(stream).events)
+        let _: (i64, i64) = redis::pipe()
+            .cmd("XTRIM")
+            .arg(&keys.events)
             .arg("MINID")
             .arg(format!("{first_kept}-0"))
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&keys.times)
+            .arg("-inf")
+            .arg(format!("({}", cut_off.unix_timestamp_nanos() / 1_000))
             .query_async(&mut connection)
             .await
             .map_err(|error| backend("trimming a stream", &error))?;
