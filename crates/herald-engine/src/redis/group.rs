@@ -20,7 +20,7 @@ use herald_core::{Pattern, StoredEvent};
 use rand::Rng;
 use futures::future::join_all;
 use redis::Value;
-use redis::streams::{StreamId, StreamReadReply};
+
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
@@ -28,7 +28,7 @@ use tracing::warn;
 use super::keys::{GroupKeys, holder_consumer, member_consumer, process_of};
 use super::scripts;
 use super::tail::Tail;
-use super::{Inner, decode_entries, decode_event};
+use super::{Inner, decode_event, decode_read_reply};
 use crate::api::{
     Closed, Delivery, GroupPolicy, MemberCommand, MemberRequest, VerbError, VerbReply,
 };
@@ -188,7 +188,7 @@ impl GroupTask {
                     while let Ok(request) = commands.try_recv() {
                         batch.push(request);
                     }
-                    self.verbs(batch).await;
+                    self.verbs(batch, true).await;
                 }
                 control = control.recv() => {
                     // Verbs a member sent before leaving were queued first: apply them before a
@@ -198,7 +198,7 @@ impl GroupTask {
                         batch.push(request);
                     }
                     if !batch.is_empty() {
-                        self.verbs(batch).await;
+                        self.verbs(batch, false).await;
                     }
                     match control {
                         None => {
@@ -465,7 +465,7 @@ impl GroupTask {
                             continue;
                         }
                     };
-                    let read = self.absorb(stream, &entries, count, target, &mut unmatched);
+                    let read = self.absorb(stream, entries, count, target, &mut unmatched);
                     self.streams[stream].unrecorded_deliveries += read.matched.len() as u64;
                     let (member_id, slots) = &mut permits[at];
                     let mut matched = 0;
@@ -497,7 +497,7 @@ impl GroupTask {
         stream: usize,
         consumer: &str,
         count: usize,
-    ) -> impl Future<Output = Result<Vec<StreamId>, redis::RedisError>> + use<> {
+    ) -> impl Future<Output = Result<Value, redis::RedisError>> + use<> {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -509,12 +509,7 @@ impl GroupTask {
             .arg(&self.streams[stream].keys.events)
             .arg(">");
         let mut connection = self.inner.connection.clone();
-        async move {
-            let reply: Option<StreamReadReply> = command.query_async(&mut connection).await?;
-            Ok(reply
-                .map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect())
-                .unwrap_or_default())
-        }
+        async move { command.query_async(&mut connection).await }
     }
 
     /// Sorts out what a read of up to `count` entries gave: the events the pattern matches,
@@ -523,19 +518,20 @@ impl GroupTask {
     fn absorb(
         &mut self,
         stream: usize,
-        entries: &[StreamId],
+        reply: Value,
         count: usize,
         target: u64,
         unmatched: &mut Vec<String>,
     ) -> Read {
         let attached = &self.streams[stream];
-        let events = match decode_entries(&attached.name, entries) {
+        let events = match decode_read_reply(&attached.name, reply) {
             Ok(events) => events,
             Err(error) => {
                 warn!(group = %self.name, %error, "entries do not decode");
                 Vec::new()
             }
         };
+        let read_count = events.len();
         let mut matched = Vec::new();
         let mut last = attached.caught_up_to;
         for event in events {
@@ -548,11 +544,11 @@ impl GroupTask {
         }
         let attached = &mut self.streams[stream];
         attached.caught_up_to = attached.caught_up_to.max(last);
-        if entries.len() < count {
+        if read_count < count {
             attached.caught_up_to = attached.caught_up_to.max(target);
         }
         Read {
-            count: entries.len(),
+            count: read_count,
             matched,
         }
     }
@@ -623,7 +619,7 @@ impl GroupTask {
             }
         };
         let mut unmatched = Vec::new();
-        let read = self.absorb(stream, &entries, count, target, &mut unmatched);
+        let read = self.absorb(stream, entries, count, target, &mut unmatched);
         self.ack_unmatched(stream, unmatched).await;
         Some(read)
     }
@@ -793,7 +789,9 @@ impl GroupTask {
         self.in_flight.insert(delivery_id, in_flight);
     }
 
-    async fn verbs(&mut self, batch: Vec<MemberRequest>) {
+    /// Applies member verbs; with `hand_out`, also hands out what they free (not before a
+    /// member's leave: what it would be handed would only come back as a failed attempt).
+    async fn verbs(&mut self, batch: Vec<MemberRequest>, hand_out: bool) {
         let mut acks: BTreeMap<(usize, u64), AckBatch> = BTreeMap::new();
         let mut others = Vec::new();
         for request in batch {
@@ -810,7 +808,15 @@ impl GroupTask {
                 _ => others.push(request),
             }
         }
-        self.ack_batches(acks).await;
+        if hand_out {
+            // The members' room the acks free is handed out while Redis records them: one
+            // round trip for both rather than one after the other.
+            let calls = self.ack_calls(&acks);
+            let (replies, ()) = futures::join!(join_all(calls), self.hand_out());
+            self.settle_acks(acks, replies);
+        } else {
+            self.ack_batches(acks).await;
+        }
         for request in others {
             let result = self.verb(request.member_id, request.command).await;
             answer(request.reply, result);
@@ -820,23 +826,39 @@ impl GroupTask {
     /// Records acks, one script per member and stream, all sent at once (pipelined on the
     /// shared connection): each script checks its own entries, so they need no order.
     async fn ack_batches(&mut self, acks: BTreeMap<(usize, u64), AckBatch>) {
-        if acks.is_empty() {
-            return;
-        }
-        let calls = acks.iter().map(|(&(stream, member_id), batch)| {
-            let consumer = member_consumer(&self.inner.process, member_id);
-            let mut invocation = scripts::ACK.prepare_invoke();
-            for key in self.streams[stream].keys.all() {
-                invocation.key(key);
-            }
-            invocation.arg(&self.name).arg(&consumer);
-            for (_, in_flight, _) in batch {
-                invocation.arg(in_flight.seq).arg(in_flight.attempt);
-            }
-            let mut connection = self.inner.connection.clone();
-            async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
-        });
-        let replies = join_all(calls).await;
+        let replies = join_all(self.ack_calls(&acks)).await;
+        self.settle_acks(acks, replies);
+    }
+
+    /// The ack scripts of `acks`, as futures that borrow nothing.
+    fn ack_calls(
+        &self,
+        acks: &BTreeMap<(usize, u64), AckBatch>,
+    ) -> Vec<impl Future<Output = Result<Vec<i64>, redis::RedisError>> + use<>> {
+        acks.iter()
+            .map(|(&(stream, member_id), batch)| {
+                let consumer = member_consumer(&self.inner.process, member_id);
+                let mut invocation = scripts::ACK.prepare_invoke();
+                for key in self.streams[stream].keys.all() {
+                    invocation.key(key);
+                }
+                invocation.arg(&self.name).arg(&consumer);
+                for (_, in_flight, _) in batch {
+                    invocation.arg(in_flight.seq).arg(in_flight.attempt);
+                }
+                let mut connection = self.inner.connection.clone();
+                async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
+            })
+            .collect()
+    }
+
+    /// Answers acks with what Redis recorded; a batch Redis failed to record goes back in
+    /// flight, to be timed out later.
+    fn settle_acks(
+        &mut self,
+        acks: BTreeMap<(usize, u64), AckBatch>,
+        replies: Vec<Result<Vec<i64>, redis::RedisError>>,
+    ) {
         for (batch, reply) in acks.into_values().zip(replies) {
             match reply {
                 Ok(results) => {

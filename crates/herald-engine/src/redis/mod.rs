@@ -1118,27 +1118,96 @@ pub(crate) fn decode_entries(
     Ok(events)
 }
 
+/// Decodes the reply of an `XREADGROUP` (or `XREAD`) as it came off the wire: walked in
+/// place, each event's JSON moved into its `StoredEvent` rather than copied, and no map built
+/// per entry (redis-rs's `StreamReadReply` clones every field into a `HashMap`).
+pub(crate) fn decode_read_reply(
+    stream: &str,
+    reply: Value,
+) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
+    let corrupt = |seq: u64, reason: String| EngineError::Corrupt {
+        stream: stream.to_owned(),
+        seq,
+        reason,
+    };
+    let keys = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(keys) => keys,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .flat_map(|(key, entries)| [key, entries])
+            .collect(),
+        other => return Err(corrupt(0, format!("a read replied {other:?}"))),
+    };
+    let mut events = Vec::new();
+    let mut keys = keys.into_iter();
+    while let Some(key) = keys.next() {
+        // RESP2 gives [key, entries] pairs as arrays; RESP3 a map, flattened above.
+        let entries = match key {
+            Value::Array(pair) => pair.into_iter().nth(1),
+            _ => keys.next(),
+        };
+        let Some(Value::Array(entries)) = entries else {
+            continue;
+        };
+        events.reserve(entries.len());
+        for entry in entries {
+            let Value::Array(entry) = entry else {
+                return Err(corrupt(0, "an entry is not an array".to_owned()));
+            };
+            let mut parts = entry.into_iter();
+            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+                (parts.next(), parts.next())
+            else {
+                return Err(corrupt(0, "an entry has no id and fields".to_owned()));
+            };
+            let seq = std::str::from_utf8(&id)
+                .ok()
+                .and_then(seq_of)
+                .ok_or_else(|| {
+                    corrupt(
+                        0,
+                        format!("entry id {:?} is not <seq>-0", String::from_utf8_lossy(&id)),
+                    )
+                })?;
+            let mut fields = fields.into_iter();
+            let mut json = None;
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if matches!(&name, Value::BulkString(name) if name == b"e")
+                    && let Value::BulkString(value) = value
+                {
+                    json = Some(value);
+                    break;
+                }
+            }
+            let json = json.ok_or_else(|| corrupt(seq, "the entry has no event".to_owned()))?;
+            events.push(Arc::new(decode_owned_event(stream, seq, Bytes::from(json))?));
+        }
+    }
+    Ok(events)
+}
+
+/// One stored event from its JSON, which it keeps.
+fn decode_owned_event(stream: &str, seq: u64, json: Bytes) -> Result<StoredEvent, EngineError> {
+    let context = ParseContext {
+        now: OffsetDateTime::UNIX_EPOCH,
+        limits: STORED_LIMITS,
+    };
+    let event = Event::from_json(&json, &context).map_err(|error| EngineError::Corrupt {
+        stream: stream.to_owned(),
+        seq,
+        reason: error.to_string(),
+    })?;
+    Ok(StoredEvent::from_stored(stream.to_owned(), seq, event, json))
+}
+
 /// One stored event from its JSON.
 pub(crate) fn decode_event(
     stream: &str,
     seq: u64,
     json: &[u8],
 ) -> Result<StoredEvent, EngineError> {
-    let context = ParseContext {
-        now: OffsetDateTime::UNIX_EPOCH,
-        limits: STORED_LIMITS,
-    };
-    let event = Event::from_json(json, &context).map_err(|error| EngineError::Corrupt {
-        stream: stream.to_owned(),
-        seq,
-        reason: error.to_string(),
-    })?;
-    Ok(StoredEvent::from_stored(
-        stream.to_owned(),
-        seq,
-        event,
-        Bytes::copy_from_slice(json),
-    ))
+    decode_owned_event(stream, seq, Bytes::copy_from_slice(json))
 }
 
 /// Leaves the group when the member is dropped.
