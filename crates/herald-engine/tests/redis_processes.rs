@@ -175,6 +175,75 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     survivor.close().await.unwrap();
 }
 
+/// A process that stalls past its TTL is taken for dead: the others recover its members'
+/// deliveries. When it wakes up, its member's acks of what went elsewhere must be refused, not
+/// recorded (the new owner has the events now, and acks them itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_from_a_process_taken_for_dead_are_refused_for_what_was_recovered() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let stalled = engine(&url, &prefix).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let heartbeats: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:proc:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let [stalled_heartbeat] = &heartbeats[..] else {
+        panic!("one heartbeat expected, found {heartbeats:?}")
+    };
+    let survivor = engine(&url, &prefix).await;
+    publish_numbered(&survivor, "job.queued", 5).await;
+    let mut late = stalled
+        .join_group(spec("workers", "job.*"), Some(5))
+        .await
+        .unwrap();
+    let mut stale = Vec::new();
+    for _ in 0..5 {
+        stale.push(next(&mut late).await);
+    }
+    let mut member = survivor
+        .join_group(spec("workers", "job.*"), Some(5))
+        .await
+        .unwrap();
+    // The stall, as the others see it: the heartbeat deleted faster than it is renewed, until
+    // the survivor's sweep has taken the stalled process for dead.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let first = loop {
+        let _: i64 = redis::cmd("DEL")
+            .arg(stalled_heartbeat)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Ok(delivery) = tokio::time::timeout(Duration::from_millis(5), member.recv()).await {
+            break delivery.expect("open");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+    };
+    let mut recovered = BTreeSet::from([first.event.seq]);
+    member.ack_sync(first.delivery_id).await.unwrap();
+    while recovered.len() < 5 {
+        let delivery = next(&mut member).await;
+        assert_eq!(delivery.attempt, 2, "the lost delivery counts as an attempt");
+        member.ack_sync(delivery.delivery_id).await.unwrap();
+        recovered.insert(delivery.event.seq);
+    }
+    assert_eq!(recovered, (1..=5).collect::<BTreeSet<u64>>());
+    for delivery in stale {
+        assert!(
+            late.ack_sync(delivery.delivery_id).await.is_err(),
+            "seq {} went to another process, yet its old ack was recorded",
+            delivery.event.seq
+        );
+    }
+    let stats = survivor.groups().await;
+    let workers = stats.iter().find(|stats| stats.name == "workers").unwrap();
+    assert_eq!(workers.acked, 5, "each event acked once");
+    stalled.close().await.unwrap();
+    survivor.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_events_reach_subscribers_of_every_engine() {
     let Some(url) = reachable_redis() else { return };

@@ -842,9 +842,17 @@ impl GroupTask {
                 for key in self.streams[stream].keys.all() {
                     invocation.key(key);
                 }
-                invocation.arg(&self.name).arg(&consumer);
+                invocation
+                    .arg(&self.name)
+                    .arg(&consumer)
+                    .arg(batch.len());
                 for (_, in_flight, _) in batch {
-                    invocation.arg(in_flight.seq).arg(in_flight.attempt);
+                    invocation.arg(format!("{}-0", in_flight.seq));
+                }
+                for (position, (_, in_flight, _)) in (1..).zip(batch) {
+                    if in_flight.attempt > 1 {
+                        invocation.arg(position).arg(in_flight.attempt);
+                    }
                 }
                 let mut connection = self.inner.connection.clone();
                 async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }

@@ -17,7 +17,7 @@
 //! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
 //! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
 //! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
-//! | `P:{S}:g:<G>:info` | hash | `f:<seq>` first delivery time (ms), `e:<seq>` last error, per unfinished event |
+//! | `P:{S}:g:<G>:info` | hash | `f:<seq>` first delivery time (ms), `e:<seq>` last error, per unfinished event; `fenced:<consumer>` for each member consumer whose entries another process recovered (its acks are then checked entry by entry) |
 //!
 //! `P` is the configured key prefix (tests give each engine its own).
 

@@ -219,44 +219,67 @@ return out
     )
 });
 
-/// Acks deliveries of one member. ARGV: group, member, then pairs of seq and attempt. Returns 1
-/// per ack recorded, 0 per delivery no longer in flight to the member at that attempt.
+/// Acks deliveries of one member. ARGV: group, member, n, the n entry ids (`<seq>-0`), then
+/// pairs of position (1-based) and attempt for the entries delivered more than once (the
+/// others were first attempts). Returns 1 per ack recorded, 0 per delivery no longer in flight
+/// to the member at that attempt.
+///
+/// Only another process moves a member's entries behind its back: `RECOVER`, when it takes the
+/// member's process for dead (its own task moves them only after forgetting the delivery, and
+/// refuses verbs on it). `RECOVER` marks the member's consumer `fenced:<consumer>` first; until
+/// a consumer is fenced, every entry its process still holds as in flight is its own at that
+/// attempt, so the acks are one `XACK` with no per-entry look-up. A fenced consumer's acks are
+/// checked one by one against the pending list, as every other verb is. The look-up was most
+/// of this script's cost, and the script was most of Redis's work per consumed event.
 pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
-local group, member = ARGV[1], ARGV[2]
--- The member's pending entries over the batch's range, in one look-up rather than one per
--- entry: a range of n seqs holds at most n of them.
-local low, high = math.huge, 0
-for i = 3, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  if seq < low then low = seq end
-  if seq > high then high = seq end
-end
-local owned = {}
-local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0', int(high) .. '-0',
-  high - low + 1, member)
-if ok then
-  for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
-end
-local out = {}
+local group, member, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids = {}
-for i = 3, #ARGV, 2 do
-  local seq = ARGV[i]
-  local count = owned[seq .. '-0']
-  if count ~= nil and count == tonumber(ARGV[i + 1]) then
-    ids[#ids + 1] = seq .. '-0'
-    -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
-    if count > 1 then redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq) end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+for i = 1, n do ids[i] = ARGV[3 + i] end
+local attempts = {}
+for i = 4 + n, #ARGV, 2 do attempts[tonumber(ARGV[i])] = tonumber(ARGV[i + 1]) end
+local out = {}
+local acked = 0
+if redis.call('HEXISTS', info, 'fenced:' .. member) == 0 then
+  acked = redis.call('XACK', events, group, unpack(ids))
+  -- Short only when the group itself is gone: then nothing was recorded.
+  local recorded = acked > 0 and 1 or 0
+  for i = 1, n do out[i] = recorded end
+else
+  -- The member's pending entries over the batch's range, in one look-up rather than one per
+  -- entry: a range of n seqs holds at most n of them.
+  local low, high = math.huge, 0
+  for i = 1, n do
+    local seq = tonumber(string.sub(ids[i], 1, -3))
+    if seq < low then low = seq end
+    if seq > high then high = seq end
+  end
+  local owned = {}
+  local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0',
+    int(high) .. '-0', high - low + 1, member)
+  if ok then
+    for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
+  end
+  local mine = {}
+  for i = 1, n do
+    if owned[ids[i]] ~= nil and owned[ids[i]] == (attempts[i] or 1) then
+      mine[#mine + 1] = ids[i]
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+  if #mine > 0 then acked = redis.call('XACK', events, group, unpack(mine)) end
+end
+-- Only an entry that failed before has notes (a first attempt's delivery time, an error).
+for i, _ in pairs(attempts) do
+  if out[i] == 1 then
+    local seq = string.sub(ids[i], 1, -3)
+    redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
   end
 end
-if #ids > 0 then
-  redis.call('XACK', events, group, unpack(ids))
-  redis.call('HINCRBY', stats, 'acked', #ids)
-end
+if acked > 0 then redis.call('HINCRBY', stats, 'acked', acked) end
 return out
 "#,
     )
@@ -340,6 +363,8 @@ if string.sub(consumer, 1, 5) == 'hold:' then
   redis.call('ZADD', due, int(now), seq)
   return 1
 end
+-- From now on the member's acks are checked entry by entry (see `ACK`).
+redis.call('HSET', info, 'fenced:' .. consumer, 1)
 redis.call('HSET', info, 'e:' .. seq, "the member's process was lost")
 first_delivered(seq, count, idle_ms, now)
 if count > tonumber(ARGV[5]) then
