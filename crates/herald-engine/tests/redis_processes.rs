@@ -225,7 +225,10 @@ async fn acks_from_a_process_taken_for_dead_are_refused_for_what_was_recovered()
     member.ack_sync(first.delivery_id).await.unwrap();
     while recovered.len() < 5 {
         let delivery = next(&mut member).await;
-        assert_eq!(delivery.attempt, 2, "the lost delivery counts as an attempt");
+        assert_eq!(
+            delivery.attempt, 2,
+            "the lost delivery counts as an attempt"
+        );
         member.ack_sync(delivery.delivery_id).await.unwrap();
         recovered.insert(delivery.event.seq);
     }

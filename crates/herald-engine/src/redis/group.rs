@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use herald_core::{Pattern, StoredEvent};
 use rand::Rng;
-use futures::future::join_all;
 use redis::Value;
-
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
@@ -842,10 +841,7 @@ impl GroupTask {
                 for key in self.streams[stream].keys.all() {
                     invocation.key(key);
                 }
-                invocation
-                    .arg(&self.name)
-                    .arg(&consumer)
-                    .arg(batch.len());
+                invocation.arg(&self.name).arg(&consumer).arg(batch.len());
                 for (_, in_flight, _) in batch {
                     invocation.arg(format!("{}-0", in_flight.seq));
                 }

@@ -155,8 +155,8 @@ mod tests {
             &stream.times,
             &stream.dedupe,
         ]
-            .into_iter()
-            .chain(group.all())
+        .into_iter()
+        .chain(group.all())
         {
             assert!(key.starts_with("herald:{user}:"), "{key}");
         }

@@ -1181,7 +1181,11 @@ pub(crate) fn decode_read_reply(
                 }
             }
             let json = json.ok_or_else(|| corrupt(seq, "the entry has no event".to_owned()))?;
-            events.push(Arc::new(decode_owned_event(stream, seq, Bytes::from(json))?));
+            events.push(Arc::new(decode_owned_event(
+                stream,
+                seq,
+                Bytes::from(json),
+            )?));
         }
     }
     Ok(events)
@@ -1198,7 +1202,12 @@ fn decode_owned_event(stream: &str, seq: u64, json: Bytes) -> Result<StoredEvent
         seq,
         reason: error.to_string(),
     })?;
-    Ok(StoredEvent::from_stored(stream.to_owned(), seq, event, json))
+    Ok(StoredEvent::from_stored(
+        stream.to_owned(),
+        seq,
+        event,
+        json,
+    ))
 }
 
 /// One stored event from its JSON.
