@@ -100,7 +100,7 @@ async fn declared_streams_keep_their_retention() {
         .await
         .unwrap();
     engine
-        .publish(vec![event("audit.entry", "new")])
+        .publish(vec![event("audit.entry", "10")])
         .await
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), from_time.recv())

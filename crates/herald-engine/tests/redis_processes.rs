@@ -45,6 +45,20 @@ async fn next(member: &mut GroupMember) -> Delivery {
         .expect("open")
 }
 
+/// A member of the group `workers` (on `job.*`) with room for `count` deliveries, and the
+/// `count` deliveries it was given, unacked.
+async fn worker_holding(engine: &RedisEngine, count: u32) -> (GroupMember, Vec<Delivery>) {
+    let mut member = engine
+        .join_group(spec("workers", "job.*"), Some(count))
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..count {
+        deliveries.push(next(&mut member).await);
+    }
+    (member, deliveries)
+}
+
 async fn publish_numbered(engine: &RedisEngine, subject: &str, count: usize) {
     let batch = (0..count).map(|n| event(subject, &n.to_string())).collect();
     engine.publish(batch).await.expect("publish");
@@ -140,14 +154,8 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     let (prefix, _cleanup) = isolated_prefix(&url);
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
-    let mut holder = doomed
-        .join_group(spec("workers", "job.*"), Some(10))
-        .await
-        .unwrap();
-    let mut held = BTreeSet::new();
-    for _ in 0..10 {
-        held.insert(next(&mut holder).await.event.seq);
-    }
+    let (holder, deliveries) = worker_holding(&doomed, 10).await;
+    let held: BTreeSet<u64> = deliveries.iter().map(|delivery| delivery.event.seq).collect();
     // The crash: nothing is given back, the heartbeat stops.
     doomed.abandon();
     drop(holder);
@@ -195,14 +203,7 @@ async fn acks_from_a_process_taken_for_dead_are_refused_for_what_was_recovered()
     };
     let survivor = engine(&url, &prefix).await;
     publish_numbered(&survivor, "job.queued", 5).await;
-    let mut late = stalled
-        .join_group(spec("workers", "job.*"), Some(5))
-        .await
-        .unwrap();
-    let mut stale = Vec::new();
-    for _ in 0..5 {
-        stale.push(next(&mut late).await);
-    }
+    let (late, stale) = worker_holding(&stalled, 5).await;
     let mut member = survivor
         .join_group(spec("workers", "job.*"), Some(5))
         .await
