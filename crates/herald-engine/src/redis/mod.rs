@@ -5,7 +5,7 @@
 //! - a stream is a Redis stream whose entry ids are `<seq>-0`: Herald's gapless seq *is* the
 //!   entry id, so reads from a seq are `XRANGE`s and no index maps one to the other. The next
 //!   seq comes from a counter in the stream's `meta` hash, bumped by the same Lua script that
-//!   checks dedupe (`SET NX`-style keys with an expiry) and `XADD`s, so concurrent publishers
+//!   checks dedupe (per-window hashes of ids, with an expiry) and `XADD`s, so concurrent publishers
 //!   from any process get gapless seqs and a repeated id is stored once;
 //! - a group is a Redis consumer group of the same name on each stream its pattern may match,
 //!   read with `XREADGROUP` by a process's holder consumer and handed to members (each its own

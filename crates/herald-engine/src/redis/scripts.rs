@@ -13,7 +13,8 @@
 //! - acked: done, or dead-lettered (a copy in the `dead` stream).
 //!
 //! Every verb checks that the entry is still owned by the member and at the attempt it was
-//! delivered with, so a verb on a delivery that timed out and went elsewhere is refused.
+//! delivered with, so a verb on a delivery that timed out and went elsewhere is refused (acks
+//! through the member's fence, see `ACK`).
 //!
 //! Numbers too large for Lua's `tostring` (µs since the epoch) are formatted with `%.0f`.
 
