@@ -155,7 +155,10 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
     let (holder, deliveries) = worker_holding(&doomed, 10).await;
-    let held: BTreeSet<u64> = deliveries.iter().map(|delivery| delivery.event.seq).collect();
+    let held: BTreeSet<u64> = deliveries
+        .iter()
+        .map(|delivery| delivery.event.seq)
+        .collect();
     // The crash: nothing is given back, the heartbeat stops.
     doomed.abandon();
     drop(holder);
