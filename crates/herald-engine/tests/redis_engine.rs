@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use herald_core::Pattern;
 use herald_engine::conformance::event;
-use herald_engine::{Engine, EngineError, RedisConfig, RedisEngine, Storage, StreamConfig};
+use herald_engine::{
+    Engine, EngineError, RedisConfig, RedisEngine, StartAt, Storage, StreamConfig,
+};
 use herald_log::Retention;
 use redis_support::{isolated_prefix, reachable_redis};
 
@@ -72,6 +74,7 @@ async fn declared_streams_keep_their_retention() {
     );
     assert_eq!(capped.first_seq, capped.last_seq - capped.events + 1);
 
+    let before_old = time::OffsetDateTime::now_utc();
     let old = (0..10)
         .map(|n| event("audit.entry", &n.to_string()))
         .collect();
@@ -91,6 +94,20 @@ async fn declared_streams_keep_their_retention() {
         assert!(tokio::time::Instant::now() < deadline, "never trimmed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A time before the trimmed events still finds its place: the next event stored.
+    let mut from_time = engine
+        .subscribe(Pattern::new("audit.>").unwrap(), StartAt::Time(before_old))
+        .await
+        .unwrap();
+    engine
+        .publish(vec![event("audit.entry", "10")])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), from_time.recv())
+        .await
+        .expect("the new event arrives")
+        .unwrap();
+    assert_eq!(first.seq, 11);
     engine.close().await.unwrap();
 }
 

@@ -45,6 +45,20 @@ async fn next(member: &mut GroupMember) -> Delivery {
         .expect("open")
 }
 
+/// A member of the group `workers` (on `job.*`) with room for `count` deliveries, and the
+/// `count` deliveries it was given, unacked.
+async fn worker_holding(engine: &RedisEngine, count: u32) -> (GroupMember, Vec<Delivery>) {
+    let mut member = engine
+        .join_group(spec("workers", "job.*"), Some(count))
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..count {
+        deliveries.push(next(&mut member).await);
+    }
+    (member, deliveries)
+}
+
 async fn publish_numbered(engine: &RedisEngine, subject: &str, count: usize) {
     let batch = (0..count).map(|n| event(subject, &n.to_string())).collect();
     engine.publish(batch).await.expect("publish");
@@ -140,14 +154,11 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
     let (prefix, _cleanup) = isolated_prefix(&url);
     let (doomed, survivor) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
     publish_numbered(&survivor, "job.queued", 30).await;
-    let mut holder = doomed
-        .join_group(spec("workers", "job.*"), Some(10))
-        .await
-        .unwrap();
-    let mut held = BTreeSet::new();
-    for _ in 0..10 {
-        held.insert(next(&mut holder).await.event.seq);
-    }
+    let (holder, deliveries) = worker_holding(&doomed, 10).await;
+    let held: BTreeSet<u64> = deliveries
+        .iter()
+        .map(|delivery| delivery.event.seq)
+        .collect();
     // The crash: nothing is given back, the heartbeat stops.
     doomed.abandon();
     drop(holder);
@@ -172,6 +183,71 @@ async fn what_a_crashed_engine_held_is_delivered_again_elsewhere() {
         acked.insert(delivery.event.seq);
     }
     assert_eq!(acked, (1..=30).collect::<BTreeSet<u64>>());
+    survivor.close().await.unwrap();
+}
+
+/// A process that stalls past its TTL is taken for dead: the others recover its members'
+/// deliveries. When it wakes up, its member's acks of what went elsewhere must be refused, not
+/// recorded (the new owner has the events now, and acks them itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_from_a_process_taken_for_dead_are_refused_for_what_was_recovered() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let stalled = engine(&url, &prefix).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let heartbeats: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:proc:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let [stalled_heartbeat] = &heartbeats[..] else {
+        panic!("one heartbeat expected, found {heartbeats:?}")
+    };
+    let survivor = engine(&url, &prefix).await;
+    publish_numbered(&survivor, "job.queued", 5).await;
+    let (late, stale) = worker_holding(&stalled, 5).await;
+    let mut member = survivor
+        .join_group(spec("workers", "job.*"), Some(5))
+        .await
+        .unwrap();
+    // The stall, as the others see it: the heartbeat deleted faster than it is renewed, until
+    // the survivor's sweep has taken the stalled process for dead.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let first = loop {
+        let _: i64 = redis::cmd("DEL")
+            .arg(stalled_heartbeat)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Ok(delivery) = tokio::time::timeout(Duration::from_millis(5), member.recv()).await {
+            break delivery.expect("open");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+    };
+    let mut recovered = BTreeSet::from([first.event.seq]);
+    member.ack_sync(first.delivery_id).await.unwrap();
+    while recovered.len() < 5 {
+        let delivery = next(&mut member).await;
+        assert_eq!(
+            delivery.attempt, 2,
+            "the lost delivery counts as an attempt"
+        );
+        member.ack_sync(delivery.delivery_id).await.unwrap();
+        recovered.insert(delivery.event.seq);
+    }
+    assert_eq!(recovered, (1..=5).collect::<BTreeSet<u64>>());
+    for delivery in stale {
+        assert!(
+            late.ack_sync(delivery.delivery_id).await.is_err(),
+            "seq {} went to another process, yet its old ack was recorded",
+            delivery.event.seq
+        );
+    }
+    let stats = survivor.groups().await;
+    let workers = stats.iter().find(|stats| stats.name == "workers").unwrap();
+    assert_eq!(workers.acked, 5, "each event acked once");
+    stalled.close().await.unwrap();
     survivor.close().await.unwrap();
 }
 

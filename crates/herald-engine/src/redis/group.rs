@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use herald_core::{Pattern, StoredEvent};
 use rand::Rng;
 use redis::Value;
-use redis::streams::StreamReadReply;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
@@ -27,7 +27,7 @@ use tracing::warn;
 use super::keys::{GroupKeys, holder_consumer, member_consumer, process_of};
 use super::scripts;
 use super::tail::Tail;
-use super::{Inner, decode_entries, decode_event};
+use super::{Inner, decode_event, decode_read_reply};
 use crate::api::{
     Closed, Delivery, GroupPolicy, MemberCommand, MemberRequest, VerbError, VerbReply,
 };
@@ -97,7 +97,12 @@ struct Attached {
     /// consumer (then hand matches out) rather than reading each member's room straight into
     /// its consumer.
     sparse: bool,
+    /// Direct reads' deliveries not yet added to the group's `delivered` counter in Redis.
+    unrecorded_deliveries: u64,
 }
+
+/// Acks of one member on one stream: delivery id, what was delivered, whom to answer.
+type AckBatch = Vec<(u64, InFlight, Option<VerbReply>)>;
 
 /// A held entry dealt to a member, with the channel slot it will be sent through.
 type Dealt = (Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>);
@@ -182,7 +187,7 @@ impl GroupTask {
                     while let Ok(request) = commands.try_recv() {
                         batch.push(request);
                     }
-                    self.verbs(batch).await;
+                    self.verbs(batch, true).await;
                 }
                 control = control.recv() => {
                     // Verbs a member sent before leaving were queued first: apply them before a
@@ -192,7 +197,7 @@ impl GroupTask {
                         batch.push(request);
                     }
                     if !batch.is_empty() {
-                        self.verbs(batch).await;
+                        self.verbs(batch, false).await;
                     }
                     match control {
                         None => {
@@ -247,6 +252,7 @@ impl GroupTask {
             tail,
             caught_up_to: 0,
             sparse: false,
+            unrecorded_deliveries: 0,
         });
         self.due_ready.insert(self.streams.len() - 1);
     }
@@ -275,6 +281,7 @@ impl GroupTask {
             Control::Leave { member_id } => self.leave(member_id).await,
             Control::AttachStream(stream) => self.attach(stream).await,
             Control::Flush(reply) => {
+                self.record_deliveries().await;
                 let _ = reply.send(());
             }
             Control::DueNow => self.due_ready.extend(0..self.streams.len()),
@@ -282,9 +289,15 @@ impl GroupTask {
         }
     }
 
+    /// Hands out what it can, then records how many it handed out.
+    async fn pump(&mut self) {
+        self.hand_out().await;
+        self.record_deliveries().await;
+    }
+
     /// Hands out what it can: retries that are due first, then new entries, round robin over
     /// members with room.
-    async fn pump(&mut self) {
+    async fn hand_out(&mut self) {
         loop {
             let mut permits = self.reserve();
             if permits.is_empty() {
@@ -409,22 +422,51 @@ impl GroupTask {
 
     /// Reads new entries straight into members' consumers, as many as each has room for, on
     /// streams that are not sparse: the common case, where the pattern matches (nearly)
-    /// everything. No hand-over script: each entry is delivered by the read itself.
+    /// everything. No hand-over script: each entry is delivered by the read itself. The
+    /// members' reads of one stream go out together (pipelined on the shared connection), so
+    /// that four members cost one round trip, not four.
     async fn pump_direct(
         &mut self,
         permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
     ) -> usize {
         let mut delivered = 0;
         for stream in 0..self.streams.len() {
-            for (member_id, slots) in permits.iter_mut() {
-                let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
-                    continue;
-                };
-                while !slots.is_empty() && !self.streams[stream].sparse {
-                    let wanted = slots.len();
-                    let Some(read) = self.read_group(stream, &consumer, wanted).await else {
-                        break;
+            loop {
+                let target = self.streams[stream].tail.last_seq();
+                if self.streams[stream].sparse || self.streams[stream].caught_up_to >= target {
+                    break;
+                }
+                let wanted: Vec<(usize, String, usize)> = permits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, slots))| !slots.is_empty())
+                    .filter_map(|(at, (member_id, slots))| {
+                        let member = self.members.get(member_id)?;
+                        Some((at, member.consumer.clone(), slots.len()))
+                    })
+                    .collect();
+                if wanted.is_empty() {
+                    break;
+                }
+                let reads = join_all(
+                    wanted
+                        .iter()
+                        .map(|(_, consumer, count)| self.read_entries(stream, consumer, *count)),
+                )
+                .await;
+                let mut unmatched = Vec::new();
+                let mut more = false;
+                for ((at, _, count), entries) in wanted.into_iter().zip(reads) {
+                    let entries = match entries {
+                        Ok(entries) => entries,
+                        Err(error) => {
+                            warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
+                            continue;
+                        }
                     };
+                    let read = self.absorb(stream, entries, count, target, &mut unmatched);
+                    self.streams[stream].unrecorded_deliveries += read.matched.len() as u64;
+                    let (member_id, slots) = &mut permits[at];
                     let mut matched = 0;
                     for event in read.matched {
                         if let Some(permit) = slots.pop() {
@@ -436,60 +478,59 @@ impl GroupTask {
                     if read.count > 0 && matched == 0 {
                         self.streams[stream].sparse = true;
                     }
-                    if read.count < wanted {
-                        break;
-                    }
+                    more |= read.count == count && !slots.is_empty();
+                }
+                self.ack_unmatched(stream, unmatched).await;
+                if !more {
+                    break;
                 }
             }
         }
         delivered
     }
 
-    /// One `XREADGROUP` of up to `count` new entries into `consumer`'s name, on a stream with
-    /// more to read; entries the pattern does not match are acked at once, and the matching
-    /// ones counted as delivered. `None` when there was nothing to read or the read failed.
-    async fn read_group(&mut self, stream: usize, consumer: &str, count: usize) -> Option<Read> {
-        let attached = &self.streams[stream];
-        let target = attached.tail.last_seq();
-        if attached.caught_up_to >= target {
-            return None;
-        }
-        let mut connection = self.inner.connection.clone();
-        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREADGROUP")
+    /// One `XREADGROUP` of up to `count` new entries of a stream into `consumer`'s name, as a
+    /// future that borrows nothing, so that several go out at once.
+    fn read_entries(
+        &self,
+        stream: usize,
+        consumer: &str,
+        count: usize,
+    ) -> impl Future<Output = Result<Value, redis::RedisError>> + use<> {
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(&self.name)
             .arg(consumer)
             .arg("COUNT")
             .arg(count)
             .arg("STREAMS")
-            .arg(&attached.keys.events)
-            .arg(">")
-            .query_async(&mut connection)
-            .await;
-        let entries = match reply {
-            Ok(reply) => reply
-                .map(|reply| {
-                    reply
-                        .keys
-                        .into_iter()
-                        .flat_map(|key| key.ids)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
-            Err(error) => {
-                warn!(group = %self.name, stream = %attached.name, %error, "reading the stream failed");
-                return None;
-            }
-        };
-        let read_count = entries.len();
-        let events = match decode_entries(&attached.name, &entries) {
+            .arg(&self.streams[stream].keys.events)
+            .arg(">");
+        let mut connection = self.inner.connection.clone();
+        async move { command.query_async(&mut connection).await }
+    }
+
+    /// Sorts out what a read of up to `count` entries gave: the events the pattern matches,
+    /// and the ids of the others (to be acked at once, added to `unmatched`). `target` is the
+    /// tail's last seq seen before the read: a short read means the group has read that far.
+    fn absorb(
+        &mut self,
+        stream: usize,
+        reply: Value,
+        count: usize,
+        target: u64,
+        unmatched: &mut Vec<String>,
+    ) -> Read {
+        let attached = &self.streams[stream];
+        let events = match decode_read_reply(&attached.name, reply) {
             Ok(events) => events,
             Err(error) => {
                 warn!(group = %self.name, %error, "entries do not decode");
                 Vec::new()
             }
         };
-        let mut unmatched = Vec::new();
+        let read_count = events.len();
         let mut matched = Vec::new();
         let mut last = attached.caught_up_to;
         for event in events {
@@ -500,39 +541,86 @@ impl GroupTask {
                 unmatched.push(format!("{}-0", event.seq));
             }
         }
-        let delivered_here = consumer != self.holder && !matched.is_empty();
-        if !unmatched.is_empty() || delivered_here {
-            let mut pipeline = redis::pipe();
-            if !unmatched.is_empty() {
-                pipeline
-                    .cmd("XACK")
-                    .arg(&attached.keys.events)
-                    .arg(&self.name)
-                    .arg(&unmatched)
-                    .ignore();
-            }
-            if delivered_here {
-                pipeline
-                    .cmd("HINCRBY")
-                    .arg(&attached.keys.stats)
-                    .arg("delivered")
-                    .arg(matched.len())
-                    .ignore();
-            }
-            let done: Result<(), _> = pipeline.query_async(&mut connection).await;
-            if let Err(error) = done {
-                warn!(group = %self.name, %error, "acking unmatched entries failed");
-            }
-        }
         let attached = &mut self.streams[stream];
         attached.caught_up_to = attached.caught_up_to.max(last);
         if read_count < count {
             attached.caught_up_to = attached.caught_up_to.max(target);
         }
-        Some(Read {
+        Read {
             count: read_count,
             matched,
-        })
+        }
+    }
+
+    /// Acks entries read that the pattern does not match: nothing is owed on them.
+    async fn ack_unmatched(&mut self, stream: usize, unmatched: Vec<String>) {
+        if unmatched.is_empty() {
+            return;
+        }
+        let mut connection = self.inner.connection.clone();
+        let done: Result<(), _> = redis::cmd("XACK")
+            .arg(&self.streams[stream].keys.events)
+            .arg(&self.name)
+            .arg(&unmatched)
+            .query_async(&mut connection)
+            .await;
+        if let Err(error) = done {
+            warn!(group = %self.name, %error, "acking unmatched entries failed");
+        }
+    }
+
+    /// Adds the direct reads' deliveries to the group's counters in Redis. Called before the
+    /// task waits (and before it answers a flush or stops), not after each read: the count is
+    /// then off the path from a read to its deliveries, and still recorded before anything
+    /// that looks at the counters through this process (`groups()` flushes the task first).
+    async fn record_deliveries(&mut self) {
+        let counts: Vec<(usize, u64)> = self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, attached)| attached.unrecorded_deliveries > 0)
+            .map(|(stream, attached)| (stream, std::mem::take(&mut attached.unrecorded_deliveries)))
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        let bumps = counts.iter().map(|&(stream, count)| {
+            let mut command = redis::cmd("HINCRBY");
+            command
+                .arg(&self.streams[stream].keys.stats)
+                .arg("delivered")
+                .arg(count);
+            let mut connection = self.inner.connection.clone();
+            async move { command.query_async::<i64>(&mut connection).await }
+        });
+        let results = join_all(bumps).await;
+        for ((stream, count), result) in counts.into_iter().zip(results) {
+            if let Err(error) = result {
+                warn!(group = %self.name, %error, "counting deliveries failed");
+                self.streams[stream].unrecorded_deliveries += count;
+            }
+        }
+    }
+
+    /// One `XREADGROUP` of up to `count` new entries into `consumer`'s name, on a stream with
+    /// more to read; entries the pattern does not match are acked at once. `None` when there
+    /// was nothing to read or the read failed.
+    async fn read_group(&mut self, stream: usize, consumer: &str, count: usize) -> Option<Read> {
+        let target = self.streams[stream].tail.last_seq();
+        if self.streams[stream].caught_up_to >= target {
+            return None;
+        }
+        let entries = match self.read_entries(stream, consumer, count).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
+                return None;
+            }
+        };
+        let mut unmatched = Vec::new();
+        let read = self.absorb(stream, entries, count, target, &mut unmatched);
+        self.ack_unmatched(stream, unmatched).await;
+        Some(read)
     }
 
     /// On sparse streams, reads new entries into `held` until it holds `room` matching ones or
@@ -700,8 +788,9 @@ impl GroupTask {
         self.in_flight.insert(delivery_id, in_flight);
     }
 
-    async fn verbs(&mut self, batch: Vec<MemberRequest>) {
-        type AckBatch = Vec<(u64, InFlight, Option<VerbReply>)>;
+    /// Applies member verbs; with `hand_out`, also hands out what they free (not before a
+    /// member's leave: what it would be handed would only come back as a failed attempt).
+    async fn verbs(&mut self, batch: Vec<MemberRequest>, hand_out: bool) {
         let mut acks: BTreeMap<(usize, u64), AckBatch> = BTreeMap::new();
         let mut others = Vec::new();
         for request in batch {
@@ -718,8 +807,14 @@ impl GroupTask {
                 _ => others.push(request),
             }
         }
-        for ((stream, member_id), batch) in acks {
-            self.ack_batch(stream, member_id, batch).await;
+        if hand_out {
+            // The members' room the acks free is handed out while Redis records them: one
+            // round trip for both rather than one after the other.
+            let calls = self.ack_calls(&acks);
+            let (replies, ()) = futures::join!(join_all(calls), self.hand_out());
+            self.settle_acks(acks, replies);
+        } else {
+            self.ack_batches(acks).await;
         }
         for request in others {
             let result = self.verb(request.member_id, request.command).await;
@@ -727,39 +822,65 @@ impl GroupTask {
         }
     }
 
-    async fn ack_batch(
-        &mut self,
-        stream: usize,
-        member_id: u64,
-        batch: Vec<(u64, InFlight, Option<VerbReply>)>,
-    ) {
-        let consumer = member_consumer(&self.inner.process, member_id);
-        let mut invocation = scripts::ACK.prepare_invoke();
-        for key in self.streams[stream].keys.all() {
-            invocation.key(key);
-        }
-        invocation.arg(&self.name).arg(&consumer);
-        for (_, in_flight, _) in &batch {
-            invocation.arg(in_flight.seq).arg(in_flight.attempt);
-        }
-        let mut connection = self.inner.connection.clone();
-        let reply: Result<Vec<i64>, _> = invocation.invoke_async(&mut connection).await;
-        match reply {
-            Ok(results) => {
-                for ((delivery_id, _, reply), ok) in batch.into_iter().zip(results) {
-                    let result = if ok == 1 {
-                        Ok(())
-                    } else {
-                        Err(VerbError::UnknownDelivery(delivery_id))
-                    };
-                    answer(reply, result);
+    /// Records acks, one script per member and stream, all sent at once (pipelined on the
+    /// shared connection): each script checks its own entries, so they need no order.
+    async fn ack_batches(&mut self, acks: BTreeMap<(usize, u64), AckBatch>) {
+        let replies = join_all(self.ack_calls(&acks)).await;
+        self.settle_acks(acks, replies);
+    }
+
+    /// The ack scripts of `acks`, as futures that borrow nothing.
+    fn ack_calls(
+        &self,
+        acks: &BTreeMap<(usize, u64), AckBatch>,
+    ) -> Vec<impl Future<Output = Result<Vec<i64>, redis::RedisError>> + use<>> {
+        acks.iter()
+            .map(|(&(stream, member_id), batch)| {
+                let consumer = member_consumer(&self.inner.process, member_id);
+                let mut invocation = scripts::ACK.prepare_invoke();
+                for key in self.streams[stream].keys.all() {
+                    invocation.key(key);
                 }
-            }
-            Err(error) => {
-                warn!(group = %self.name, %error, "recording acks failed");
-                for (delivery_id, in_flight, reply) in batch {
-                    self.restore(delivery_id, in_flight);
-                    answer(reply, Err(VerbError::Unavailable(error.to_string())));
+                invocation.arg(&self.name).arg(&consumer).arg(batch.len());
+                for (_, in_flight, _) in batch {
+                    invocation.arg(format!("{}-0", in_flight.seq));
+                }
+                for (position, (_, in_flight, _)) in (1..).zip(batch) {
+                    if in_flight.attempt > 1 {
+                        invocation.arg(position).arg(in_flight.attempt);
+                    }
+                }
+                let mut connection = self.inner.connection.clone();
+                async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
+            })
+            .collect()
+    }
+
+    /// Answers acks with what Redis recorded; a batch Redis failed to record goes back in
+    /// flight, to be timed out later.
+    fn settle_acks(
+        &mut self,
+        acks: BTreeMap<(usize, u64), AckBatch>,
+        replies: Vec<Result<Vec<i64>, redis::RedisError>>,
+    ) {
+        for (batch, reply) in acks.into_values().zip(replies) {
+            match reply {
+                Ok(results) => {
+                    for ((delivery_id, _, reply), ok) in batch.into_iter().zip(results) {
+                        let result = if ok == 1 {
+                            Ok(())
+                        } else {
+                            Err(VerbError::UnknownDelivery(delivery_id))
+                        };
+                        answer(reply, result);
+                    }
+                }
+                Err(error) => {
+                    warn!(group = %self.name, %error, "recording acks failed");
+                    for (delivery_id, in_flight, reply) in batch {
+                        self.restore(delivery_id, in_flight);
+                        answer(reply, Err(VerbError::Unavailable(error.to_string())));
+                    }
                 }
             }
         }
@@ -770,13 +891,9 @@ impl GroupTask {
             MemberCommand::Ack { delivery_id } => {
                 let in_flight = self.take_in_flight(member_id, delivery_id)?;
                 let (reply, answer) = oneshot::channel();
-                let stream = in_flight.stream;
-                self.ack_batch(
-                    stream,
-                    member_id,
-                    vec![(delivery_id, in_flight, Some(reply))],
-                )
-                .await;
+                let batch = vec![(delivery_id, in_flight, Some(reply))];
+                self.ack_batches(BTreeMap::from([((batch[0].1.stream, member_id), batch)]))
+                    .await;
                 answer.await.unwrap_or(Err(VerbError::GroupGone))
             }
             MemberCommand::Nack {
@@ -1127,6 +1244,7 @@ impl GroupTask {
     }
 
     async fn stop(&mut self, reason: Closed, release: bool) {
+        self.record_deliveries().await;
         if release {
             let members: Vec<u64> = self.members.keys().copied().collect();
             for member_id in members {

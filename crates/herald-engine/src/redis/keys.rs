@@ -10,13 +10,14 @@
 //! | `P:procs` | set | ids of Herald processes that announced themselves |
 //! | `P:proc:<id>` | string, expiring | a live process's heartbeat: its members per group (JSON) |
 //! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
-//! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, fields `e` (the event's JSON) and `t` (µs stored) |
-//! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time), `published`, `duplicates` |
+//! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, field `e` (the event's JSON) |
+//! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time, µs), `published`, `duplicates` |
+//! | `P:{S}:times` | sorted set | the time index: per publish call, its first seq (zero-padded to 20 digits) scored by its store time (µs) |
 //! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids published in one window-long time bucket (dedupe) |
 //! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
 //! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
 //! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
-//! | `P:{S}:g:<G>:info` | hash | `f:<seq>` first delivery time (ms), `e:<seq>` last error, per unfinished event |
+//! | `P:{S}:g:<G>:info` | hash | `f:<seq>` first delivery time (ms), `e:<seq>` last error, per unfinished event; `fenced:<consumer>` for each member consumer whose entries another process recovered (its acks are then checked entry by entry) |
 //!
 //! `P` is the configured key prefix (tests give each engine its own).
 
@@ -31,6 +32,8 @@ pub(crate) struct Keys {
 pub(crate) struct StreamKeys {
     pub events: String,
     pub meta: String,
+    /// Store times, one per publish call: where a subscription `from` a time starts.
+    pub times: String,
     /// Prefix of dedupe buckets; the bucket number (ms since the epoch / window) follows.
     pub dedupe: String,
 }
@@ -94,6 +97,7 @@ impl Keys {
         StreamKeys {
             events: format!("{tag}:events"),
             meta: format!("{tag}:meta"),
+            times: format!("{tag}:times"),
             dedupe: format!("{tag}:dd:"),
         }
     }
@@ -145,9 +149,14 @@ mod tests {
         let keys = Keys::new("herald");
         let stream = keys.stream("user");
         let group = keys.group("user", "mailer");
-        for key in [stream.events.as_str(), &stream.meta, &stream.dedupe]
-            .into_iter()
-            .chain(group.all())
+        for key in [
+            stream.events.as_str(),
+            &stream.meta,
+            &stream.times,
+            &stream.dedupe,
+        ]
+        .into_iter()
+        .chain(group.all())
         {
             assert!(key.starts_with("herald:{user}:"), "{key}");
         }

@@ -5,7 +5,7 @@
 //! - a stream is a Redis stream whose entry ids are `<seq>-0`: Herald's gapless seq *is* the
 //!   entry id, so reads from a seq are `XRANGE`s and no index maps one to the other. The next
 //!   seq comes from a counter in the stream's `meta` hash, bumped by the same Lua script that
-//!   checks dedupe (`SET NX`-style keys with an expiry) and `XADD`s, so concurrent publishers
+//!   checks dedupe (per-window hashes of ids, with an expiry) and `XADD`s, so concurrent publishers
 //!   from any process get gapless seqs and a repeated id is stored once;
 //! - a group is a Redis consumer group of the same name on each stream its pattern may match,
 //!   read with `XREADGROUP` by a process's holder consumer and handed to members (each its own
@@ -436,7 +436,10 @@ impl RedisEngine {
             let window_ms = window.as_millis().max(1) as u64;
             let bucket = unix_ms_now() / window_ms;
             let mut invocation = scripts::PUBLISH.prepare_invoke();
-            invocation.key(&keys.meta).key(&keys.events);
+            invocation
+                .key(&keys.meta)
+                .key(&keys.events)
+                .key(&keys.times);
             for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
                 invocation.key(format!("{}{bucket}", keys.dedupe));
             }
@@ -803,55 +806,58 @@ impl Inner {
         Ok(seq.unwrap_or(0))
     }
 
-    /// The seq of the first event stored at or after `time` (one past the last if none), by
-    /// binary search over seqs: store times never go backwards.
+    /// The seq of the first event stored at or after `time` (one past the last if none): the
+    /// first publish call of the time index stored then or later. Every event of a call has
+    /// the call's store time, and store times never go backwards, so that call's first seq is
+    /// the answer.
     async fn seq_at_time(&self, stream: &str, time: OffsetDateTime) -> Result<u64, EngineError> {
         let target_us = time.unix_timestamp_nanos() / 1_000;
-        let events_key = self.keys.stream(stream).events;
+        let keys = self.keys.stream(stream);
         let mut connection = self.connection.clone();
-        let (mut low, mut high) = (1u64, self.last_seq(stream).await? + 1);
-        // Invariant: every seq below `low` was stored before `time`; `high` is at or after it.
-        while low < high {
-            let middle = low + (high - low) / 2;
-            let found: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&events_key)
-                .arg(format!("{middle}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| backend("finding a time in a stream", &error))?;
-            let Some(entry) = found.ids.first() else {
-                high = middle;
-                continue;
-            };
-            let seq = seq_of(&entry.id).unwrap_or(middle);
-            let stored_us: i128 = entry
-                .get::<String>("t")
-                .and_then(|text| text.parse().ok())
-                .unwrap_or(0);
-            if stored_us >= target_us {
-                high = middle;
-            } else {
-                low = seq + 1;
-            }
+        // The last seq first: a call stored between the two reads is then past it, and found
+        // by the second read or after the returned seq.
+        let (last, found): (Option<u64>, Vec<String>) = redis::pipe()
+            .cmd("HGET")
+            .arg(&keys.meta)
+            .arg("seq")
+            .cmd("ZRANGEBYSCORE")
+            .arg(&keys.times)
+            .arg(target_us.to_string())
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| backend("finding a time in a stream", &error))?;
+        match found.first() {
+            Some(first) => first.parse().map_err(|_| EngineError::Corrupt {
+                stream: stream.to_owned(),
+                seq: 0,
+                reason: format!("time index entry {first:?} is not a seq"),
+            }),
+            None => Ok(last.unwrap_or(0) + 1),
         }
-        Ok(low)
     }
 
-    /// Drops the entries of a stream stored more than `age_max` ago.
+    /// Drops the entries of a stream stored more than `age_max` ago, and their time index.
     async fn trim_older_than(&self, stream: &str, age_max: Duration) -> Result<(), EngineError> {
         let cut_off = OffsetDateTime::now_utc() - age_max;
         let first_kept = self.seq_at_time(stream, cut_off).await?;
         if first_kept <= 1 {
             return Ok(());
         }
+        let keys = self.keys.stream(stream);
         let mut connection = self.connection.clone();
-        let _: i64 = redis::cmd("XTRIM")
-            .arg(self.keys.stream(stream).events)
+        let _: (i64, i64) = redis::pipe()
+            .cmd("XTRIM")
+            .arg(&keys.events)
             .arg("MINID")
             .arg(format!("{first_kept}-0"))
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&keys.times)
+            .arg("-inf")
+            .arg(format!("({}", cut_off.unix_timestamp_nanos() / 1_000))
             .query_async(&mut connection)
             .await
             .map_err(|error| backend("trimming a stream", &error))?;
@@ -1112,17 +1118,86 @@ pub(crate) fn decode_entries(
     Ok(events)
 }
 
-/// One stored event from its JSON.
-pub(crate) fn decode_event(
+/// Decodes the reply of an `XREADGROUP` (or `XREAD`) as it came off the wire: walked in
+/// place, each event's JSON moved into its `StoredEvent` rather than copied, and no map built
+/// per entry (redis-rs's `StreamReadReply` clones every field into a `HashMap`).
+pub(crate) fn decode_read_reply(
     stream: &str,
-    seq: u64,
-    json: &[u8],
-) -> Result<StoredEvent, EngineError> {
+    reply: Value,
+) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
+    let corrupt = |seq: u64, reason: String| EngineError::Corrupt {
+        stream: stream.to_owned(),
+        seq,
+        reason,
+    };
+    let keys = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(keys) => keys,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .flat_map(|(key, entries)| [key, entries])
+            .collect(),
+        other => return Err(corrupt(0, format!("a read replied {other:?}"))),
+    };
+    let mut events = Vec::new();
+    let mut keys = keys.into_iter();
+    while let Some(key) = keys.next() {
+        // RESP2 gives [key, entries] pairs as arrays; RESP3 a map, flattened above.
+        let entries = match key {
+            Value::Array(pair) => pair.into_iter().nth(1),
+            _ => keys.next(),
+        };
+        let Some(Value::Array(entries)) = entries else {
+            continue;
+        };
+        events.reserve(entries.len());
+        for entry in entries {
+            let Value::Array(entry) = entry else {
+                return Err(corrupt(0, "an entry is not an array".to_owned()));
+            };
+            let mut parts = entry.into_iter();
+            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+                (parts.next(), parts.next())
+            else {
+                return Err(corrupt(0, "an entry has no id and fields".to_owned()));
+            };
+            let seq = std::str::from_utf8(&id)
+                .ok()
+                .and_then(seq_of)
+                .ok_or_else(|| {
+                    corrupt(
+                        0,
+                        format!("entry id {:?} is not <seq>-0", String::from_utf8_lossy(&id)),
+                    )
+                })?;
+            let mut fields = fields.into_iter();
+            let mut json = None;
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if matches!(&name, Value::BulkString(name) if name == b"e")
+                    && let Value::BulkString(value) = value
+                {
+                    json = Some(value);
+                    break;
+                }
+            }
+            let json = json.ok_or_else(|| corrupt(seq, "the entry has no event".to_owned()))?;
+            events.push(Arc::new(decode_owned_event(
+                stream,
+                seq,
+                Bytes::from(json),
+            )?));
+        }
+    }
+    Ok(events)
+}
+
+/// One stored event from its JSON, which it keeps.
+fn decode_owned_event(stream: &str, seq: u64, json: Bytes) -> Result<StoredEvent, EngineError> {
     let context = ParseContext {
         now: OffsetDateTime::UNIX_EPOCH,
         limits: STORED_LIMITS,
     };
-    let event = Event::from_json(json, &context).map_err(|error| EngineError::Corrupt {
+    let event = Event::from_json(&json, &context).map_err(|error| EngineError::Corrupt {
         stream: stream.to_owned(),
         seq,
         reason: error.to_string(),
@@ -1131,8 +1206,17 @@ pub(crate) fn decode_event(
         stream.to_owned(),
         seq,
         event,
-        Bytes::copy_from_slice(json),
+        json,
     ))
+}
+
+/// One stored event from its JSON.
+pub(crate) fn decode_event(
+    stream: &str,
+    seq: u64,
+    json: &[u8],
+) -> Result<StoredEvent, EngineError> {
+    decode_owned_event(stream, seq, Bytes::copy_from_slice(json))
 }
 
 /// Leaves the group when the member is dropped.

@@ -13,7 +13,8 @@
 //! - acked: done, or dead-lettered (a copy in the `dead` stream).
 //!
 //! Every verb checks that the entry is still owned by the member and at the attempt it was
-//! delivered with, so a verb on a delivery that timed out and went elsewhere is refused.
+//! delivered with, so a verb on a delivery that timed out and went elsewhere is refused (acks
+//! through the member's fence, see `ACK`).
 //!
 //! Numbers too large for Lua's `tostring` (µs since the epoch) are formatted with `%.0f`.
 
@@ -71,59 +72,80 @@ fn group_script(body: &str) -> Script {
     Script::new(&format!("{GROUP_PRELUDE}\n{body}"))
 }
 
-/// KEYS: meta, events, then the dedupe buckets of the previous, current and next window.
-/// ARGV: dedupe window (ms), max events (0: no cap), then each event's id and JSON. Returns, per
-/// event, its new seq, or minus the seq of the event it duplicates.
+/// KEYS: meta, events, the time index, then the dedupe buckets of the previous, current and
+/// next window. ARGV: dedupe window (ms), max events (0: no cap), then each event's id and JSON.
+/// Returns, per event, its new seq, or minus the seq of the event it duplicates.
 ///
 /// Dedupe ids live in one hash per window-long time bucket (`HMGET`/`HSET` of the whole batch,
 /// two commands per batch rather than two per event): an id written in bucket `b` is found
 /// while `b` is the previous, current or next bucket, so for at least a window and at most
 /// two, whatever the processes' clocks disagree on by less than a window.
+///
+/// Per stored event the script does one `XADD` and nothing else that Redis would not do for a
+/// plain `XADD`, because Redis's one thread running this loop is what bounds publishing: the
+/// store time is written once per call into the time index (every event of a call shares it),
+/// not into each entry, and seqs are formatted as integers (`%d`), not through Lua's number
+/// to string conversion (`%.14g`, several times dearer).
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local meta, events, times = KEYS[1], KEYS[2], KEYS[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
-local last = redis.call('HGET', KEYS[1], 't')
--- Store times never go backwards, so that a time finds its place by binary search.
+local last = redis.call('HGET', meta, 't')
+-- Store times never go backwards, so that the time index stays sorted by seq too.
 if last and tonumber(last) > now then stamp = last end
 local cap = tonumber(ARGV[2])
 local ids = {}
-for i = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
-local before = redis.call('HMGET', KEYS[3], unpack(ids))
-local current = redis.call('HMGET', KEYS[4], unpack(ids))
-local after = redis.call('HMGET', KEYS[5], unpack(ids))
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local count = 0
+for i = 3, #ARGV, 2 do
+  count = count + 1
+  ids[count] = ARGV[i]
+end
+local before = redis.call('HMGET', KEYS[4], unpack(ids))
+local current = redis.call('HMGET', KEYS[5], unpack(ids))
+local after = redis.call('HMGET', KEYS[6], unpack(ids))
+local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local first = seq + 1
 local fresh = {}
 local remembered = {}
+local stored = 0
 local out = {}
-for k, id in ipairs(ids) do
+for k = 1, count do
+  local id = ids[k]
   local prior = before[k] or current[k] or after[k] or fresh[id]
   if prior then
     out[k] = -tonumber(prior)
   else
     seq = seq + 1
-    local json = ARGV[2 + 2 * k]
+    local text = string.format('%d', seq)
     if cap > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, seq .. '-0', 'e', json, 't', stamp)
+      redis.call('XADD', events, 'MAXLEN', '~', ARGV[2], text .. '-0', 'e', ARGV[2 + 2 * k])
     else
-      redis.call('XADD', KEYS[2], seq .. '-0', 'e', json, 't', stamp)
+      redis.call('XADD', events, text .. '-0', 'e', ARGV[2 + 2 * k])
     end
-    fresh[id] = seq
-    remembered[#remembered + 1] = id
-    remembered[#remembered + 1] = seq
+    fresh[id] = text
+    remembered[2 * stored + 1] = id
+    remembered[2 * stored + 2] = text
+    stored = stored + 1
     out[k] = seq
   end
 end
-local stored = #remembered / 2
 if stored > 0 then
-  redis.call('HSET', KEYS[4], unpack(remembered))
-  redis.call('PEXPIRE', KEYS[4], 3 * tonumber(ARGV[1]))
+  redis.call('HSET', KEYS[5], unpack(remembered))
+  redis.call('PEXPIRE', KEYS[5], 3 * tonumber(ARGV[1]))
+  -- The first seq of this call, scored by its store time; zero-padded so that calls with the
+  -- same store time sort by seq.
+  redis.call('ZADD', times, stamp, string.format('%020d', first))
+  if cap > 0 then
+    -- Each index entry stands for at least one event: `cap` of them cover what is kept.
+    redis.call('ZREMRANGEBYRANK', times, 0, string.format('%d', -(cap + 1)))
+  end
 end
-redis.call('HSET', KEYS[1], 'seq', seq, 't', stamp)
-redis.call('HINCRBY', KEYS[1], 'published', stored)
-redis.call('HINCRBY', KEYS[1], 'duplicates', #ids - stored)
+redis.call('HSET', meta, 'seq', seq, 't', stamp)
+redis.call('HINCRBY', meta, 'published', stored)
+redis.call('HINCRBY', meta, 'duplicates', count - stored)
 return out
 "#,
     )
@@ -198,44 +220,67 @@ return out
     )
 });
 
-/// Acks deliveries of one member. ARGV: group, member, then pairs of seq and attempt. Returns 1
-/// per ack recorded, 0 per delivery no longer in flight to the member at that attempt.
+/// Acks deliveries of one member. ARGV: group, member, n, the n entry ids (`<seq>-0`), then
+/// pairs of position (1-based) and attempt for the entries delivered more than once (the
+/// others were first attempts). Returns 1 per ack recorded, 0 per delivery no longer in flight
+/// to the member at that attempt.
+///
+/// Only another process moves a member's entries behind its back: `RECOVER`, when it takes the
+/// member's process for dead (its own task moves them only after forgetting the delivery, and
+/// refuses verbs on it). `RECOVER` marks the member's consumer `fenced:<consumer>` first; until
+/// a consumer is fenced, every entry its process still holds as in flight is its own at that
+/// attempt, so the acks are one `XACK` with no per-entry look-up. A fenced consumer's acks are
+/// checked one by one against the pending list, as every other verb is. The look-up was most
+/// of this script's cost, and the script was most of Redis's work per consumed event.
 pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
-local group, member = ARGV[1], ARGV[2]
--- The member's pending entries over the batch's range, in one look-up rather than one per
--- entry: a range of n seqs holds at most n of them.
-local low, high = math.huge, 0
-for i = 3, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  if seq < low then low = seq end
-  if seq > high then high = seq end
-end
-local owned = {}
-local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0', int(high) .. '-0',
-  high - low + 1, member)
-if ok then
-  for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
-end
-local out = {}
+local group, member, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids = {}
-for i = 3, #ARGV, 2 do
-  local seq = ARGV[i]
-  local count = owned[seq .. '-0']
-  if count ~= nil and count == tonumber(ARGV[i + 1]) then
-    ids[#ids + 1] = seq .. '-0'
-    -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
-    if count > 1 then redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq) end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+for i = 1, n do ids[i] = ARGV[3 + i] end
+local attempts = {}
+for i = 4 + n, #ARGV, 2 do attempts[tonumber(ARGV[i])] = tonumber(ARGV[i + 1]) end
+local out = {}
+local acked = 0
+if redis.call('HEXISTS', info, 'fenced:' .. member) == 0 then
+  acked = redis.call('XACK', events, group, unpack(ids))
+  -- Short only when the group itself is gone: then nothing was recorded.
+  local recorded = acked > 0 and 1 or 0
+  for i = 1, n do out[i] = recorded end
+else
+  -- The member's pending entries over the batch's range, in one look-up rather than one per
+  -- entry: a range of n seqs holds at most n of them.
+  local low, high = math.huge, 0
+  for i = 1, n do
+    local seq = tonumber(string.sub(ids[i], 1, -3))
+    if seq < low then low = seq end
+    if seq > high then high = seq end
+  end
+  local owned = {}
+  local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0',
+    int(high) .. '-0', high - low + 1, member)
+  if ok then
+    for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
+  end
+  local mine = {}
+  for i = 1, n do
+    if owned[ids[i]] ~= nil and owned[ids[i]] == (attempts[i] or 1) then
+      mine[#mine + 1] = ids[i]
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+  if #mine > 0 then acked = redis.call('XACK', events, group, unpack(mine)) end
+end
+-- Only an entry that failed before has notes (a first attempt's delivery time, an error).
+for i, _ in pairs(attempts) do
+  if out[i] == 1 then
+    local seq = string.sub(ids[i], 1, -3)
+    redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
   end
 end
-if #ids > 0 then
-  redis.call('XACK', events, group, unpack(ids))
-  redis.call('HINCRBY', stats, 'acked', #ids)
-end
+if acked > 0 then redis.call('HINCRBY', stats, 'acked', acked) end
 return out
 "#,
     )
@@ -319,6 +364,8 @@ if string.sub(consumer, 1, 5) == 'hold:' then
   redis.call('ZADD', due, int(now), seq)
   return 1
 end
+-- From now on the member's acks are checked entry by entry (see `ACK`).
+redis.call('HSET', info, 'fenced:' .. consumer, 1)
 redis.call('HSET', info, 'e:' .. seq, "the member's process was lost")
 first_delivered(seq, count, idle_ms, now)
 if count > tonumber(ARGV[5]) then
