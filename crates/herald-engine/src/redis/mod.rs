@@ -20,6 +20,7 @@
 mod connection;
 mod group;
 mod keys;
+mod relay;
 mod scripts;
 mod tail;
 
@@ -44,6 +45,7 @@ use tracing::warn;
 use self::connection::{Connection, Redis, backend};
 use self::group::{Control, GroupTask};
 use self::keys::Keys;
+pub use self::relay::{Relay, RelayInbox};
 use self::tail::Tail;
 use crate::api::{
     Backoff, Closed, DeadLetter, Engine, EngineError, GroupMember, GroupPolicy, GroupSpec,
@@ -75,7 +77,8 @@ pub const PROCESS_TTL_DEFAULT: Duration = Duration::from_secs(10);
 /// The shortest process TTL: a heartbeat every third of it must fit between scheduling hiccups.
 pub const PROCESS_TTL_MIN: Duration = Duration::from_millis(300);
 
-/// The wait before re-subscribing to ephemeral events after the pub/sub connection failed.
+/// The wait before re-subscribing to ephemeral events (or a relay) after the pub/sub
+/// connection failed.
 const RELAY_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// How often declared streams with a `max_age` are trimmed.
