@@ -477,7 +477,11 @@ async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
     }
     let frame = listener.next_event().await;
     assert_eq!(
-        (&frame["room"], &frame["event"]["type"], &frame["event"]["data"]),
+        (
+            &frame["room"],
+            &frame["event"]["type"],
+            &frame["event"]["data"]
+        ),
         (&json!("chat.lobby"), &json!("note.room"), &json!(2)),
         "{frame}"
     );
@@ -503,7 +507,12 @@ async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
         assert_eq!(received.meta["stream"], "alert");
     }
     send_realtime(&servers[2], "broadcast", "note.end", json!(8)).await;
-    for socket in [&mut alice_here, &mut carol_here, &mut alice_there, &mut bob_there] {
+    for socket in [
+        &mut alice_here,
+        &mut carol_here,
+        &mut alice_there,
+        &mut bob_there,
+    ] {
         assert_eq!(names_until(socket, "note.end").await, ["note.end"]);
     }
 

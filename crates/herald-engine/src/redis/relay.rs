@@ -234,7 +234,10 @@ struct Subscription {
 
 /// A pub/sub connection subscribed to `channel`. In a Cluster, `PUBLISH` reaches every node,
 /// so the first seed node serves.
-async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSubStream, redis::RedisError> {
+async fn subscribe(
+    url: &str,
+    channel: &str,
+) -> Result<redis::aio::PubSubStream, redis::RedisError> {
     let client = redis::Client::open(url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
@@ -396,7 +399,11 @@ mod tests {
             b"p1\n2",
             b"p1\n-1\n",
         ] {
-            assert!(decode_batch(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_batch(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(decode_batch(b"p1\n").unwrap(), (&b"p1"[..], Vec::new()));
     }

@@ -48,10 +48,7 @@ const REPORT_ROOMS_MAX: usize = 1000;
 pub async fn open(engine: &ServerEngine) -> Result<Option<(Relay, RelayInbox)>, EngineError> {
     match engine {
         ServerEngine::Embedded(_) => Ok(None),
-        ServerEngine::Redis(redis) => redis
-            .relay(TOPIC, RELAY_QUEUE_MESSAGES_MAX)
-            .await
-            .map(Some),
+        ServerEngine::Redis(redis) => redis.relay(TOPIC, RELAY_QUEUE_MESSAGES_MAX).await.map(Some),
     }
 }
 
@@ -270,7 +267,10 @@ mod tests {
             (one.users, one.rooms_total, one.rooms.clone()),
             (2, 2, vec![room("chat.a", 3), room("chat.b", 1)])
         );
-        let two = Report::new(2, &members(&[("user:u1", 1), ("user:u3", 1), ("chat.a", 2)]));
+        let two = Report::new(
+            2,
+            &members(&[("user:u1", 1), ("user:u3", 1), ("chat.a", 2)]),
+        );
         assert_eq!(
             merge([&one, &two]),
             RealtimeStats {

@@ -19,6 +19,9 @@ use super::{Server, WAIT};
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
+/// Emits waiting for their ack, by ack id.
+type Acks = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
 /// A browser token (HS256) for `sub`, with `herald` as its audience and `grants` as its
 /// `herald` claim.
 pub fn browser_token(secret: &str, sub: &str, grants: Value) -> String {
@@ -44,7 +47,7 @@ pub struct Received {
 pub struct BrowserSocket {
     sink: Arc<tokio::sync::Mutex<Sink>>,
     events: mpsc::UnboundedReceiver<Received>,
-    acks: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>,
+    acks: Acks,
     next_ack: u64,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -62,7 +65,7 @@ impl BrowserSocket {
         let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         let (sink, mut stream) = ws.split();
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
-        let acks: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>> = Arc::default();
+        let acks: Acks = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (connected_tx, connected) = oneshot::channel();
         let connect = format!("40{}", json!({ "token": token }));
