@@ -278,7 +278,12 @@ async fn a_relay_reaches_every_other_engine_once_in_order() {
     assert_eq!(reports, [bytes::Bytes::from_static(b"two")]);
     assert!(relays[1].0.report_interval() <= PROCESS_TTL / 3);
 
-    // Closing the engine ends its inbox.
+    // Closing the engine ends its inbox (after what it had received).
+    let pending = tokio::time::timeout(WAIT, relays[2].1.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pending[..], b"from two");
     engines[2].close().await.unwrap();
     assert!(
         tokio::time::timeout(WAIT, relays[2].1.recv())

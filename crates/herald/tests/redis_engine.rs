@@ -460,6 +460,7 @@ async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
     assert_eq!(sent["delivered"], 0, "{sent}");
     let sent = send_realtime(&servers[0], "broadcast", "note.all", json!(3)).await;
     assert_eq!(sent["delivered"], 2, "{sent}");
+    send_realtime(&servers[0], "rooms/chat.lobby", "note.room-end", json!(6)).await;
     // Sends from one process arrive everywhere in order: whatever came twice, or to the wrong
     // socket, would come before this last broadcast.
     send_realtime(&servers[0], "broadcast", "note.end", json!(4)).await;
@@ -468,9 +469,18 @@ async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
         (&mut carol_here, &["note.all", "note.end"][..]),
         (
             &mut alice_there,
-            &["note.user", "note.room", "note.all", "note.end"][..],
+            &[
+                "note.user",
+                "note.room",
+                "note.all",
+                "note.room-end",
+                "note.end",
+            ][..],
         ),
-        (&mut bob_there, &["note.room", "note.all", "note.end"][..]),
+        (
+            &mut bob_there,
+            &["note.room", "note.all", "note.room-end", "note.end"][..],
+        ),
     ];
     for (at, (socket, names)) in expected.into_iter().enumerate() {
         assert_eq!(names_until(socket, "note.end").await, names, "socket {at}");
@@ -485,7 +495,6 @@ async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
         (&json!("chat.lobby"), &json!("note.room"), &json!(2)),
         "{frame}"
     );
-    send_realtime(&servers[1], "rooms/chat.lobby", "note.room-end", json!(6)).await;
     let frame = listener.next_event().await;
     assert_eq!(frame["event"]["type"], "note.room-end", "once: {frame}");
 
