@@ -123,9 +123,9 @@ describe('three processes on one Redis', { skip: !available && 'no Redis' }, () 
       await until(() => received.length > 0, () => `${name} gets the forwarded event`);
     }
     assert.deepEqual(await receivedUntilSentinel(a, Object.keys(sockets), 2), {
-      'alice@a': ['photo.processing.progress={"userId":"alice","progress":50}'],
+      'alice@a': ['photo.processing.progress={"progress":50,"userId":"alice"}'],
       'carol@a': [],
-      'alice@b': ['photo.processing.progress={"userId":"alice","progress":50}'],
+      'alice@b': ['photo.processing.progress={"progress":50,"userId":"alice"}'],
       'bob@c': [],
       'dave@c': [],
     });
