@@ -281,7 +281,7 @@ impl RedisEngine {
             .first()
             .cloned()
             .unwrap_or_default();
-        let messages = subscribe_ephemeral(&url, &engine.inner.keys.ephemeral_channel())
+        let messages = subscribe_channel(&url, &engine.inner.keys.ephemeral_channel())
             .await
             .map_err(|error| backend("subscribing to ephemeral events", &error))?;
         let relay = tokio::spawn(relay_ephemeral_forever(
@@ -992,9 +992,9 @@ impl Inner {
     }
 }
 
-/// A pub/sub connection subscribed to the ephemeral channel. In a Cluster, `PUBLISH` reaches
-/// every node, so the first seed node serves.
-async fn subscribe_ephemeral(
+/// A pub/sub connection subscribed to `channel` (ephemeral events, a relay). In a Cluster,
+/// `PUBLISH` reaches every node, so the first seed node serves.
+async fn subscribe_channel(
     url: &str,
     channel: &str,
 ) -> Result<redis::aio::PubSubStream, redis::RedisError> {
@@ -1022,7 +1022,7 @@ async fn relay_ephemeral_forever(engine: Weak<Inner>, mut messages: redis::aio::
             };
             let (url, channel) = (inner.config.urls[0].clone(), inner.keys.ephemeral_channel());
             drop(inner);
-            match subscribe_ephemeral(&url, &channel).await {
+            match subscribe_channel(&url, &channel).await {
                 Ok(stream) => {
                     messages = stream;
                     break;

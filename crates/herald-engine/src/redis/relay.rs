@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::connection::{Connection, backend};
-use super::{Inner, RELAY_RECONNECT_DELAY, RedisEngine};
+use super::{Inner, RELAY_RECONNECT_DELAY, RedisEngine, subscribe_channel};
 use crate::api::EngineError;
 use crate::config::is_valid_stream_name;
 
@@ -94,7 +94,7 @@ impl RedisEngine {
         let inner = &self.inner;
         let channel = inner.keys.relay_channel(topic);
         let url = inner.config.urls.first().cloned().unwrap_or_default();
-        let messages = subscribe(&url, &channel)
+        let messages = subscribe_channel(&url, &channel)
             .await
             .map_err(|error| backend("subscribing to a relay", &error))?;
         let capacity = queue_messages_max.max(1);
@@ -232,18 +232,6 @@ struct Subscription {
     channel: String,
 }
 
-/// A pub/sub connection subscribed to `channel`. In a Cluster, `PUBLISH` reaches every node,
-/// so the first seed node serves.
-async fn subscribe(
-    url: &str,
-    channel: &str,
-) -> Result<redis::aio::PubSubStream, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub.into_on_message())
-}
-
 /// Publishes what is queued, in batches, until every sender is gone or the engine closes.
 async fn send_forever(
     mut connection: Connection,
@@ -346,7 +334,7 @@ async fn receive_forever(
             if inbox.is_closed() {
                 return;
             }
-            match subscribe(&subscription.url, &subscription.channel).await {
+            match subscribe_channel(&subscription.url, &subscription.channel).await {
                 Ok(stream) => {
                     batches = stream;
                     break;
