@@ -84,15 +84,17 @@ prefix = "match."
 `;
 }
 
-/** Starts `herald serve` with `toml`; resolves once it listens. */
-export async function startServer(toml = config()) {
+/**
+ * Starts `herald serve` with `toml`, and `args` and `env` besides; resolves once it listens.
+ */
+export async function startServer(toml = config(), { args = [], env = {} } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'herald-node-'));
   const configFile = path.join(dir, 'herald.toml');
   writeFileSync(configFile, toml);
   const child = spawn(
     HERALD_BIN,
-    ['serve', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--config', configFile],
-    { stdio: ['ignore', 'ignore', 'pipe'], env: serverEnv() },
+    ['serve', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--config', configFile, ...args],
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...serverEnv(), ...env } },
   );
   const log = [];
   const url = await new Promise((resolve, reject) => {
@@ -129,10 +131,18 @@ export async function startServer(toml = config()) {
     },
     async stop() {
       for (const socket of sockets) socket.close();
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        await exited;
+      }
       rmSync(dir, { recursive: true, force: true });
+    },
+    /** SIGKILL: the process dies at once, draining nothing; resolves once it has exited. */
+    async kill() {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
     },
   };
 }
@@ -249,4 +259,99 @@ export async function stalledSocket(url, token) {
   socket.removeAllListeners('data');
   socket.pause();
   return socket;
+}
+
+/** The Redis the engine tests use: HERALD_TEST_REDIS_URL, else the machine's. */
+export const REDIS_URL = process.env.HERALD_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** One RESP reply from `buffer`: [value, bytes used], or undefined while incomplete. */
+function parseReply(buffer, at = 0) {
+  const end = buffer.indexOf('\r\n', at);
+  if (end < 0) return undefined;
+  const kind = String.fromCharCode(buffer[at]);
+  const line = buffer.toString('utf8', at + 1, end);
+  const next = end + 2;
+  switch (kind) {
+    case '+':
+      return [line, next];
+    case '-':
+      return [new Error(line), next];
+    case ':':
+      return [Number(line), next];
+    case '$': {
+      const length = Number(line);
+      if (length < 0) return [null, next];
+      if (buffer.length < next + length + 2) return undefined;
+      return [buffer.toString('utf8', next, next + length), next + length + 2];
+    }
+    case '*': {
+      const count = Number(line);
+      const items = [];
+      let offset = next;
+      for (let i = 0; i < count; i += 1) {
+        const item = parseReply(buffer, offset);
+        if (item === undefined) return undefined;
+        items.push(item[0]);
+        offset = item[1];
+      }
+      return [items, offset];
+    }
+    default:
+      throw new Error(`not a RESP reply: ${line}`);
+  }
+}
+
+/**
+ * Runs one command on the Redis at `url` (RESP spoken by hand: the tests need PING, KEYS and
+ * DEL only) and resolves with its reply; rejects when Redis cannot be reached.
+ */
+export async function redisCommand(url, ...args) {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port || 6379), hostname);
+  socket.setTimeout(2000, () => socket.destroy(new Error(`no answer from Redis at ${url}`)));
+  try {
+    await once(socket, 'connect');
+    const parts = args.map((arg) => `$${Buffer.byteLength(String(arg))}\r\n${arg}\r\n`);
+    socket.write(`*${args.length}\r\n${parts.join('')}`);
+    let buffer = Buffer.alloc(0);
+    for await (const chunk of socket) {
+      buffer = Buffer.concat([buffer, chunk]);
+      const reply = parseReply(buffer);
+      if (reply === undefined) continue;
+      if (reply[0] instanceof Error) throw reply[0];
+      return reply[0];
+    }
+    throw new Error(`Redis at ${url} closed the connection`);
+  } finally {
+    socket.destroy();
+  }
+}
+
+/**
+ * Whether tests needing Redis can run: true if it answers; false after saying loudly why they
+ * are skipped — or throws under HERALD_REQUIRE_ENGINES=1 (CI), where they must run.
+ */
+export async function redisReachable(url = REDIS_URL) {
+  try {
+    await redisCommand(url, 'PING');
+    return true;
+  } catch (error) {
+    if (process.env.HERALD_REQUIRE_ENGINES === '1') {
+      throw new Error(`HERALD_REQUIRE_ENGINES=1 but no Redis answers at ${url}: ${error.message}`);
+    }
+    console.error(`\n********\nSKIPPED: no Redis answers at ${url} (${error.message})\n********\n`);
+    return false;
+  }
+}
+
+/** A key prefix no other test uses, and a function deleting its keys. */
+export function isolatedPrefix(url = REDIS_URL) {
+  const prefix = `herald-node-${process.pid}-${randomBytes(6).toString('hex')}`;
+  return {
+    prefix,
+    async cleanup() {
+      const keys = await redisCommand(url, 'KEYS', `${prefix}:*`);
+      for (const key of keys) await redisCommand(url, 'DEL', key);
+    },
+  };
 }

@@ -13,7 +13,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod redis;
 
-pub use self::redis::{RedisConfig, RedisEngine};
+pub use self::redis::{RedisConfig, RedisEngine, Relay, RelayInbox};
 pub use api::{
     Backoff, Closed, DeadLetter, Delivery, Engine, EngineError, GroupMember, GroupPolicy,
     GroupSpec, GroupStats, LiveSubscription, MemberVerbs, PublishOutcome, StartAt, StreamStats,

@@ -293,6 +293,86 @@ async fn ephemeral_events_reach_subscribers_of_every_engine() {
     two.close().await.unwrap();
 }
 
+/// A relay (the server's real-time sends between processes): what one engine sends reaches
+/// every other engine's inbox once, in order, and never its own; reports are read by the
+/// others and withdrawn on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reaches_every_other_engine_once_in_order() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let engines = [
+        engine(&url, &prefix).await,
+        engine(&url, &prefix).await,
+        engine(&url, &prefix).await,
+    ];
+    let mut relays = Vec::new();
+    for engine in &engines {
+        relays.push(engine.relay("realtime", 1024).await.unwrap());
+    }
+    let total = 500usize;
+    for n in 0..total {
+        assert!(relays[0].0.send(bytes::Bytes::from(format!("m{n}"))));
+    }
+    for (relay, inbox) in &mut relays[1..] {
+        for n in 0..total {
+            let message = tokio::time::timeout(WAIT, inbox.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            assert_eq!(&message[..], format!("m{n}").as_bytes());
+        }
+        assert_eq!(relay.dropped(), 0);
+    }
+    // The sender's own inbox stays empty: the next thing it receives is another's message.
+    assert!(relays[1].0.send(bytes::Bytes::from_static(b"from two")));
+    let received = tokio::time::timeout(WAIT, relays[0].1.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&received[..], b"from two");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), relays[1].1.recv())
+            .await
+            .is_err(),
+        "an engine never receives its own message"
+    );
+
+    relays[1].0.report(b"two").await.unwrap();
+    relays[2].0.report(b"three").await.unwrap();
+    let mut reports: Vec<Vec<u8>> = relays[0]
+        .0
+        .reports()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|report| report.to_vec())
+        .collect();
+    reports.sort();
+    assert_eq!(reports, [b"three".to_vec(), b"two".to_vec()]);
+    relays[2].0.withdraw_report().await.unwrap();
+    let reports = relays[0].0.reports().await.unwrap();
+    assert_eq!(reports, [bytes::Bytes::from_static(b"two")]);
+    assert!(relays[1].0.report_interval() <= PROCESS_TTL / 3);
+
+    // Closing the engine ends its inbox (after what it had received).
+    let pending = tokio::time::timeout(WAIT, relays[2].1.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pending[..], b"from two");
+    engines[2].close().await.unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, relays[2].1.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(engines[0].relay("not a token", 8).await.is_err());
+    for engine in &engines[..2] {
+        engine.close().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
     let Some(url) = reachable_redis() else { return };

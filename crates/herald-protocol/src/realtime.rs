@@ -19,6 +19,7 @@ pub enum Target {
 
 /// The answer to a real-time send. Sends are not stored: `delivered` counts the sockets the
 /// event was queued for on this server, and for a room the service connections listening to it.
+/// On the Redis engine the other processes' sockets are reached too, but not counted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RealtimeSent {

@@ -54,6 +54,12 @@ pub struct RealtimeMetrics {
     pub room_listener_sent: Counter,
     /// Service connections made to leave their rooms for falling behind.
     pub room_listener_drops: Counter,
+    /// Sends queued for the other processes on the same Redis, and sends received from them.
+    pub relayed_out: Counter,
+    pub relayed_in: Counter,
+    /// Sends to or from other processes lost (a queue full, Redis unreachable); the relay
+    /// counts them, and this follows it at each scrape.
+    pub relay_dropped: Counter,
 }
 
 impl Metrics {
@@ -162,6 +168,21 @@ impl Metrics {
                 "realtime_room_listener_drops",
                 "/v1/ws connections made to leave their rooms for falling behind",
                 realtime.room_listener_drops.clone(),
+            ),
+            (
+                "realtime_relayed_out",
+                "Real-time sends queued for the other processes on the same Redis",
+                realtime.relayed_out.clone(),
+            ),
+            (
+                "realtime_relayed_in",
+                "Real-time sends received from other processes and delivered here",
+                realtime.relayed_in.clone(),
+            ),
+            (
+                "realtime_relay_dropped",
+                "Real-time sends to or from other processes lost (a queue full, Redis unreachable)",
+                realtime.relay_dropped.clone(),
             ),
         ] {
             registry.register(name, help, metric);

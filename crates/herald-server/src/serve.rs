@@ -116,7 +116,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 .unwrap_or(u64::MAX),
         )
         .build_layer();
-    let state = AppState::new(engine, config, auth, io)?;
+    let relay = crate::realtime::relay::open(&engine)
+        .await
+        .map_err(|source| ServeError::Engine {
+            place: "subscribing to the real-time relay".to_owned(),
+            source,
+        })?;
+    let (relay, inbox) = relay.unzip();
+    let state = AppState::new(engine, config, auth, io, relay)?;
+    if let Some(inbox) = inbox {
+        crate::realtime::relay::spawn(&state.realtime, inbox, state.shutdown.clone());
+    }
     let mut app = crate::http::router(state.clone());
     if state.config.realtime.enabled {
         crate::realtime::gateway::register(&state);
@@ -170,6 +180,7 @@ impl RunningServer {
         {
             tracing::warn!("browser sockets did not close within the shutdown grace");
         }
+        self.state.realtime.withdraw_report().await;
         match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => return Err(ServeError::Serve(error)),

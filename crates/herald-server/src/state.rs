@@ -50,12 +50,14 @@ impl AppState {
         config: ServerConfig,
         auth: Auth,
         io: socketioxide::SocketIo,
+        relay: Option<herald_engine::Relay>,
     ) -> Result<AppState, RealtimeConfigError> {
         let metrics = Metrics::new();
         let realtime = Arc::new(Realtime::new(
             io,
             &config.realtime,
             metrics.realtime.clone(),
+            relay,
         )?);
         Ok(AppState(Arc::new(Shared {
             engine,

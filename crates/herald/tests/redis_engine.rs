@@ -1,7 +1,8 @@
 //! `herald serve --engine redis` end to end, on the machine's Redis (`HERALD_TEST_REDIS_URL`,
 //! default `redis://127.0.0.1:6379`), each test under its own key prefix: a publish is stored
-//! and delivered to a group; two processes on one Redis are one bus. Skipped loudly without a
-//! Redis, except under `HERALD_REQUIRE_ENGINES=1`.
+//! and delivered to a group; two processes on one Redis are one bus; real-time sends reach
+//! browser sockets and room listeners on every process. Skipped loudly without a Redis, except
+//! under `HERALD_REQUIRE_ENGINES=1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::browser::{BrowserSocket, browser_token};
 use support::{Server, WAIT, Ws, call, http};
+
+/// The browsers' JWT secret of the real-time tests.
+const JWT_SECRET: &str = "redis-e2e-secret-0123456789abcdef-0123";
 
 /// The test Redis, or `None` after saying loudly why the test is skipped.
 fn reachable_redis() -> Option<String> {
@@ -57,13 +62,43 @@ impl Prefix {
     }
 
     fn start_server_with(&self, dir: &tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        self.start_server_args(dir, &[], env)
+    }
+
+    fn start_server_args(
+        &self,
+        dir: &tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut all = vec![("HERALD_REDIS__KEY_PREFIX", self.name.as_str())];
         all.extend_from_slice(env);
-        Server::start_with_env(
-            dir.path(),
-            &["--engine", "redis", "--redis-url", &self.url],
-            &all,
+        let mut all_args = vec!["--engine", "redis", "--redis-url", &self.url];
+        all_args.extend_from_slice(args);
+        Server::start_with_env(dir.path(), &all_args, &all)
+    }
+
+    /// A process with browsers (HS256 tokens signed with [`JWT_SECRET`]) and a forwarding rule
+    /// sending `alert.*` events to the user in `data.userId`.
+    fn start_realtime_server(&self, dir: &tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let config = dir.path().join("herald.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[realtime.jwt]
+algorithm = "HS256"
+secret = "{JWT_SECRET}"
+audience = "herald"
+
+[[realtime.forward]]
+pattern = "alert.*"
+to = "user"
+"#
+            ),
         )
+        .unwrap();
+        self.start_server_args(dir, &["--config", config.to_str().unwrap()], env)
     }
 }
 
@@ -218,10 +253,11 @@ async fn two_processes_on_one_redis_are_one_bus() {
     );
 }
 
-/// Three processes on one Redis: a publisher on the first, members of one group on all three.
-/// The third is killed (SIGKILL) mid-stream while its member holds unacked deliveries: every
-/// event whose publish was acknowledged is still acked by the group, after redelivery by the
-/// survivors (at least once; duplicates are counted and reported).
+/// Three processes on one Redis: a publisher on the first, members of one group on all three,
+/// and a browser socket of one user on each. The third is killed (SIGKILL) mid-stream while its
+/// member holds unacked deliveries: every event whose publish was acknowledged is still acked
+/// by the group, after redelivery by the survivors (at least once; duplicates are counted and
+/// reported), and events sent to the user still reach its sockets on the survivors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_mid_stream_loses_no_acknowledged_event() {
     let Some(url) = reachable_redis() else { return };
@@ -230,8 +266,18 @@ async fn a_process_killed_mid_stream_loses_no_acknowledged_event() {
     // A short process TTL, so that the survivors notice the death within the test's patience.
     let mut servers: Vec<Server> = dirs
         .iter()
-        .map(|dir| prefix.start_server_with(dir, &[("HERALD_REDIS__PROCESS_TTL", "1s")]))
+        .map(|dir| prefix.start_realtime_server(dir, &[("HERALD_REDIS__PROCESS_TTL", "1s")]))
         .collect();
+    let token = browser_token(JWT_SECRET, "dana", json!({}));
+    let mut sockets = Vec::new();
+    for server in &servers {
+        sockets.push(BrowserSocket::connect(server, &token).await);
+    }
+    let sent = send_realtime(&servers[0], "users/dana", "note.before", json!(0)).await;
+    assert_eq!(sent["delivered"], 1, "{sent}");
+    for socket in &mut sockets {
+        assert_eq!(socket.next().await.event, "note.before");
+    }
     let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let deliveries: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
@@ -324,6 +370,23 @@ async fn a_process_killed_mid_stream_loses_no_acknowledged_event() {
     for member in members {
         let _ = member.await;
     }
+    // Sends to the user, from either survivor, still reach its sockets on both; the socket on
+    // the dead process is gone with it.
+    sockets.truncate(2);
+    for (from, n) in [(0, 1), (1, 2), (0, 3)] {
+        send_realtime(&servers[from], "users/dana", "note.after", json!(n)).await;
+    }
+    // Each once; in order per sending process only, so compared as a set.
+    for socket in &mut sockets {
+        let mut received = Vec::new();
+        for _ in 1..=3 {
+            let next = socket.next().await;
+            assert_eq!(next.event, "note.after");
+            received.push(next.data.as_u64().unwrap());
+        }
+        received.sort_unstable();
+        assert_eq!(received, [1, 2, 3]);
+    }
     let deliveries = deliveries.lock().unwrap();
     let duplicates: u32 = deliveries.values().map(|count| count - 1).sum();
     eprintln!(
@@ -334,4 +397,148 @@ async fn a_process_killed_mid_stream_loses_no_acknowledged_event() {
         duplicates as usize >= 1,
         "the killed member's held deliveries came again"
     );
+}
+
+/// `POST /v1/realtime/…` on process `server` with `event_type`; returns the answer's body.
+async fn send_realtime(server: &Server, route: &str, event_type: &str, data: Value) -> Value {
+    let (status, answer) = call(
+        http()
+            .post(format!("{}/v1/realtime/{route}", server.url()))
+            .json(&json!({"type": event_type, "data": data})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// The event names a socket receives up to and including `sentinel`.
+async fn names_until(socket: &mut BrowserSocket, sentinel: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        let received = socket.next().await;
+        names.push(received.event.clone());
+        if received.event == sentinel {
+            return names;
+        }
+    }
+}
+
+/// Three processes on one Redis are one bus for browsers: a send to a user, a room or everyone
+/// made on one process reaches the sockets (and, for a room, the `/v1/ws` connections
+/// listening to it) on every process exactly once, and no one else; a forwarding rule's stored
+/// event reaches each of the user's sockets once; `/v1/stats` adds the processes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_sends_reach_sockets_and_room_listeners_on_every_process() {
+    let Some(url) = reachable_redis() else { return };
+    let prefix = Prefix::new(&url);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<Server> = dirs
+        .iter()
+        .map(|dir| prefix.start_realtime_server(dir, &[]))
+        .collect();
+    let token = |user: &str| browser_token(JWT_SECRET, user, json!({"rooms": ["chat.*"]}));
+    let mut alice_here = BrowserSocket::connect(&servers[0], &token("alice")).await;
+    let mut carol_here = BrowserSocket::connect(&servers[0], &token("carol")).await;
+    let mut alice_there = BrowserSocket::connect(&servers[1], &token("alice")).await;
+    let mut bob_there = BrowserSocket::connect(&servers[2], &token("bob")).await;
+    for socket in [&mut alice_there, &mut bob_there] {
+        assert_eq!(
+            socket.request("join", json!("chat.lobby")).await,
+            json!({"ok": true})
+        );
+    }
+    let mut listener = Ws::connect(&servers[2]).await;
+    let joined = listener
+        .ask(json!({"op": "join", "rid": 1, "room": "chat.lobby"}))
+        .await;
+    assert_eq!(joined["op"], "ok", "{joined}");
+
+    // `delivered` counts this process's sockets; the others' are reached all the same.
+    let sent = send_realtime(&servers[0], "users/alice", "note.user", json!(1)).await;
+    assert_eq!(sent["delivered"], 1, "{sent}");
+    let sent = send_realtime(&servers[0], "rooms/chat.lobby", "note.room", json!(2)).await;
+    assert_eq!(sent["delivered"], 0, "{sent}");
+    let sent = send_realtime(&servers[0], "broadcast", "note.all", json!(3)).await;
+    assert_eq!(sent["delivered"], 2, "{sent}");
+    send_realtime(&servers[0], "rooms/chat.lobby", "note.room-end", json!(6)).await;
+    // Sends from one process arrive everywhere in order: whatever came twice, or to the wrong
+    // socket, would come before this last broadcast.
+    send_realtime(&servers[0], "broadcast", "note.end", json!(4)).await;
+    let expected = [
+        (&mut alice_here, &["note.user", "note.all", "note.end"][..]),
+        (&mut carol_here, &["note.all", "note.end"][..]),
+        (
+            &mut alice_there,
+            &[
+                "note.user",
+                "note.room",
+                "note.all",
+                "note.room-end",
+                "note.end",
+            ][..],
+        ),
+        (
+            &mut bob_there,
+            &["note.room", "note.all", "note.room-end", "note.end"][..],
+        ),
+    ];
+    for (at, (socket, names)) in expected.into_iter().enumerate() {
+        assert_eq!(names_until(socket, "note.end").await, names, "socket {at}");
+    }
+    let frame = listener.next_event().await;
+    assert_eq!(
+        (
+            &frame["room"],
+            &frame["event"]["type"],
+            &frame["event"]["data"]
+        ),
+        (&json!("chat.lobby"), &json!("note.room"), &json!(2)),
+        "{frame}"
+    );
+    let frame = listener.next_event().await;
+    assert_eq!(frame["event"]["type"], "note.room-end", "once: {frame}");
+
+    // A forwarding rule: every process forwards the stored event from its own tail to its own
+    // sockets, so each of alice's sockets gets it once, and the others none.
+    let (status, published) = call(
+        http()
+            .post(format!("{}/v1/events", servers[1].url()))
+            .json(&json!({"type": "alert.raised", "data": {"userId": "alice", "n": 7}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{published}");
+    for socket in [&mut alice_here, &mut alice_there] {
+        let received = socket.next().await;
+        assert_eq!(
+            (received.event.as_str(), &received.data["n"]),
+            ("alert.raised", &json!(7))
+        );
+        assert_eq!(received.meta["stream"], "alert");
+    }
+    send_realtime(&servers[2], "broadcast", "note.end", json!(8)).await;
+    for socket in [
+        &mut alice_here,
+        &mut carol_here,
+        &mut alice_there,
+        &mut bob_there,
+    ] {
+        assert_eq!(names_until(socket, "note.end").await, ["note.end"]);
+    }
+
+    // Stats add up: four sockets, alice counted once, both members of the room.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, stats) = call(http().get(format!("{}/v1/stats", servers[0].url()))).await;
+        let realtime = &stats["realtime"];
+        let wanted = json!({"connections": 4, "users": 3, "roomsTotal": 1,
+                            "rooms": [{"name": "chat.lobby", "members": 2}]});
+        if *realtime == wanted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats never added up: {realtime}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -10,6 +10,8 @@
 //! | `P:procs` | set | ids of Herald processes that announced themselves |
 //! | `P:proc:<id>` | string, expiring | a live process's heartbeat: its members per group (JSON) |
 //! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
+//! | `P:relay:<topic>` | pub/sub channel | batches of a relay's messages (`relay.rs`), `<process id>\n` then `<length>\n<bytes>` each |
+//! | `P:relay:<topic>:report:<id>` | string, expiring | a live process's report on a relay's topic (the server's real-time stats) |
 //! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, field `e` (the event's JSON) |
 //! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time, µs), `published`, `duplicates` |
 //! | `P:{S}:times` | sorted set | the time index: per publish call, its first seq (zero-padded to 20 digits) scored by its store time (µs) |
@@ -90,6 +92,16 @@ impl Keys {
     /// The pub/sub channel carrying ephemeral events between processes.
     pub fn ephemeral_channel(&self) -> String {
         format!("{}:ephemeral", self.prefix)
+    }
+
+    /// The pub/sub channel of a relay between processes.
+    pub fn relay_channel(&self, topic: &str) -> String {
+        format!("{}:relay:{topic}", self.prefix)
+    }
+
+    /// A process's report on a relay's topic, expiring unless renewed.
+    pub fn relay_report(&self, topic: &str, process: &str) -> String {
+        format!("{}:relay:{topic}:report:{process}", self.prefix)
     }
 
     pub fn stream(&self, stream: &str) -> StreamKeys {

@@ -20,6 +20,7 @@
 mod connection;
 mod group;
 mod keys;
+mod relay;
 mod scripts;
 mod tail;
 
@@ -44,6 +45,7 @@ use tracing::warn;
 use self::connection::{Connection, Redis, backend};
 use self::group::{Control, GroupTask};
 use self::keys::Keys;
+pub use self::relay::{Relay, RelayInbox};
 use self::tail::Tail;
 use crate::api::{
     Backoff, Closed, DeadLetter, Engine, EngineError, GroupMember, GroupPolicy, GroupSpec,
@@ -75,7 +77,8 @@ pub const PROCESS_TTL_DEFAULT: Duration = Duration::from_secs(10);
 /// The shortest process TTL: a heartbeat every third of it must fit between scheduling hiccups.
 pub const PROCESS_TTL_MIN: Duration = Duration::from_millis(300);
 
-/// The wait before re-subscribing to ephemeral events after the pub/sub connection failed.
+/// The wait before re-subscribing to ephemeral events (or a relay) after the pub/sub
+/// connection failed.
 const RELAY_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// How often declared streams with a `max_age` are trimmed.
@@ -278,7 +281,7 @@ impl RedisEngine {
             .first()
             .cloned()
             .unwrap_or_default();
-        let messages = subscribe_ephemeral(&url, &engine.inner.keys.ephemeral_channel())
+        let messages = subscribe_channel(&url, &engine.inner.keys.ephemeral_channel())
             .await
             .map_err(|error| backend("subscribing to ephemeral events", &error))?;
         let relay = tokio::spawn(relay_ephemeral_forever(
@@ -995,9 +998,9 @@ impl Inner {
     }
 }
 
-/// A pub/sub connection subscribed to the ephemeral channel. In a Cluster, `PUBLISH` reaches
-/// every node, so the first seed node serves.
-async fn subscribe_ephemeral(
+/// A pub/sub connection subscribed to `channel` (ephemeral events, a relay). In a Cluster,
+/// `PUBLISH` reaches every node, so the first seed node serves.
+async fn subscribe_channel(
     url: &str,
     channel: &str,
 ) -> Result<redis::aio::PubSubStream, redis::RedisError> {
@@ -1025,7 +1028,7 @@ async fn relay_ephemeral_forever(engine: Weak<Inner>, mut messages: redis::aio::
             };
             let (url, channel) = (inner.config.urls[0].clone(), inner.keys.ephemeral_channel());
             drop(inner);
-            match subscribe_ephemeral(&url, &channel).await {
+            match subscribe_channel(&url, &channel).await {
                 Ok(stream) => {
                     messages = stream;
                     break;

@@ -40,7 +40,7 @@ pub async fn stats(State(state): State<AppState>, _caller: Caller) -> Json<Stats
         connections: state.connections() as u64,
         streams,
         groups,
-        realtime: state.realtime.stats(),
+        realtime: state.realtime.stats_everywhere().await,
     })
 }
 
@@ -118,6 +118,7 @@ fn part(name: &str, status: Health, message: Option<String>) -> ReadinessPart {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let streams = state.engine.streams().await;
     let groups = state.engine.groups().await;
+    state.realtime.record_relay_drops();
     let text = state
         .metrics
         .render(streams, groups, state.realtime.stats());

@@ -8,6 +8,7 @@
 //! | `fanout.rs` | the payload a browser receives, and emitting it to sockets; slow sockets |
 //! | `forwarding.rs` | `[[realtime.forward]]` rules: live engine subscriptions sending stored events to browsers |
 //! | `listeners.rs` | service connections listening to rooms (`/v1/ws` `join`), and their bounded queues |
+//! | `relay.rs` | sends and stats across the processes on one Redis (the engine's relay) |
 //!
 //! The gateway owns no event state: sends to users, rooms and everyone are not stored (like
 //! ephemeral subjects), subscriptions are live engine subscriptions, and rooms live in
@@ -22,6 +23,7 @@ pub mod forwarding;
 pub mod gateway;
 pub mod jwt;
 pub mod listeners;
+pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,8 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use herald_core::{Event, Pattern, RoomError, RoomName, RoomPattern, Subject, SubjectError};
+use herald_engine::Relay;
 use herald_protocol::ErrorCode;
-use herald_protocol::realtime::{ROOM_STATS_MAX, RealtimeStats, RoomStats, Target};
+use herald_protocol::realtime::{RealtimeStats, Target};
 use parking_lot::Mutex;
 use socketioxide::SocketIo;
 use socketioxide::socket::Sid;
@@ -220,6 +223,8 @@ pub struct Realtime {
     registry: Mutex<Registry>,
     /// Service connections listening to rooms; what is sent to a room reaches them too.
     listeners: Arc<listeners::RoomListeners>,
+    /// The other processes on the same Redis: sends go to their sockets too.
+    relay: Option<Relay>,
     metrics: RealtimeMetrics,
 }
 
@@ -237,6 +242,7 @@ impl Realtime {
         io: SocketIo,
         config: &RealtimeConfig,
         metrics: RealtimeMetrics,
+        relay: Option<Relay>,
     ) -> Result<Realtime, RealtimeConfigError> {
         let verifier = match &config.jwt {
             Some(jwt) => Some(JwtVerifier::new(jwt)?),
@@ -252,6 +258,7 @@ impl Realtime {
                 metrics.room_listener_sent.clone(),
                 metrics.room_listener_drops.clone(),
             )),
+            relay,
             metrics,
         })
     }
@@ -402,19 +409,27 @@ impl Realtime {
         removed.is_some()
     }
 
-    /// Sends an event that is not stored to its target's sockets; returns how many it was
-    /// queued for.
+    /// Sends an event that is not stored to its target's sockets, here and on every other
+    /// process on the same Redis; returns how many sockets and connections of this process it
+    /// was queued for (the others' are reached without waiting for them).
     pub fn send(&self, target: &Target, event: &Event) -> usize {
         let json = event.to_json();
         let Some(payload) = Payload::from_json(&json) else {
             return 0;
         };
+        // First: the other processes' sockets need not wait for a broadcast's fan-out here.
+        if let Some(relay) = &self.relay
+            && relay.send(relay::encode(target, &json))
+        {
+            self.metrics.relayed_out.inc();
+        }
         self.deliver(target, &json, &payload)
     }
 
-    /// Emits to every socket of the target and, for a room, queues for every service connection
-    /// listening to it; returns how many sockets and connections it reached. `event_json` is
-    /// the event as connections receive it, `payload` the same as sockets do.
+    /// Emits to every socket of the target on this process and, for a room, queues for every
+    /// service connection listening to it here; returns how many sockets and connections it
+    /// reached. `event_json` is the event as connections receive it, `payload` the same as
+    /// sockets do. Forwarding rules and relayed sends come here: they are not relayed again.
     pub fn deliver(&self, target: &Target, event_json: &[u8], payload: &Payload) -> usize {
         let sockets = match target {
             Target::User(user) => self.io.to(user_room(user)).sockets(),
@@ -433,30 +448,55 @@ impl Realtime {
         delivered + listening
     }
 
-    /// Connections, users and the largest rooms.
+    /// This process's connections, users and largest rooms (what `/metrics` exposes: each
+    /// process is scraped on its own).
     pub fn stats(&self) -> RealtimeStats {
-        let registry = self.registry.lock();
-        let mut users = 0;
-        let mut rooms = Vec::new();
-        for (name, members) in &registry.rooms {
-            if name.starts_with("user:") {
-                users += 1;
-            } else {
-                rooms.push(RoomStats {
-                    name: name.clone(),
-                    members: *members,
-                });
+        relay::merge([&self.report()])
+    }
+
+    /// Connections, users and the largest rooms of every process on the same Redis: this
+    /// one's as of now, the others' as of their last report (at most a second old). Only this
+    /// process's if the others' reports cannot be read.
+    pub async fn stats_everywhere(&self) -> RealtimeStats {
+        let here = self.report();
+        let Some(relay) = &self.relay else {
+            return relay::merge([&here]);
+        };
+        let others: Vec<relay::Report> = match relay.reports().await {
+            Ok(reports) => reports
+                .iter()
+                .filter_map(|report| serde_json::from_slice(report).ok())
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "reading other processes' real-time stats failed");
+                Vec::new()
             }
+        };
+        relay::merge(std::iter::once(&here).chain(&others))
+    }
+
+    /// This process's sockets, users and rooms, for the other processes.
+    fn report(&self) -> relay::Report {
+        let registry = self.registry.lock();
+        relay::Report::new(registry.sessions.len() as u64, &registry.rooms)
+    }
+
+    /// Stops counting this process's sockets in the other processes' stats (it is draining).
+    pub async fn withdraw_report(&self) {
+        if let Some(relay) = &self.relay
+            && let Err(error) = relay.withdraw_report().await
+        {
+            tracing::warn!(%error, "withdrawing the real-time report failed");
         }
-        let rooms_total = rooms.len() as u64;
-        rooms.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.name.cmp(&b.name)));
-        rooms.truncate(ROOM_STATS_MAX);
-        RealtimeStats {
-            connections: registry.sessions.len() as u64,
-            users,
-            rooms_total,
-            rooms,
-        }
+    }
+
+    /// Brings the `realtime_relay_dropped` metric up to the relay's count, before a scrape.
+    pub fn record_relay_drops(&self) {
+        let dropped = self.relay.as_ref().map_or(0, Relay::dropped);
+        let counted = self.metrics.relay_dropped.get();
+        self.metrics
+            .relay_dropped
+            .inc_by(dropped.saturating_sub(counted));
     }
 }
 
@@ -505,6 +545,7 @@ pub fn check_room(room: &str) -> Result<RoomName, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_protocol::realtime::RoomStats;
 
     fn grants(rooms: &[&str], subscribe: &[&str], publish: &[&str]) -> BrowserGrants {
         let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
@@ -584,7 +625,7 @@ mod tests {
             limits,
             ..RealtimeConfig::default()
         };
-        Realtime::new(io, &config, RealtimeMetrics::default()).unwrap()
+        Realtime::new(io, &config, RealtimeMetrics::default(), None).unwrap()
     }
 
     #[test]
