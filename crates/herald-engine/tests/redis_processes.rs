@@ -373,6 +373,54 @@ async fn a_relay_reaches_every_other_engine_once_in_order() {
     }
 }
 
+/// On a Cluster every node serves pub/sub (`PUBLISH` reaches them all): an engine whose first
+/// seed node is down subscribes its relay on the next one, and relays to and from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_relay_subscribes_past_a_seed_node_that_is_down() {
+    let Some(cluster) = tokio::task::spawn_blocking(redis_support::Cluster::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let prefix = redis_support::unique_prefix();
+    let open = |urls: Vec<String>| {
+        let mut config = RedisConfig::new(urls[0].clone());
+        config.urls = urls;
+        config.cluster = true;
+        config.key_prefix = prefix.clone();
+        config.process_ttl = PROCESS_TTL;
+        RedisEngine::open(config)
+    };
+    // A loopback port nobody listens on: connections to it are refused.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://{}", listener.local_addr().unwrap())
+    };
+    let healthy = open(cluster.urls.clone()).await.unwrap();
+    let seeds = std::iter::once(down).chain(cluster.urls.clone()).collect();
+    let degraded = open(seeds)
+        .await
+        .expect("open with its first seed node down");
+    let (healthy_relay, mut healthy_inbox) = healthy.relay("realtime", 64).await.unwrap();
+    let (degraded_relay, mut degraded_inbox) = degraded.relay("realtime", 64).await.unwrap();
+
+    assert!(healthy_relay.send(bytes::Bytes::from_static(b"to the degraded one")));
+    let received = tokio::time::timeout(WAIT, degraded_inbox.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(&received[..], b"to the degraded one");
+    assert!(degraded_relay.send(bytes::Bytes::from_static(b"from the degraded one")));
+    let received = tokio::time::timeout(WAIT, healthy_inbox.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(&received[..], b"from the degraded one");
+    degraded.close().await.unwrap();
+    healthy.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_deleted_on_one_engine_ends_its_members_on_another() {
     let Some(url) = reachable_redis() else { return };

@@ -274,19 +274,17 @@ impl RedisEngine {
         let engine = RedisEngine { inner };
         engine.inner.heartbeat().await?;
         engine.discover().await?;
-        let url = engine
-            .inner
-            .config
-            .urls
-            .first()
-            .cloned()
-            .unwrap_or_default();
-        let messages = subscribe_channel(&url, &engine.inner.keys.ephemeral_channel())
-            .await
-            .map_err(|error| backend("subscribing to ephemeral events", &error))?;
+        let (messages, node) = subscribe_channel(
+            &engine.inner.config.urls,
+            0,
+            &engine.inner.keys.ephemeral_channel(),
+        )
+        .await
+        .map_err(|error| backend("subscribing to ephemeral events", &error))?;
         let relay = tokio::spawn(relay_ephemeral_forever(
             Arc::downgrade(&engine.inner),
             messages,
+            node,
         ));
         let discovery = tokio::spawn(discover_forever(Arc::downgrade(&engine.inner)));
         let trimming = tokio::spawn(trim_forever(Arc::downgrade(&engine.inner)));
@@ -998,21 +996,47 @@ impl Inner {
     }
 }
 
-/// A pub/sub connection subscribed to `channel` (ephemeral events, a relay). In a Cluster,
-/// `PUBLISH` reaches every node, so the first seed node serves.
+/// A pub/sub connection subscribed to `channel` (ephemeral events, a relay), and the index in
+/// `urls` of the node that serves it. In a Cluster, `PUBLISH` reaches every node, so any node
+/// serves: the nodes are tried in turn from `first`, so that a node that failed is not the only
+/// one tried again.
 async fn subscribe_channel(
-    url: &str,
+    urls: &[String],
+    first: usize,
     channel: &str,
-) -> Result<redis::aio::PubSubStream, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub.into_on_message())
+) -> Result<(redis::aio::PubSubStream, usize), redis::RedisError> {
+    let mut failure = None;
+    for attempt in 0..urls.len() {
+        let node = (first + attempt) % urls.len();
+        let subscribed = async {
+            let client = redis::Client::open(urls[node].as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        match subscribed.await {
+            Ok(messages) => return Ok((messages, node)),
+            Err(error) => {
+                warn!(%error, url = %urls[node], "subscribing to {channel} on this node failed");
+                failure = Some(error);
+            }
+        }
+    }
+    Err(failure.unwrap_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no Redis URL configured",
+        ))
+    }))
 }
 
 /// Relays ephemeral events other processes publish to this one's live subscribers, until the
 /// engine is gone; reconnects after a failure.
-async fn relay_ephemeral_forever(engine: Weak<Inner>, mut messages: redis::aio::PubSubStream) {
+async fn relay_ephemeral_forever(
+    engine: Weak<Inner>,
+    mut messages: redis::aio::PubSubStream,
+    mut node: usize,
+) {
     use futures::StreamExt;
     loop {
         while let Some(message) = messages.next().await {
@@ -1026,11 +1050,13 @@ async fn relay_ephemeral_forever(engine: Weak<Inner>, mut messages: redis::aio::
             let Some(inner) = engine.upgrade() else {
                 return;
             };
-            let (url, channel) = (inner.config.urls[0].clone(), inner.keys.ephemeral_channel());
+            let (urls, channel) = (inner.config.urls.clone(), inner.keys.ephemeral_channel());
             drop(inner);
-            match subscribe_channel(&url, &channel).await {
-                Ok(stream) => {
+            // The next node first: the one that served may be the one that is gone.
+            match subscribe_channel(&urls, node + 1, &channel).await {
+                Ok((stream, served)) => {
                     messages = stream;
+                    node = served;
                     break;
                 }
                 Err(error) => warn!(%error, "re-subscribing to ephemeral events failed"),

@@ -93,8 +93,8 @@ impl RedisEngine {
         }
         let inner = &self.inner;
         let channel = inner.keys.relay_channel(topic);
-        let url = inner.config.urls.first().cloned().unwrap_or_default();
-        let messages = subscribe_channel(&url, &channel)
+        let urls = inner.config.urls.clone();
+        let (messages, node) = subscribe_channel(&urls, 0, &channel)
             .await
             .map_err(|error| backend("subscribing to a relay", &error))?;
         let capacity = queue_messages_max.max(1);
@@ -110,7 +110,11 @@ impl RedisEngine {
             dropped.clone(),
         ));
         let receiving = tokio::spawn(receive_forever(
-            Subscription { url, channel },
+            Subscription {
+                urls,
+                channel,
+                node,
+            },
             process,
             messages,
             inbox,
@@ -228,8 +232,10 @@ fn count_drops(dropped: &AtomicU64, count: u64, why: &str) {
 
 /// Where a receiver subscribes again after losing its connection.
 struct Subscription {
-    url: String,
+    urls: Vec<String>,
     channel: String,
+    /// The node serving the subscription now, in `urls`.
+    node: usize,
 }
 
 /// Publishes what is queued, in batches, until every sender is gone or the engine closes.
@@ -303,7 +309,7 @@ fn decode_batch(batch: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
 /// Hands what other processes publish to the inbox, until the inbox is dropped or the engine
 /// closes; subscribes again after losing the connection.
 async fn receive_forever(
-    subscription: Subscription,
+    mut subscription: Subscription,
     process: Arc<str>,
     mut batches: redis::aio::PubSubStream,
     inbox: mpsc::Sender<Bytes>,
@@ -334,9 +340,12 @@ async fn receive_forever(
             if inbox.is_closed() {
                 return;
             }
-            match subscribe_channel(&subscription.url, &subscription.channel).await {
-                Ok(stream) => {
+            // The next node first: the one that served may be the one that is gone.
+            let next = subscription.node + 1;
+            match subscribe_channel(&subscription.urls, next, &subscription.channel).await {
+                Ok((stream, node)) => {
                     batches = stream;
+                    subscription.node = node;
                     break;
                 }
                 Err(error) => warn!(%error, "subscribing to a relay again failed"),
