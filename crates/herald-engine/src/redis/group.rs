@@ -362,10 +362,7 @@ impl GroupTask {
                 };
                 let wanted = slots.len();
                 let keys = self.streams[stream].keys.clone();
-                let mut invocation = scripts::TAKE_DUE.prepare_invoke();
-                for key in keys.all() {
-                    invocation.key(key);
-                }
+                let mut invocation = keys.invoke(&scripts::TAKE_DUE);
                 invocation.arg(&self.name).arg(&consumer).arg(wanted);
                 let mut connection = self.inner.connection.clone();
                 let reply: Result<Vec<Value>, _> = invocation.invoke_async(&mut connection).await;
@@ -695,10 +692,7 @@ impl GroupTask {
                 continue;
             };
             let keys = self.streams[stream].keys.clone();
-            let mut invocation = scripts::ASSIGN.prepare_invoke();
-            for key in keys.all() {
-                invocation.key(key);
-            }
+            let mut invocation = keys.invoke(&scripts::ASSIGN);
             invocation.arg(&self.name).arg(&self.holder).arg(&consumer);
             for (event, _) in &batch {
                 invocation.arg(event.seq);
@@ -837,10 +831,7 @@ impl GroupTask {
         acks.iter()
             .map(|(&(stream, member_id), batch)| {
                 let consumer = member_consumer(&self.inner.process, member_id);
-                let mut invocation = scripts::ACK.prepare_invoke();
-                for key in self.streams[stream].keys.all() {
-                    invocation.key(key);
-                }
+                let mut invocation = self.streams[stream].keys.invoke(&scripts::ACK);
                 invocation.arg(&self.name).arg(&consumer).arg(batch.len());
                 for (_, in_flight, _) in batch {
                     invocation.arg(format!("{}-0", in_flight.seq));
@@ -915,10 +906,7 @@ impl GroupTask {
                     .ok_or(VerbError::UnknownDelivery(delivery_id))?;
                 let (stream, seq, attempt) = (in_flight.stream, in_flight.seq, in_flight.attempt);
                 let consumer = member_consumer(&self.inner.process, member_id);
-                let mut invocation = scripts::EXTEND.prepare_invoke();
-                for key in self.streams[stream].keys.all() {
-                    invocation.key(key);
-                }
+                let mut invocation = self.streams[stream].keys.invoke(&scripts::EXTEND);
                 invocation
                     .arg(&self.name)
                     .arg(&consumer)
@@ -973,10 +961,7 @@ impl GroupTask {
     ) -> Result<(), VerbError> {
         let consumer = member_consumer(&self.inner.process, in_flight.member_id);
         let stream = in_flight.stream;
-        let mut invocation = scripts::FAIL.prepare_invoke();
-        for key in self.streams[stream].keys.all() {
-            invocation.key(key);
-        }
+        let mut invocation = self.streams[stream].keys.invoke(&scripts::FAIL);
         invocation
             .arg(&self.name)
             .arg(&consumer)
@@ -1128,10 +1113,7 @@ impl GroupTask {
                 if is_alive {
                     continue;
                 }
-                let mut invocation = scripts::RECOVER.prepare_invoke();
-                for key in self.streams[stream].keys.all() {
-                    invocation.key(key);
-                }
+                let mut invocation = self.streams[stream].keys.invoke(&scripts::RECOVER);
                 invocation
                     .arg(&self.name)
                     .arg(&consumer)
@@ -1156,10 +1138,7 @@ impl GroupTask {
 
     /// Removes a consumer from the Redis group once it owns nothing.
     async fn forget_consumer(&self, stream: usize, consumer: &str) {
-        let mut invocation = scripts::FORGET_CONSUMER.prepare_invoke();
-        for key in self.streams[stream].keys.all() {
-            invocation.key(key);
-        }
+        let mut invocation = self.streams[stream].keys.invoke(&scripts::FORGET_CONSUMER);
         invocation.arg(&self.name).arg(consumer);
         let mut connection = self.inner.connection.clone();
         let forgotten: Result<i64, _> = invocation.invoke_async(&mut connection).await;
@@ -1229,10 +1208,7 @@ impl GroupTask {
                 .push(held.event.seq);
         }
         for (stream, seqs) in by_stream {
-            let mut invocation = scripts::RELEASE_HELD.prepare_invoke();
-            for key in self.streams[stream].keys.all() {
-                invocation.key(key);
-            }
+            let mut invocation = self.streams[stream].keys.invoke(&scripts::RELEASE_HELD);
             invocation.arg(&self.name).arg(&self.holder).arg(&seqs);
             let mut connection = self.inner.connection.clone();
             let released: Result<i64, _> = invocation.invoke_async(&mut connection).await;

@@ -52,6 +52,16 @@ pub(crate) struct GroupKeys {
 }
 
 impl GroupKeys {
+    /// A call of `script` with this stream's keys, in `all`'s order (what the group scripts
+    /// expect as KEYS[1..6]).
+    pub fn invoke<'a>(&self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.all() {
+            invocation.key(key);
+        }
+        invocation
+    }
+
     pub fn all(&self) -> [&str; 6] {
         [
             &self.events,

@@ -648,10 +648,7 @@ impl RedisEngine {
         let mut connection = self.inner.connection.clone();
         for stream in streams {
             let keys = self.inner.keys.group(&stream, name);
-            let mut invocation = scripts::GROUP_STATS.prepare_invoke();
-            for key in keys.all() {
-                invocation.key(key);
-            }
+            let mut invocation = keys.invoke(&scripts::GROUP_STATS);
             invocation.arg(name);
             let reply: Option<Vec<i64>> = invocation
                 .invoke_async(&mut connection)
@@ -1616,10 +1613,7 @@ impl Engine for RedisEngine {
         for stream in streams {
             let keys = self.inner.keys.group(&stream, group);
             loop {
-                let mut invocation = scripts::REDRIVE.prepare_invoke();
-                for key in keys.all() {
-                    invocation.key(key);
-                }
+                let mut invocation = keys.invoke(&scripts::REDRIVE);
                 invocation.arg(group).arg(REDRIVE_LETTERS_PER_SCRIPT);
                 let (taken, moved): (u64, u64) = invocation
                     .invoke_async(&mut connection)
