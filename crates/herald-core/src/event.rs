@@ -269,12 +269,37 @@ impl fmt::Debug for EventId {
     }
 }
 
+/// Who chose an event's id, which decides whether publish dedupe applies to it.
+///
+/// Dedupe exists so that a publisher can send an event again (after a timeout, a reconnect)
+/// without storing it twice, and that only works when the resend carries the same id: an id
+/// the publisher chose. An id Herald generated because the publisher sent none is a fresh
+/// UUIDv7 that no earlier event can have, and a publisher retrying without an id gets another
+/// fresh one, so remembering it could never find a duplicate — it would only cost a look-up
+/// and a record per event. Engines therefore enter only [`IdOrigin::Publisher`] ids into a
+/// stream's dedupe window, as NATS JetStream dedupes only by the `Nats-Msg-Id` a publisher sets.
+///
+/// The origin is not part of the stored event: an event read back (and published again by
+/// whoever read it) carries an id its new publisher chose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IdOrigin {
+    /// The publisher sent the id, or code built the event with it: dedupe applies.
+    #[default]
+    Publisher,
+    /// Herald made the id while decoding a publish that had none: dedupe does not apply.
+    Generated,
+}
+
 /// A validated event. Events from [`Event::from_json`] and [`Event::from_cloudevent_json`] are
 /// valid; fields are public for the server (which sets `source` to the caller's identity), and
 /// [`Event::validate`] checks an event put together in code.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub id: EventId,
+    /// Whether the publisher chose `id` or Herald generated it (publish dedupe applies only to
+    /// the former). Not stored, and not compared by `==`: it says how the event was published,
+    /// not what it is.
+    pub id_origin: IdOrigin,
     pub event_type: Subject,
     pub version: String,
     pub timestamp: OffsetDateTime,
@@ -338,6 +363,7 @@ impl Event {
     pub fn new(id: EventId, event_type: Subject, timestamp: OffsetDateTime) -> Event {
         Event {
             id,
+            id_origin: IdOrigin::Publisher,
             event_type,
             version: VERSION_DEFAULT.to_owned(),
             timestamp,
@@ -693,8 +719,13 @@ impl EventFields {
         let event_type = self
             .event_type
             .ok_or(EventError::MissingField { name: "type" })?;
+        let (id, id_origin) = match self.id {
+            Some(id) => (id, IdOrigin::Publisher),
+            None => (EventId::new_v7(context.now), IdOrigin::Generated),
+        };
         Ok(Event {
-            id: self.id.unwrap_or_else(|| EventId::new_v7(context.now)),
+            id,
+            id_origin,
             event_type,
             version: self.version.unwrap_or_else(|| VERSION_DEFAULT.to_owned()),
             timestamp: self.timestamp.unwrap_or(context.now),

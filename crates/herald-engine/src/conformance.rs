@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use herald_core::{Event, EventId, Pattern, StoredEvent, Subject};
+use herald_core::{Event, EventId, IdOrigin, Pattern, StoredEvent, Subject};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
@@ -145,6 +145,7 @@ macro_rules! conformance_tests {
             publish_assigns_gapless_seqs_per_stream,
             duplicate_ids_are_stored_once,
             concurrent_duplicates_are_stored_once,
+            only_ids_the_publisher_chose_are_deduped,
             live_latest_sees_new_events_in_order_per_stream,
             live_earliest_replays_then_follows_without_gap_or_repeat,
             live_from_seq_and_from_time,
@@ -183,8 +184,17 @@ macro_rules! conformance_tests {
     };
 }
 
-/// An event of `event_type` carrying `data`, with a fresh UUIDv7 id.
+/// An event of `event_type` carrying `data` as a publish without an id decodes: a fresh
+/// UUIDv7 that Herald generated ([`IdOrigin::Generated`], outside publish dedupe).
 pub fn event(event_type: &str, data: &str) -> Event {
+    let mut event = event_with_chosen_id(event_type, data);
+    event.id_origin = IdOrigin::Generated;
+    event
+}
+
+/// An event of `event_type` carrying `data` whose publisher chose its id (a fresh UUIDv7, as
+/// the clients make one so that their resends are recognised): publish dedupe applies.
+pub fn event_with_chosen_id(event_type: &str, data: &str) -> Event {
     let now = OffsetDateTime::now_utc();
     let mut event = Event::new(
         EventId::new_v7(now),
@@ -283,7 +293,7 @@ pub async fn publish_assigns_gapless_seqs_per_stream<E: Engine>(fixture: &Fixtur
 
 pub async fn duplicate_ids_are_stored_once<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
-    let original = event("order.placed", r#"{"n":1}"#);
+    let original = event_with_chosen_id("order.placed", r#"{"n":1}"#);
     let first = engine
         .publish(vec![original.clone()])
         .await
@@ -295,7 +305,7 @@ pub async fn duplicate_ids_are_stored_once<E: Engine>(fixture: &Fixture<E>) {
         .expect("publish");
     assert_eq!((again[0].seq, again[0].duplicate), (first[0].seq, true));
     // Within one batch: the repeat is a duplicate of the first occurrence.
-    let fresh = event("order.placed", r#"{"n":2}"#);
+    let fresh = event_with_chosen_id("order.placed", r#"{"n":2}"#);
     let batch = engine
         .publish(vec![
             fresh.clone(),
@@ -330,7 +340,7 @@ pub async fn duplicate_ids_are_stored_once<E: Engine>(fixture: &Fixture<E>) {
 pub async fn concurrent_duplicates_are_stored_once<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
     for round in 0..20 {
-        let shared = event("payment.captured", &format!(r#"{{"round":{round}}}"#));
+        let shared = event_with_chosen_id("payment.captured", &format!(r#"{{"round":{round}}}"#));
         let publishes = (0..8).map(|_| engine.publish(vec![shared.clone()]));
         let outcomes: Vec<_> = join_all(publishes)
             .await
@@ -355,6 +365,88 @@ pub async fn concurrent_duplicates_are_stored_once<E: Engine>(fixture: &Fixture<
         .into_iter()
         .find(|stream| stream.name == "payment");
     assert_eq!(payment.expect("payment stream").events, 20);
+}
+
+/// Publish dedupe applies to ids the publisher chose; an id Herald generated (the publisher
+/// sent none) is not entered into the dedupe window, and a batch mixing both keeps publish
+/// order and gapless seqs.
+pub async fn only_ids_the_publisher_chose_are_deduped<E: Engine>(fixture: &Fixture<E>) {
+    let engine = &fixture.engine;
+    let generated = event("invoice.sent", r#"{"n":1}"#);
+    let first = engine
+        .publish(vec![generated.clone()])
+        .await
+        .expect("publish");
+    assert_eq!((first[0].seq, first[0].duplicate), (Some(1), false));
+    // The same id sent back by a publisher (one that re-sends an id it was given): the
+    // generated id was not recorded, so this is stored...
+    let mut chosen = generated.clone();
+    chosen.id_origin = IdOrigin::Publisher;
+    let second = engine
+        .publish(vec![chosen.clone()])
+        .await
+        .expect("publish");
+    assert_eq!(
+        (second[0].seq, second[0].duplicate),
+        (Some(2), false),
+        "a generated id is not in the dedupe window"
+    );
+    // ...and, chosen, it is recorded: sending it again is a duplicate.
+    let third = engine
+        .publish(vec![chosen.clone()])
+        .await
+        .expect("publish");
+    assert_eq!(
+        (third[0].seq, third[0].duplicate),
+        (Some(2), true),
+        "a chosen id is"
+    );
+    // A generated id published twice (it cannot happen through decoding; it shows that
+    // nothing looks generated ids up) is stored twice.
+    let again = engine
+        .publish(vec![generated.clone()])
+        .await
+        .expect("publish");
+    assert_eq!((again[0].seq, again[0].duplicate), (Some(3), false));
+    // One batch mixing both, a chosen id repeated in it and one stored before.
+    let repeated = event_with_chosen_id("invoice.sent", r#"{"n":2}"#);
+    let batch = engine
+        .publish(vec![
+            event("invoice.sent", "{}"),
+            repeated.clone(),
+            event("invoice.sent", "{}"),
+            repeated.clone(),
+            chosen.clone(),
+            event("invoice.sent", "{}"),
+        ])
+        .await
+        .expect("publish");
+    let got: Vec<(Option<u64>, bool)> = batch
+        .iter()
+        .map(|outcome| (outcome.seq, outcome.duplicate))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(4), false),
+            (Some(5), false),
+            (Some(6), false),
+            (Some(5), true),
+            (Some(2), true),
+            (Some(7), false)
+        ]
+    );
+    let replay = engine.read_stream("invoice", 1, 100).await.expect("read");
+    let seqs: Vec<u64> = replay.iter().map(|stored| stored.seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+    assert_eq!(replay[4].event.id, repeated.id);
+    let invoice = engine
+        .streams()
+        .await
+        .into_iter()
+        .find(|stream| stream.name == "invoice")
+        .expect("invoice stream");
+    assert_eq!((invoice.events, invoice.duplicates), (7, 3));
 }
 
 pub async fn live_latest_sees_new_events_in_order_per_stream<E: Engine>(fixture: &Fixture<E>) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_core::Pattern;
 use herald_engine::api::{GroupPolicy, GroupSpec};
-use herald_engine::conformance::event;
+use herald_engine::conformance::{event, event_with_chosen_id};
 use herald_engine::{EmbeddedEngine, Engine, EngineConfig, StartAt};
 
 fn open(dir: &Path) -> EmbeddedEngine {
@@ -26,7 +26,7 @@ fn spec() -> GroupSpec {
 async fn streams_and_dedupe_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path());
-    let original = event("invoice.issued", r#"{"n":1}"#);
+    let original = event_with_chosen_id("invoice.issued", r#"{"n":1}"#);
     let first = engine
         .publish(vec![original.clone(), event("invoice.paid", "{}")])
         .await

@@ -270,6 +270,21 @@ fn generated_ids_are_v7_at_now_and_ordered() {
 }
 
 #[test]
+fn id_origin_says_who_chose_the_id() {
+    let context = ParseContext::new(NOW);
+    let generated = Event::from_json(br#"{"type":"a"}"#, &context).unwrap();
+    assert_eq!(generated.id_origin, IdOrigin::Generated);
+    let chosen = Event::from_json(br#"{"id":"e1","type":"a"}"#, &context).unwrap();
+    assert_eq!(chosen.id_origin, IdOrigin::Publisher);
+    // Stored, the origin is gone: whoever publishes the event again chose its id.
+    let read_back = Event::from_stored_json(&generated.to_json()).unwrap();
+    assert_eq!(read_back.id_origin, IdOrigin::Publisher);
+    assert_eq!(read_back, generated, "the origin is not part of what the event is");
+    let built = Event::new(EventId::parse("e2").unwrap(), "a".parse().unwrap(), NOW);
+    assert_eq!(built.id_origin, IdOrigin::Publisher);
+}
+
+#[test]
 fn stored_events() {
     let json =
         br#"{"id":"e1","type":"photo.uploaded","timestamp":"2026-11-22T10:00:00Z","data":{"n":1}}"#;
@@ -385,6 +400,7 @@ prop_compose! {
     ) -> Event {
         Event {
             id: EventId::parse(&id).unwrap(),
+            id_origin: IdOrigin::Publisher,
             event_type,
             version,
             timestamp,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use herald_core::{Event, StoredEvent, SubjectIndex, SubscriptionId};
+use herald_core::{Event, IdOrigin, StoredEvent, SubjectIndex, SubscriptionId};
 use herald_log::{AppendAck, Log, LogError, Record};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
@@ -87,6 +87,9 @@ impl Stream {
     }
 
     /// Reloads the ids stored within the dedupe window, so that dedupe survives a restart.
+    /// The log does not say which ids were generated (`IdOrigin` is not stored), so those of
+    /// the window are reloaded too: they can only match a publisher that re-sends an id it
+    /// was given, and reloading them errs on the side of storing once.
     fn rebuild_dedupe(&self, window_us: u64) -> Result<(), EngineError> {
         let Some(last_us) = self.log.stats().last_timestamp_us else {
             return Ok(());
@@ -125,36 +128,41 @@ impl Stream {
         events: Vec<(usize, Event)>,
         now_us: u64,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
-        // A repeat inside the batch is a duplicate of its first occurrence.
-        let mut first_of: hashbrown::HashMap<&str, usize> =
-            hashbrown::HashMap::with_capacity(events.len());
+        // A repeat inside the batch is a duplicate of its first occurrence. Only ids the
+        // publisher chose take part in dedupe (`IdOrigin`): a generated id is new by
+        // construction, so it is neither looked up nor, once stored, remembered.
+        let mut first_of: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::new();
         let repeat_of: Vec<Option<usize>> = events
             .iter()
             .enumerate()
-            .map(
-                |(position, (_, event))| match first_of.entry(event.id.as_str()) {
+            .map(|(position, (_, event))| {
+                if !deduped(event) {
+                    return None;
+                }
+                match first_of.entry(event.id.as_str()) {
                     hashbrown::hash_map::Entry::Occupied(first) => Some(*first.get()),
                     hashbrown::hash_map::Entry::Vacant(slot) => {
                         slot.insert(position);
                         None
                     }
-                },
-            )
+                }
+            })
             .collect();
         drop(first_of);
-        // Every distinct id claimed under one lock; an id another publish is storing right now
-        // is waited for on its own.
-        let seen: Vec<Option<Seen>> = {
+        // Every distinct chosen id claimed under one lock; an id another publish is storing
+        // right now is waited for on its own.
+        let seen: Vec<Option<Seen>> = if events.iter().any(|(_, event)| deduped(event)) {
             let mut dedupe = self.dedupe.lock();
             events
                 .iter()
                 .zip(&repeat_of)
                 .map(|((_, event), repeat)| {
-                    repeat
-                        .is_none()
+                    (repeat.is_none() && deduped(event))
                         .then(|| dedupe.check_and_claim(event.id.as_str(), now_us))
                 })
                 .collect()
+        } else {
+            vec![None; events.len()]
         };
         let mut claimed = Claimed {
             stream: self.clone(),
@@ -260,12 +268,14 @@ impl Stream {
     /// Records a stored batch: dedupe, counters, fan-out. Runs on the log's writer thread, in
     /// seq order.
     fn on_stored(&self, stored: &[(usize, Arc<StoredEvent>)], timestamp_us: u64) {
-        let mut dedupe = self.dedupe.lock();
-        for (_, event) in stored {
-            dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
+        if stored.iter().any(|(_, event)| deduped(&event.event)) {
+            let mut dedupe = self.dedupe.lock();
+            for (_, event) in stored.iter().filter(|(_, event)| deduped(&event.event)) {
+                dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
+            }
+            drop(dedupe);
+            self.dedupe_settled.notify_waiters();
         }
-        drop(dedupe);
-        self.dedupe_settled.notify_waiters();
         self.published
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.rate.lock().record(stored.len() as u64);
@@ -522,6 +532,12 @@ impl Stream {
     }
 }
 
+/// Whether publish dedupe applies to an event: only to ids its publisher chose (see
+/// `herald_core::IdOrigin`).
+fn deduped(event: &Event) -> bool {
+    event.id_origin == IdOrigin::Publisher
+}
+
 /// Payload bytes one read from the log returns at most.
 const READ_BYTES_MAX: usize = 4 << 20;
 
@@ -531,8 +547,8 @@ pub(crate) struct StreamCursor {
     reader: Option<herald_log::Reader>,
 }
 
-/// Events whose ids a publish claimed in the stream's dedupe table, on their way to the log.
-/// Dropped unfinished (its publish cancelled before the append was queued, or the log closed
+/// Events of a publish on their way to the log; those whose publisher chose their id hold a
+/// claim on it in the stream's dedupe table (generated ids hold none). Dropped unfinished (its publish cancelled before the append was queued, or the log closed
 /// under it), it releases the claims, so that a retry is stored rather than left waiting on an
 /// id nobody is storing.
 struct Claimed {
@@ -568,11 +584,11 @@ impl Claimed {
 
 impl Drop for Claimed {
     fn drop(&mut self) {
-        if self.events.is_empty() {
+        if !self.events.iter().any(|(_, event)| deduped(event)) {
             return;
         }
         let mut dedupe = self.stream.dedupe.lock();
-        for (_, event) in &self.events {
+        for (_, event) in self.events.iter().filter(|(_, event)| deduped(event)) {
             dedupe.release(event.id.as_str());
         }
         drop(dedupe);

@@ -24,10 +24,11 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::keys::{GroupKeys, holder_consumer, member_consumer, process_of};
+use super::decode::{decode_event, decode_read_reply};
+use super::keys::{GroupKeys, entry_id, holder_consumer, member_consumer, process_of, seq_of};
 use super::scripts;
 use super::tail::Tail;
-use super::{Inner, decode_event, decode_read_reply};
+use super::Inner;
 use crate::api::{
     Closed, Delivery, GroupPolicy, MemberCommand, MemberRequest, VerbError, VerbReply,
 };
@@ -535,7 +536,7 @@ impl GroupTask {
             if self.pattern.matches(&event.event.event_type) {
                 matched.push(event);
             } else {
-                unmatched.push(format!("{}-0", event.seq));
+                unmatched.push(entry_id(event.seq));
             }
         }
         let attached = &mut self.streams[stream];
@@ -834,7 +835,7 @@ impl GroupTask {
                 let mut invocation = self.streams[stream].keys.invoke(&scripts::ACK);
                 invocation.arg(&self.name).arg(&consumer).arg(batch.len());
                 for (_, in_flight, _) in batch {
-                    invocation.arg(format!("{}-0", in_flight.seq));
+                    invocation.arg(entry_id(in_flight.seq));
                 }
                 for (position, (_, in_flight, _)) in (1..).zip(batch) {
                     if in_flight.attempt > 1 {
@@ -1107,7 +1108,7 @@ impl GroupTask {
                         exists
                     }
                 };
-                let Some(seq) = super::seq_of(&id) else {
+                let Some(seq) = seq_of(&id) else {
                     continue;
                 };
                 if is_alive {

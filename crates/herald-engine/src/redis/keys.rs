@@ -12,10 +12,10 @@
 //! | `P:ephemeral` | pub/sub channel | ephemeral events, `<process id>\n<event JSON>` |
 //! | `P:relay:<topic>` | pub/sub channel | batches of a relay's messages (`relay.rs`), `<process id>\n` then `<length>\n<bytes>` each |
 //! | `P:relay:<topic>:report:<id>` | string, expiring | a live process's report on a relay's topic (the server's real-time stats) |
-//! | `P:{S}:events` | stream | the events of stream `S`; entry id `<seq>-0`, field `e` (the event's JSON) |
-//! | `P:{S}:meta` | hash | `seq` (last seq given), `t` (last store time, µs), `published`, `duplicates` |
+//! | `P:{S}:events` | stream | the events of stream `S`; entry id `0-<seq>` (added as `0-*`: Redis numbers them), field `e` (the event's JSON) |
+//! | `P:{S}:meta` | hash | `seq` (last seq stored), `t` (last store time, µs), `published`, `duplicates` |
 //! | `P:{S}:times` | sorted set | the time index: per publish call, its first seq (zero-padded to 20 digits) scored by its store time (µs) |
-//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids published in one window-long time bucket (dedupe) |
+//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids their publishers chose, published in one window-long time bucket (dedupe) |
 //! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
 //! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
 //! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
@@ -137,6 +137,17 @@ impl Keys {
     }
 }
 
+/// The entry id of seq `seq`: `0-<seq>`. Entries are added with the id `0-*`, which Redis
+/// numbers one past the stream's last, so a stream's entries are its seqs, gapless from 1.
+pub(crate) fn entry_id(seq: u64) -> String {
+    format!("0-{seq}")
+}
+
+/// The seq of an entry id `0-<seq>`.
+pub(crate) fn seq_of(id: &str) -> Option<u64> {
+    id.strip_prefix("0-").and_then(|seq| seq.parse().ok())
+}
+
 // The consumer `_scheduled` owns a group's entries while they wait for a retry (or after a
 // redrive): owned by no member, so that no member's verb reaches them, and still pending, so
 // that a crash loses nothing. The scripts name it.
@@ -183,6 +194,15 @@ mod tests {
             assert!(key.starts_with("herald:{user}:"), "{key}");
         }
         assert_eq!(group.due, "herald:{user}:g:mailer:due");
+    }
+
+    #[test]
+    fn entry_ids_are_seqs() {
+        assert_eq!(entry_id(42), "0-42");
+        assert_eq!(seq_of("0-42"), Some(42));
+        assert_eq!(seq_of(&entry_id(u64::MAX)), Some(u64::MAX));
+        assert_eq!(seq_of("42-0"), None, "the older format is refused");
+        assert_eq!(seq_of("0-x"), None);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! (standalone or Cluster), so that several Herald processes on one Redis are one bus.
 //!
 //! The mapping (keys in `keys.rs`, atomic steps in `scripts.rs`):
-//! - a stream is a Redis stream whose entry ids are `<seq>-0`: Herald's gapless seq *is* the
-//!   entry id, so reads from a seq are `XRANGE`s and no index maps one to the other. The next
-//!   seq comes from a counter in the stream's `meta` hash, bumped by the same Lua script that
-//!   checks dedupe (per-window hashes of ids, with an expiry) and `XADD`s, so concurrent publishers
-//!   from any process get gapless seqs and a repeated id is stored once;
+//! - a stream is a Redis stream whose entry ids are `0-<seq>`: Herald's gapless seq *is* the
+//!   entry id, so reads from a seq are `XRANGE`s and no index maps one to the other. Events are
+//!   added with the id `0-*`, which Redis numbers one past the stream's last entry, so
+//!   concurrent publishers from any process get gapless seqs (`publish.rs`); events whose
+//!   publisher chose their id go through a Lua script that checks dedupe (per-window hashes
+//!   of ids, with an expiry) in the same step, so a repeated id is stored once;
 //! - a group is a Redis consumer group of the same name on each stream its pattern may match,
 //!   read with `XREADGROUP` by a process's holder consumer and handed to members (each its own
 //!   consumer); ack is `XACK`; retries wait, still pending, in a sorted set of due times;
@@ -18,8 +19,10 @@
 //! state. No lock is held across an `.await`.
 
 mod connection;
+mod decode;
 mod group;
 mod keys;
+mod publish;
 mod relay;
 mod scripts;
 mod tail;
@@ -29,8 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::join_all;
 use herald_core::{
     Event, Limits, ParseContext, Pattern, StoredEvent, Subject, SubjectIndex, SubscriptionId,
 };
@@ -44,7 +45,8 @@ use tracing::warn;
 
 use self::connection::{Connection, Redis, backend};
 use self::group::{Control, GroupTask};
-use self::keys::Keys;
+use self::decode::{decode_entries, decode_event};
+use self::keys::{Keys, entry_id, seq_of};
 pub use self::relay::{Relay, RelayInbox};
 use self::tail::Tail;
 use crate::api::{
@@ -60,10 +62,6 @@ use crate::embedded::rate::RateMeter;
 
 /// Key prefix when none is configured.
 pub const KEY_PREFIX_DEFAULT: &str = "herald";
-
-/// Events one publish script stores at most; a larger batch for one stream takes several (in
-/// order), so that no script holds Redis for long.
-const PUBLISH_SCRIPT_EVENTS_MAX: usize = 1024;
 
 /// Member verbs waiting for a group's task, per group.
 const GROUP_COMMANDS_QUEUED_MAX: usize = 4096;
@@ -402,93 +400,6 @@ impl RedisEngine {
             || subject.stream_name().to_owned(),
             |declared| declared.name.clone(),
         ))
-    }
-
-    /// Makes sure a stream is registered (in Redis and here) before its first publish.
-    async fn register_stream(&self, name: &str) -> Result<(), EngineError> {
-        if self.inner.streams.lock().contains_key(name) {
-            return Ok(());
-        }
-        let mut connection = self.inner.connection.clone();
-        let _: i64 = redis::cmd("SADD")
-            .arg(self.inner.keys.streams())
-            .arg(name)
-            .query_async(&mut connection)
-            .await
-            .map_err(|error| backend("registering a stream", &error))?;
-        self.inner.stream_appeared(name);
-        Ok(())
-    }
-
-    async fn publish_to_stream(
-        &self,
-        stream: &str,
-        events: &[(usize, Event)],
-    ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
-        let keys = self.inner.keys.stream(stream);
-        let declared = self.inner.config.streams.iter().find(|d| d.name == stream);
-        let window = declared.map_or(self.inner.config.dedupe_window, |d| d.dedupe_window);
-        let cap = declared
-            .and_then(|declared| declared.retention.events_max)
-            .unwrap_or(0);
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut connection = self.inner.connection.clone();
-        for chunk in events.chunks(PUBLISH_SCRIPT_EVENTS_MAX) {
-            let window_ms = window.as_millis().max(1) as u64;
-            let bucket = unix_ms_now() / window_ms;
-            let mut invocation = scripts::PUBLISH.prepare_invoke();
-            invocation
-                .key(&keys.meta)
-                .key(&keys.events)
-                .key(&keys.times);
-            for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
-                invocation.key(format!("{}{bucket}", keys.dedupe));
-            }
-            invocation.arg(window_ms).arg(cap);
-            for (_, event) in chunk {
-                invocation.arg(event.id.as_str()).arg(event.to_json());
-            }
-            let seqs: Vec<i64> = invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|error| backend("publishing", &error))?;
-            let mut stored = 0;
-            for ((index, event), seq) in chunk.iter().zip(seqs) {
-                stored += u64::from(seq > 0);
-                outcomes.push((
-                    *index,
-                    PublishOutcome {
-                        id: event.id.clone(),
-                        stream: Some(stream.to_owned()),
-                        seq: Some(seq.unsigned_abs()),
-                        duplicate: seq < 0,
-                    },
-                ));
-            }
-            if let Some(known) = self.inner.streams.lock().get(stream) {
-                known.rate.lock().record(stored);
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// Delivers ephemeral events here, and to the other processes through Redis pub/sub.
-    async fn deliver_ephemeral(&self, events: Vec<Event>) -> Result<(), EngineError> {
-        let mut connection = self.inner.connection.clone();
-        for event in events {
-            let mut message = Vec::with_capacity(64 + event.data.get().len());
-            message.extend_from_slice(self.inner.process.as_bytes());
-            message.push(b'\n');
-            message.extend_from_slice(&event.to_json());
-            self.inner.deliver_ephemeral_here(event);
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(self.inner.keys.ephemeral_channel())
-                .arg(message)
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| backend("relaying an ephemeral event", &error))?;
-        }
-        Ok(())
     }
 
     /// The group's definition, created in Redis if it does not exist (with the group made on
@@ -851,7 +762,7 @@ impl Inner {
             .cmd("XTRIM")
             .arg(&keys.events)
             .arg("MINID")
-            .arg(format!("{first_kept}-0"))
+            .arg(entry_id(first_kept))
             .cmd("ZREMRANGEBYSCORE")
             .arg(&keys.times)
             .arg("-inf")
@@ -874,7 +785,7 @@ impl Inner {
             .arg("CREATE")
             .arg(events_key)
             .arg(group)
-            .arg(format!("{after}-0"))
+            .arg(entry_id(after))
             .arg("MKSTREAM")
             .query_async(&mut connection)
             .await;
@@ -1115,136 +1026,6 @@ async fn discover_forever(engine: Weak<Inner>) {
     }
 }
 
-/// The seq of an entry id `<seq>-0`.
-pub(crate) fn seq_of(id: &str) -> Option<u64> {
-    id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
-}
-
-/// Decodes stream entries into stored events.
-pub(crate) fn decode_entries(
-    stream: &str,
-    entries: &[StreamId],
-) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let seq = seq_of(&entry.id).ok_or_else(|| EngineError::Corrupt {
-            stream: stream.to_owned(),
-            seq: 0,
-            reason: format!("entry id {:?} is not <seq>-0", entry.id),
-        })?;
-        let Some(Value::BulkString(json)) = entry.map.get("e") else {
-            return Err(EngineError::Corrupt {
-                stream: stream.to_owned(),
-                seq,
-                reason: "the entry has no event".to_owned(),
-            });
-        };
-        events.push(Arc::new(decode_event(stream, seq, json)?));
-    }
-    Ok(events)
-}
-
-/// Decodes the reply of an `XREADGROUP` (or `XREAD`) as it came off the wire: walked in
-/// place, each event's JSON moved into its `StoredEvent` rather than copied, and no map built
-/// per entry (redis-rs's `StreamReadReply` clones every field into a `HashMap`).
-pub(crate) fn decode_read_reply(
-    stream: &str,
-    reply: Value,
-) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
-    let corrupt = |seq: u64, reason: String| EngineError::Corrupt {
-        stream: stream.to_owned(),
-        seq,
-        reason,
-    };
-    let keys = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(keys) => keys,
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .flat_map(|(key, entries)| [key, entries])
-            .collect(),
-        other => return Err(corrupt(0, format!("a read replied {other:?}"))),
-    };
-    let mut events = Vec::new();
-    let mut keys = keys.into_iter();
-    while let Some(key) = keys.next() {
-        // RESP2 gives [key, entries] pairs as arrays; RESP3 a map, flattened above.
-        let entries = match key {
-            Value::Array(pair) => pair.into_iter().nth(1),
-            _ => keys.next(),
-        };
-        let Some(Value::Array(entries)) = entries else {
-            continue;
-        };
-        events.reserve(entries.len());
-        for entry in entries {
-            let Value::Array(entry) = entry else {
-                return Err(corrupt(0, "an entry is not an array".to_owned()));
-            };
-            let mut parts = entry.into_iter();
-            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
-                (parts.next(), parts.next())
-            else {
-                return Err(corrupt(0, "an entry has no id and fields".to_owned()));
-            };
-            let seq = std::str::from_utf8(&id)
-                .ok()
-                .and_then(seq_of)
-                .ok_or_else(|| {
-                    corrupt(
-                        0,
-                        format!("entry id {:?} is not <seq>-0", String::from_utf8_lossy(&id)),
-                    )
-                })?;
-            let mut fields = fields.into_iter();
-            let mut json = None;
-            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                if matches!(&name, Value::BulkString(name) if name == b"e")
-                    && let Value::BulkString(value) = value
-                {
-                    json = Some(value);
-                    break;
-                }
-            }
-            let json = json.ok_or_else(|| corrupt(seq, "the entry has no event".to_owned()))?;
-            events.push(Arc::new(decode_owned_event(
-                stream,
-                seq,
-                Bytes::from(json),
-            )?));
-        }
-    }
-    Ok(events)
-}
-
-/// One stored event from its JSON, which it keeps.
-fn decode_owned_event(stream: &str, seq: u64, json: Bytes) -> Result<StoredEvent, EngineError> {
-    let context = ParseContext {
-        now: OffsetDateTime::UNIX_EPOCH,
-        limits: STORED_LIMITS,
-    };
-    let event = Event::from_json(&json, &context).map_err(|error| EngineError::Corrupt {
-        stream: stream.to_owned(),
-        seq,
-        reason: error.to_string(),
-    })?;
-    Ok(StoredEvent::from_stored(
-        stream.to_owned(),
-        seq,
-        event,
-        json,
-    ))
-}
-
-/// One stored event from its JSON.
-pub(crate) fn decode_event(
-    stream: &str,
-    seq: u64,
-    json: &[u8],
-) -> Result<StoredEvent, EngineError> {
-    decode_owned_event(stream, seq, Bytes::copy_from_slice(json))
-}
-
 /// Leaves the group when the member is dropped.
 struct LeaveGroup {
     control: tokio::sync::mpsc::UnboundedSender<Control>,
@@ -1277,47 +1058,7 @@ impl Drop for Unsubscribe {
 
 impl Engine for RedisEngine {
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
-        if events.is_empty() {
-            return Err(EngineError::EmptyBatch);
-        }
-        let count = events.len();
-        let mut by_stream: HashMap<String, Vec<(usize, Event)>> = HashMap::new();
-        let mut ephemeral = Vec::new();
-        for (index, event) in events.into_iter().enumerate() {
-            match self.route(&event.event_type) {
-                Some(stream) => by_stream.entry(stream).or_default().push((index, event)),
-                None => ephemeral.push((index, event)),
-            }
-        }
-        for stream in by_stream.keys() {
-            self.register_stream(stream).await?;
-        }
-        let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
-        let parts = join_all(
-            by_stream
-                .iter()
-                .map(|(stream, events)| self.publish_to_stream(stream, events)),
-        )
-        .await;
-        let mut relayed = Vec::with_capacity(ephemeral.len());
-        for (index, event) in ephemeral {
-            outcomes[index] = Some(PublishOutcome {
-                id: event.id.clone(),
-                stream: None,
-                seq: None,
-                duplicate: false,
-            });
-            relayed.push(event);
-        }
-        if !relayed.is_empty() {
-            self.deliver_ephemeral(relayed).await?;
-        }
-        for part in parts {
-            for (index, outcome) in part? {
-                outcomes[index] = Some(outcome);
-            }
-        }
-        Ok(outcomes.into_iter().flatten().collect())
+        self.publish_events(events).await
     }
 
     async fn subscribe(
@@ -1389,7 +1130,7 @@ impl Engine for RedisEngine {
         }
         let range: StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.inner.keys.stream(stream).events)
-            .arg(format!("{}-0", from_seq.max(1)))
+            .arg(entry_id(from_seq.max(1)))
             .arg("+")
             .arg("COUNT")
             .arg(limit)
@@ -1672,14 +1413,6 @@ fn dead_letter(group: &str, stream: &str, entry: &StreamId) -> Result<DeadLetter
         first_delivered_at: from_unix_ms(number("first")),
         dead_at: from_unix_ms(number("dead")),
     })
-}
-
-/// Milliseconds since the Unix epoch, by this machine's clock (dedupe buckets tolerate clocks
-/// that differ by less than a window).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 fn from_unix_ms(ms: i64) -> OffsetDateTime {

@@ -34,7 +34,7 @@ end
 -- The consumer holding entry `seq`, its delivery count and how long ago (ms) it was delivered,
 -- or nil.
 local function pending(group, seq)
-  local ok, p = pcall(redis.call, 'XPENDING', events, group, seq .. '-0', seq .. '-0', 1)
+  local ok, p = pcall(redis.call, 'XPENDING', events, group, '0-' .. seq, '0-' .. seq, 1)
   if not ok or #p == 0 then return nil, 0, 0 end
   return p[1][2], tonumber(p[1][4]), tonumber(p[1][3])
 end
@@ -52,7 +52,7 @@ local function field(fields, name)
 end
 -- Moves an entry to the dead-letter stream, with why, and acks it.
 local function bury(group, seq, attempts, now)
-  local entry = redis.call('XRANGE', events, seq .. '-0', seq .. '-0')
+  local entry = redis.call('XRANGE', events, '0-' .. seq, '0-' .. seq)
   local dead_ms = int(math.floor(now / 1000))
   local first = redis.call('HGET', info, 'f:' .. seq) or dead_ms
   local err = redis.call('HGET', info, 'e:' .. seq) or ''
@@ -62,7 +62,7 @@ local function bury(group, seq, attempts, now)
       'has_error', has_error, 'first', first, 'dead', dead_ms, 'e', field(entry[1][2], 'e'))
     redis.call('HINCRBY', stats, 'dead_lettered', 1)
   end
-  redis.call('XACK', events, group, seq .. '-0')
+  redis.call('XACK', events, group, '0-' .. seq)
   redis.call('ZREM', due, seq)
   redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
 end
@@ -72,83 +72,155 @@ fn group_script(body: &str) -> Script {
     Script::new(&format!("{GROUP_PRELUDE}\n{body}"))
 }
 
+/// What the scripts that store events share: the seq of an entry id, and `stamp`, which
+/// records a stored range of seqs in the stream's `meta` and time index.
+///
+/// The time index holds per call its first seq (zero-padded, so that calls with the same
+/// store time sort by seq) scored by the call's store time: Redis's `TIME`, never going
+/// backwards per stream (`meta`'s `t`), so that the index is sorted by seq too.
+macro_rules! stamp_prelude {
+    () => {
+        r#"
+local function seq_text(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if ms ~= '0' then
+    error('entry id ' .. tostring(id) .. ' is not 0-<seq>: the stream holds entries of an '
+      .. 'older format')
+  end
+  return seq
+end
+local function stamp(meta, times, cap, first, last)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
+  local previous = redis.call('HGET', meta, 't')
+  if previous and tonumber(previous) > now then stamp = previous end
+  redis.call('ZADD', times, stamp, string.format('%020d', first))
+  if cap > 0 then
+    -- Each index entry stands for at least one event: `cap` of them cover what is kept.
+    redis.call('ZREMRANGEBYRANK', times, 0, string.format('%d', -(cap + 1)))
+  end
+  redis.call('HSET', meta, 'seq', string.format('%d', last), 't', stamp)
+  redis.call('HINCRBY', meta, 'published', last - first + 1)
+end
+"#
+    };
+}
+
+/// Runs last in the transaction that `XADD`s a chunk of events without dedupe: records the
+/// seqs those `XADD`s were given (everything past `meta`'s `seq` up to the stream's last
+/// entry id: the transaction ran alone) in `meta` and the time index. It never sees an event.
+/// KEYS: meta, events, the time index. ARGV: max events (0: no cap). Returns how many events
+/// it recorded.
+pub(crate) const STAMP: &str = concat!(
+    stamp_prelude!(),
+    r#"
+local meta, events, times = KEYS[1], KEYS[2], KEYS[3]
+local info = redis.call('XINFO', 'STREAM', events)
+local top = nil
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then top = info[i + 1] end
+end
+local last = tonumber(seq_text(top))
+local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
+if last <= previous then return 0 end
+stamp(meta, times, tonumber(ARGV[1]), previous + 1, last)
+return last - previous
+"#
+);
+
+/// Marks, in `PUBLISH`'s ARGV[3], an event whose publisher chose its id: deduped.
+pub(crate) const PUBLISH_DEDUPED: char = 'd';
+/// Marks, in `PUBLISH`'s ARGV[3], an event whose id Herald generated: stored without a look-up
+/// or a record (`herald_core::IdOrigin`).
+pub(crate) const PUBLISH_GENERATED: char = 'g';
+
+/// Stores a chunk of one stream's events of which some carry an id their publisher chose.
 /// KEYS: meta, events, the time index, then the dedupe buckets of the previous, current and
-/// next window. ARGV: dedupe window (ms), max events (0: no cap), then each event's id and JSON.
-/// Returns, per event, its new seq, or minus the seq of the event it duplicates.
+/// next window. ARGV: dedupe window (ms), max events (0: no cap), one letter per event
+/// ([`PUBLISH_DEDUPED`] or [`PUBLISH_GENERATED`]), then each event's id ('' when generated)
+/// and JSON. Returns, per event, its new seq, or minus the seq of the event it duplicates.
 ///
 /// Dedupe ids live in one hash per window-long time bucket (`HMGET`/`HSET` of the whole batch,
 /// two commands per batch rather than two per event): an id written in bucket `b` is found
 /// while `b` is the previous, current or next bucket, so for at least a window and at most
 /// two, whatever the processes' clocks disagree on by less than a window.
 ///
-/// Per stored event the script does one `XADD` and nothing else that Redis would not do for a
-/// plain `XADD`, because Redis's one thread running this loop is what bounds publishing: the
-/// store time is written once per call into the time index (every event of a call shares it),
-/// not into each entry, and seqs are formatted as integers (`%d`), not through Lua's number
-/// to string conversion (`%.14g`, several times dearer).
+/// Per stored event the script does one `XADD` (id `0-*`: Redis numbers the entry) and nothing
+/// else that Redis would not do for a plain `XADD`, because Redis's one thread running this
+/// loop is what bounds publishing: the store time is written once per call into the time
+/// index (every event of a call shares it), not into each entry.
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r#"
+{prelude}
 local meta, events, times = KEYS[1], KEYS[2], KEYS[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
-local last = redis.call('HGET', meta, 't')
--- Store times never go backwards, so that the time index stays sorted by seq too.
-if last and tonumber(last) > now then stamp = last end
 local cap = tonumber(ARGV[2])
-local ids = {}
-local count = 0
-for i = 3, #ARGV, 2 do
-  count = count + 1
-  ids[count] = ARGV[i]
-end
-local before = redis.call('HMGET', KEYS[4], unpack(ids))
-local current = redis.call('HMGET', KEYS[5], unpack(ids))
-local after = redis.call('HMGET', KEYS[6], unpack(ids))
-local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
-local first = seq + 1
-local fresh = {}
-local remembered = {}
-local stored = 0
-local out = {}
+local origins = ARGV[3]
+local count = #origins
+local DEDUPED = string.byte('{PUBLISH_DEDUPED}')
+local ids = {{}}
+local chosen = 0
 for k = 1, count do
-  local id = ids[k]
-  local prior = before[k] or current[k] or after[k] or fresh[id]
+  if string.byte(origins, k) == DEDUPED then
+    chosen = chosen + 1
+    ids[chosen] = ARGV[2 + 2 * k]
+  end
+end
+local before, current, after = {{}}, {{}}, {{}}
+if chosen > 0 then
+  before = redis.call('HMGET', KEYS[4], unpack(ids))
+  current = redis.call('HMGET', KEYS[5], unpack(ids))
+  after = redis.call('HMGET', KEYS[6], unpack(ids))
+end
+local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local fresh = {{}}
+local remembered = {{}}
+local recorded = 0
+local stored = 0
+local first, last = nil, previous
+local out = {{}}
+local j = 0
+for k = 1, count do
+  local deduped = string.byte(origins, k) == DEDUPED
+  local id = ARGV[2 + 2 * k]
+  local prior = nil
+  if deduped then
+    j = j + 1
+    prior = before[j] or current[j] or after[j] or fresh[id]
+  end
   if prior then
     out[k] = -tonumber(prior)
   else
-    seq = seq + 1
-    local text = string.format('%d', seq)
+    local entry
     if cap > 0 then
-      redis.call('XADD', events, 'MAXLEN', '~', ARGV[2], text .. '-0', 'e', ARGV[2 + 2 * k])
+      entry = redis.call('XADD', events, 'MAXLEN', '~', ARGV[2], '0-*', 'e', ARGV[3 + 2 * k])
     else
-      redis.call('XADD', events, text .. '-0', 'e', ARGV[2 + 2 * k])
+      entry = redis.call('XADD', events, '0-*', 'e', ARGV[3 + 2 * k])
     end
-    fresh[id] = text
-    remembered[2 * stored + 1] = id
-    remembered[2 * stored + 2] = text
+    local text = seq_text(entry)
+    last = tonumber(text)
+    if not first then first = last end
+    if deduped then
+      fresh[id] = text
+      remembered[2 * recorded + 1] = id
+      remembered[2 * recorded + 2] = text
+      recorded = recorded + 1
+    end
     stored = stored + 1
-    out[k] = seq
+    out[k] = last
   end
 end
-if stored > 0 then
+if recorded > 0 then
   redis.call('HSET', KEYS[5], unpack(remembered))
   redis.call('PEXPIRE', KEYS[5], 3 * tonumber(ARGV[1]))
-  -- The first seq of this call, scored by its store time; zero-padded so that calls with the
-  -- same store time sort by seq.
-  redis.call('ZADD', times, stamp, string.format('%020d', first))
-  if cap > 0 then
-    -- Each index entry stands for at least one event: `cap` of them cover what is kept.
-    redis.call('ZREMRANGEBYRANK', times, 0, string.format('%d', -(cap + 1)))
-  end
 end
-redis.call('HSET', meta, 'seq', seq, 't', stamp)
-redis.call('HINCRBY', meta, 'published', stored)
+if stored > 0 then stamp(meta, times, cap, first, last) end
 redis.call('HINCRBY', meta, 'duplicates', count - stored)
 return out
 "#,
-    )
+        prelude = stamp_prelude!()
+    ))
 });
 
 /// Hands entries held by a process to one of its members. ARGV: group, holder, member, seqs.
@@ -162,7 +234,7 @@ local delivered = 0
 for i = 4, #ARGV do
   local seq = ARGV[i]
   if pending(group, seq) == holder then
-    redis.call('XCLAIM', events, group, member, 0, seq .. '-0', 'RETRYCOUNT', 1, 'JUSTID')
+    redis.call('XCLAIM', events, group, member, 0, '0-' .. seq, 'RETRYCOUNT', 1, 'JUSTID')
     delivered = delivered + 1
     out[#out + 1] = 1
   else
@@ -191,7 +263,7 @@ for _, seq in ipairs(seqs) do
   local owner, count = pending(group, seq)
   if owner == SCHEDULED then
     local attempt = count + 1
-    local claimed = redis.call('XCLAIM', events, group, member, 0, seq .. '-0',
+    local claimed = redis.call('XCLAIM', events, group, member, 0, '0-' .. seq,
       'RETRYCOUNT', attempt)
     local entry = claimed[1]
     if entry and entry[2] then
@@ -202,7 +274,7 @@ for _, seq in ipairs(seqs) do
       if attempt > 1 then redelivered = redelivered + 1 end
     else
       -- Trimmed by retention meanwhile: nothing left to deliver.
-      redis.call('XACK', events, group, seq .. '-0')
+      redis.call('XACK', events, group, '0-' .. seq)
       redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
     end
   end
@@ -252,13 +324,13 @@ else
   -- entry: a range of n seqs holds at most n of them.
   local low, high = math.huge, 0
   for i = 1, n do
-    local seq = tonumber(string.sub(ids[i], 1, -3))
+    local seq = tonumber(string.sub(ids[i], 3))
     if seq < low then low = seq end
     if seq > high then high = seq end
   end
   local owned = {}
-  local ok, p = pcall(redis.call, 'XPENDING', events, group, int(low) .. '-0',
-    int(high) .. '-0', high - low + 1, member)
+  local ok, p = pcall(redis.call, 'XPENDING', events, group, '0-' .. int(low),
+    '0-' .. int(high), high - low + 1, member)
   if ok then
     for _, entry in ipairs(p) do owned[entry[1]] = tonumber(entry[4]) end
   end
@@ -276,7 +348,7 @@ end
 -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
 for i, _ in pairs(attempts) do
   if out[i] == 1 then
-    local seq = string.sub(ids[i], 1, -3)
+    local seq = string.sub(ids[i], 3)
     redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
   end
 end
@@ -305,7 +377,7 @@ if max_retries < 0 or count > max_retries then
   bury(group, seq, count, now)
   return 2
 end
-redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'JUSTID')
+redis.call('XCLAIM', events, group, SCHEDULED, 0, '0-' .. seq, 'JUSTID')
 redis.call('ZADD', due, int(now + tonumber(ARGV[5])), seq)
 return 1
 "#,
@@ -338,7 +410,7 @@ local released = 0
 for i = 3, #ARGV do
   local seq = ARGV[i]
   if pending(group, seq) == holder then
-    redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'RETRYCOUNT', 0, 'JUSTID')
+    redis.call('XCLAIM', events, group, SCHEDULED, 0, '0-' .. seq, 'RETRYCOUNT', 0, 'JUSTID')
     redis.call('ZADD', due, int(now), seq)
     released = released + 1
   end
@@ -360,7 +432,7 @@ local owner, count, idle_ms = pending(group, seq)
 if owner ~= consumer or count ~= tonumber(ARGV[4]) then return 0 end
 local now = now_us()
 if string.sub(consumer, 1, 5) == 'hold:' then
-  redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'RETRYCOUNT', 0, 'JUSTID')
+  redis.call('XCLAIM', events, group, SCHEDULED, 0, '0-' .. seq, 'RETRYCOUNT', 0, 'JUSTID')
   redis.call('ZADD', due, int(now), seq)
   return 1
 end
@@ -372,7 +444,7 @@ if count > tonumber(ARGV[5]) then
   bury(group, seq, count, now)
   return 2
 end
-redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0', 'JUSTID')
+redis.call('XCLAIM', events, group, SCHEDULED, 0, '0-' .. seq, 'JUSTID')
 redis.call('ZADD', due, int(now), seq)
 return 1
 "#,
@@ -391,7 +463,7 @@ local now = now_us()
 local redriven = 0
 for _, letter in ipairs(letters) do
   local seq = field(letter[2], 'seq')
-  local claimed = redis.call('XCLAIM', events, group, SCHEDULED, 0, seq .. '-0',
+  local claimed = redis.call('XCLAIM', events, group, SCHEDULED, 0, '0-' .. seq,
     'FORCE', 'JUSTID', 'RETRYCOUNT', 0)
   if #claimed > 0 then
     redis.call('ZADD', due, int(now), seq)
@@ -441,7 +513,7 @@ local read = 0
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', events)) do
   if field(g, 'name') == group then
     local id = field(g, 'last-delivered-id')
-    read = tonumber(string.match(id, '^(%d+)')) or 0
+    read = tonumber(string.match(id, '^0%-(%d+)$')) or 0
   end
 end
 local counters = {}

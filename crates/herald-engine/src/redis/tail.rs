@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::connection::{Connection, Redis};
-use super::decode_entries;
+use super::decode::decode_entries;
+use super::keys::{entry_id, seq_of};
 use crate::api::Closed;
 use crate::config::CATCH_UP_BATCH_EVENTS;
 use crate::embedded::live::{Offer, Subscriber};
@@ -135,7 +136,7 @@ impl Tail {
             let tail_before = self.last_seq();
             let range: Result<StreamRangeReply, _> = redis::cmd("XRANGE")
                 .arg(&self.events_key)
-                .arg(format!("{from}-0"))
+                .arg(entry_id(from))
                 .arg("+")
                 .arg("COUNT")
                 .arg(CATCH_UP_BATCH_EVENTS)
@@ -203,7 +204,7 @@ impl Tail {
                 .arg(TAIL_BLOCK_MS)
                 .arg("STREAMS")
                 .arg(&self.events_key)
-                .arg(format!("{cursor}-0"))
+                .arg(entry_id(cursor))
                 .query_async(reader)
                 .await;
             let reply = match reply {
@@ -224,7 +225,7 @@ impl Tail {
                         warn!(stream = %self.stream, %error, "skipping undecodable entries")
                     }
                 }
-                if let Some(last) = key.ids.last().and_then(|entry| super::seq_of(&entry.id)) {
+                if let Some(last) = key.ids.last().and_then(|entry| seq_of(&entry.id)) {
                     cursor = cursor.max(last);
                 }
             }

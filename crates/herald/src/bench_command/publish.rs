@@ -28,6 +28,12 @@ pub struct PublishArgs {
     /// Bytes of `data` per event.
     #[arg(long, default_value_t = 100)]
     pub data_bytes: usize,
+    /// Each event carries an id of its own, as the clients send them so that a resend is
+    /// recognised: publish dedupe applies to every event. Without it the events carry no id,
+    /// Herald generates them, and dedupe does not apply (as with `curl` or `herald pub`).
+    /// Against a peer (redis://, nats://, amqp://) it changes nothing.
+    #[arg(long)]
+    pub ids: bool,
 }
 
 impl Default for PublishArgs {
@@ -38,6 +44,7 @@ impl Default for PublishArgs {
             connections: 1,
             window: 32,
             data_bytes: 100,
+            ids: false,
         }
     }
 }
@@ -52,6 +59,7 @@ impl PublishArgs {
             connections: 1,
             window: 16,
             data_bytes,
+            ids: false,
         }
     }
 }
@@ -106,8 +114,16 @@ pub async fn run(target: &Target, args: &PublishArgs, progress: bool) -> anyhow:
     Ok(Report::new(
         "publish",
         format!(
-            "{} conn × batch {}, window {}, {} B data",
-            args.connections, args.batch, args.window, args.data_bytes
+            "{} conn × batch {}, window {}, {} B data, {}",
+            args.connections,
+            args.batch,
+            args.window,
+            args.data_bytes,
+            if args.ids {
+                "an id per event (deduped)"
+            } else {
+                "no ids (generated, not deduped)"
+            }
         ),
         acked,
         seconds,
@@ -125,16 +141,19 @@ pub async fn drive(
     let batch = args.batch.max(1);
     let connections = args.connections.max(1);
     let frames_per_connection = (args.events as usize).div_ceil(batch * connections);
-    // The server echoes rids without interpreting them, so one frame serves every send.
+    // The server echoes rids without interpreting them, so without ids one frame serves every
+    // send; with ids each frame is made with ids of its own.
     let frame = wire::text(wire::pub_frame(1, kind, batch, args.data_bytes));
+    let ids = args.ids.then(|| wire::PubFrames::new(kind, batch, args.data_bytes));
     let mut links = Vec::new();
     for _ in 0..connections {
         links.push(wire::connect(target).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (mut sink, mut source) in links {
+    for (link, (mut sink, mut source)) in links.into_iter().enumerate() {
         let frame = frame.clone();
+        let ids = ids.clone();
         let window = Arc::new(Semaphore::new(args.window.max(1)));
         let bar = bar.clone();
         let reader_window = window.clone();
@@ -149,9 +168,13 @@ pub async fn drive(
             anyhow::Ok(acked)
         });
         let writer = tokio::spawn(async move {
-            for _ in 0..frames_per_connection {
+            for sent in 0..frames_per_connection {
+                let frame = match &ids {
+                    Some(frames) => wire::text(frames.frame(&format!("{link}-{sent}"))),
+                    None => frame.clone(),
+                };
                 window.acquire().await?.forget();
-                sink.send(frame.clone()).await?;
+                sink.send(frame).await?;
             }
             anyhow::Ok(sink)
         });

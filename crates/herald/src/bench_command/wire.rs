@@ -93,6 +93,47 @@ pub fn pub_frame(rid: u64, kind: &str, count: usize, data_bytes: usize) -> Strin
     frame
 }
 
+/// `pub` frames of `count` events each carrying an id of its own (`<run>-<frame>-<i>`, unique
+/// per frame name and event), so that every event is a new one to publish dedupe.
+#[derive(Clone)]
+pub struct PubFrames {
+    /// The events' JSON after their id.
+    rest: std::sync::Arc<str>,
+    run: std::sync::Arc<str>,
+    count: usize,
+}
+
+impl PubFrames {
+    pub fn new(kind: &str, count: usize, data_bytes: usize) -> PubFrames {
+        let padding = "x".repeat(data_bytes.saturating_sub(24));
+        PubFrames {
+            rest: format!(r#"","type":"{kind}","data":{{"pad":"{padding}"}}}}"#).into(),
+            run: super::run_id().into(),
+            count,
+        }
+    }
+
+    /// The frame named `name` (unique among the frames of this run).
+    pub fn frame(&self, name: &str) -> String {
+        let mut frame = String::with_capacity(32 + self.count * (self.rest.len() + 48));
+        frame.push_str(r#"{"op":"pub","rid":1,"events":["#);
+        for i in 0..self.count {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(r#"{"id":""#);
+            frame.push_str(&self.run);
+            frame.push('-');
+            frame.push_str(name);
+            frame.push('-');
+            frame.push_str(&i.to_string());
+            frame.push_str(&self.rest);
+        }
+        frame.push_str("]}");
+        frame
+    }
+}
+
 /// Sends a `sub` frame and waits for `subscribed`; returns the sid.
 pub async fn subscribe(sink: &mut Sink, source: &mut Source, sub: Value) -> anyhow::Result<u64> {
     let mut frame = sub;
