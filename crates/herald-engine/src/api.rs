@@ -19,6 +19,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Stores a batch of validated events and feeds matching subscribers. The outcome of event
     /// `i` is at index `i`. A batch is refused whole if any event cannot be routed; once the
     /// call returns `Ok`, every stored event is durable under the stream's fsync policy.
+    ///
+    /// Publish dedupe applies to ids the publisher chose (`event.id_origin` is
+    /// [`herald_core::IdOrigin::Publisher`]): such an id that the stream stored within its dedupe window is
+    /// not stored again ([`PublishOutcome::duplicate`]), also when repeated within the batch or
+    /// published concurrently. An id Herald generated ([`herald_core::IdOrigin::Generated`]) is neither
+    /// looked up nor entered into the window: no earlier event can have it, and a publisher
+    /// retrying without an id gets a new one (NATS JetStream's semantic: dedupe by the
+    /// `Nats-Msg-Id` a publisher sets). Within a stream, seqs follow the batch's order.
     fn publish(
         &self,
         events: Vec<Event>,
@@ -87,9 +95,21 @@ pub struct PublishOutcome {
     /// `None` for an ephemeral subject: delivered live, never stored.
     pub stream: Option<String>,
     pub seq: Option<u64>,
-    /// The stream had already stored an event with this id within its dedupe window; `seq` is
-    /// the original's.
+    /// The stream had already stored an event with this id within its dedupe window (an id the
+    /// publisher chose: generated ids are never duplicates); `seq` is the original's.
     pub duplicate: bool,
+}
+
+impl PublishOutcome {
+    /// The outcome of an event of an ephemeral subject: delivered live, never stored.
+    pub fn ephemeral(id: EventId) -> PublishOutcome {
+        PublishOutcome {
+            id,
+            stream: None,
+            seq: None,
+            duplicate: false,
+        }
+    }
 }
 
 /// Where a subscription starts.

@@ -382,20 +382,14 @@ pub async fn only_ids_the_publisher_chose_are_deduped<E: Engine>(fixture: &Fixtu
     // generated id was not recorded, so this is stored...
     let mut chosen = generated.clone();
     chosen.id_origin = IdOrigin::Publisher;
-    let second = engine
-        .publish(vec![chosen.clone()])
-        .await
-        .expect("publish");
+    let second = engine.publish(vec![chosen.clone()]).await.expect("publish");
     assert_eq!(
         (second[0].seq, second[0].duplicate),
         (Some(2), false),
         "a generated id is not in the dedupe window"
     );
     // ...and, chosen, it is recorded: sending it again is a duplicate.
-    let third = engine
-        .publish(vec![chosen.clone()])
-        .await
-        .expect("publish");
+    let third = engine.publish(vec![chosen.clone()]).await.expect("publish");
     assert_eq!(
         (third[0].seq, third[0].duplicate),
         (Some(2), true),

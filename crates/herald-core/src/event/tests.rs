@@ -279,7 +279,10 @@ fn id_origin_says_who_chose_the_id() {
     // Stored, the origin is gone: whoever publishes the event again chose its id.
     let read_back = Event::from_stored_json(&generated.to_json()).unwrap();
     assert_eq!(read_back.id_origin, IdOrigin::Publisher);
-    assert_eq!(read_back, generated, "the origin is not part of what the event is");
+    assert_eq!(
+        read_back, generated,
+        "the origin is not part of what the event is"
+    );
     let built = Event::new(EventId::parse("e2").unwrap(), "a".parse().unwrap(), NOW);
     assert_eq!(built.id_origin, IdOrigin::Publisher);
 }

@@ -495,12 +495,7 @@ impl Engine for EmbeddedEngine {
         }
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
         for (index, event) in ephemeral {
-            outcomes[index] = Some(PublishOutcome {
-                id: event.id.clone(),
-                stream: None,
-                seq: None,
-                duplicate: false,
-            });
+            outcomes[index] = Some(PublishOutcome::ephemeral(event.id.clone()));
             self.deliver_ephemeral(event);
         }
         // In the caller's task, the streams concurrently (their appends share nothing). No task

@@ -136,4 +136,3 @@ pub(crate) fn decode_event(
 ) -> Result<StoredEvent, EngineError> {
     decode_owned_event(stream, seq, Bytes::copy_from_slice(json))
 }
-

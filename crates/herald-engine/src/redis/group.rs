@@ -24,11 +24,11 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::Inner;
 use super::decode::{decode_event, decode_read_reply};
 use super::keys::{GroupKeys, entry_id, holder_consumer, member_consumer, process_of, seq_of};
 use super::scripts;
 use super::tail::Tail;
-use super::Inner;
 use crate::api::{
     Closed, Delivery, GroupPolicy, MemberCommand, MemberRequest, VerbError, VerbReply,
 };

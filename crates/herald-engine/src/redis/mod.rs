@@ -44,8 +44,8 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use self::connection::{Connection, Redis, backend};
-use self::group::{Control, GroupTask};
 use self::decode::{decode_entries, decode_event};
+use self::group::{Control, GroupTask};
 use self::keys::{Keys, entry_id, seq_of};
 pub use self::relay::{Relay, RelayInbox};
 use self::tail::Tail;

@@ -27,10 +27,10 @@ use futures::future::join_all;
 use herald_core::{Event, IdOrigin};
 use redis::Value;
 
+use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
 use super::{RedisEngine, scripts};
 use crate::api::{EngineError, PublishOutcome};
-use super::connection::backend;
 
 /// Events one script or transaction stores at most; a larger batch for one stream takes
 /// several (in order), so that none holds Redis for long.
@@ -67,12 +67,7 @@ impl RedisEngine {
         .await;
         let mut relayed = Vec::with_capacity(ephemeral.len());
         for (index, event) in ephemeral {
-            outcomes[index] = Some(PublishOutcome {
-                id: event.id.clone(),
-                stream: None,
-                seq: None,
-                duplicate: false,
-            });
+            outcomes[index] = Some(PublishOutcome::ephemeral(event.id.clone()));
             relayed.push(event);
         }
         if !relayed.is_empty() {

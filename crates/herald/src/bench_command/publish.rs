@@ -144,7 +144,9 @@ pub async fn drive(
     // The server echoes rids without interpreting them, so without ids one frame serves every
     // send; with ids each frame is made with ids of its own.
     let frame = wire::text(wire::pub_frame(1, kind, batch, args.data_bytes));
-    let ids = args.ids.then(|| wire::PubFrames::new(kind, batch, args.data_bytes));
+    let ids = args
+        .ids
+        .then(|| wire::PubFrames::new(kind, batch, args.data_bytes));
     let mut links = Vec::new();
     for _ in 0..connections {
         links.push(wire::connect(target).await?);
