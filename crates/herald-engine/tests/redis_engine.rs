@@ -7,7 +7,7 @@ mod redis_support;
 use std::time::Duration;
 
 use herald_core::Pattern;
-use herald_engine::conformance::event;
+use herald_engine::conformance::{event, event_with_chosen_id};
 use herald_engine::{
     Engine, EngineError, RedisConfig, RedisEngine, StartAt, Storage, StreamConfig,
 };
@@ -58,9 +58,14 @@ async fn declared_streams_keep_their_retention() {
         ),
     ];
     let engine = RedisEngine::open(config).await.unwrap();
-    for _ in 0..10 {
+    // Both ways of storing: without chosen ids (a transaction of `XADD`s), and with them (the
+    // dedupe script).
+    for round in 0..10 {
         let batch = (0..100)
-            .map(|n| event("metric.cpu", &n.to_string()))
+            .map(|n| match round % 2 {
+                0 => event("metric.cpu", &n.to_string()),
+                _ => event_with_chosen_id("metric.cpu", &n.to_string()),
+            })
             .collect();
         engine.publish(batch).await.unwrap();
     }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use herald_core::Pattern;
-use herald_engine::conformance::event;
+use herald_engine::conformance::{event, event_with_chosen_id};
 use herald_engine::{
     Delivery, Engine, GroupMember, GroupPolicy, GroupSpec, RedisConfig, RedisEngine, StartAt,
 };
@@ -112,6 +112,66 @@ async fn members_on_two_engines_share_the_work_and_stats_add_up() {
             (2, 100, 0)
         );
     }
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+/// Seqs are Redis's own entry numbers (`0-*`), whichever way a publish stores its events (a
+/// transaction of `XADD`s without chosen ids, the dedupe script with them): publishers on two
+/// engines, concurrently, get every seq once, in their batches' order, and the stream's
+/// counters and time index follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_engines_get_gapless_seqs_either_way() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let (one, two) = (engine(&url, &prefix).await, engine(&url, &prefix).await);
+    let started = time::OffsetDateTime::now_utc();
+    let publish = |engine: RedisEngine, chosen: bool| async move {
+        let mut seqs = Vec::new();
+        for _ in 0..20 {
+            let batch = (0..50)
+                .map(|n| match chosen && n % 2 == 0 {
+                    true => event_with_chosen_id("sensor.read", "1"),
+                    false => event("sensor.read", "1"),
+                })
+                .collect();
+            for outcome in engine.publish(batch).await.expect("publish") {
+                assert!(!outcome.duplicate);
+                seqs.push(outcome.seq.expect("stored"));
+            }
+        }
+        seqs
+    };
+    let (plain, mixed) = tokio::join!(publish(one.clone(), false), publish(two.clone(), true));
+    for seqs in [&plain, &mixed] {
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "in batch order"
+        );
+    }
+    let mut all: Vec<u64> = plain.into_iter().chain(mixed).collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=2000).collect::<Vec<u64>>(), "every seq once");
+    let sensor = two
+        .streams()
+        .await
+        .into_iter()
+        .find(|stream| stream.name == "sensor")
+        .expect("the stream");
+    assert_eq!(
+        (sensor.last_seq, sensor.events, sensor.published),
+        (2000, 2000, 2000)
+    );
+    // The time index covers every call: from a time before them all, everything.
+    let mut from_time = one
+        .subscribe(Pattern::new("sensor.>").unwrap(), StartAt::Time(started))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, from_time.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(first.seq, 1);
     one.close().await.unwrap();
     two.close().await.unwrap();
 }
