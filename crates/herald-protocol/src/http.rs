@@ -153,7 +153,8 @@ pub struct Purged {
 pub struct Stats {
     pub version: String,
     pub uptime_seconds: u64,
-    /// Open WebSocket connections.
+    /// Open `/v1/ws` connections, on every process of the bus (each process reports its own
+    /// through Redis when several share one).
     pub connections: u64,
     pub streams: Vec<StreamInfo>,
     pub groups: Vec<GroupInfo>,

@@ -31,7 +31,9 @@ pub struct Shared {
     pub started: Instant,
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
-    connections: AtomicUsize,
+    /// Open `/v1/ws` connections; shared with the gateway, which reports them to the other
+    /// processes on the same Redis.
+    connections: Arc<AtomicUsize>,
     /// Notified whenever a connection closes, for the drain to wait on.
     connection_closed: tokio::sync::Notify,
     next_connection_id: AtomicU64,
@@ -53,11 +55,13 @@ impl AppState {
         relay: Option<herald_engine::Relay>,
     ) -> Result<AppState, RealtimeConfigError> {
         let metrics = Metrics::new();
+        let connections = Arc::new(AtomicUsize::new(0));
         let realtime = Arc::new(Realtime::new(
             io,
             &config.realtime,
             metrics.realtime.clone(),
             relay,
+            connections.clone(),
         )?);
         Ok(AppState(Arc::new(Shared {
             engine,
@@ -67,7 +71,7 @@ impl AppState {
             realtime,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
-            connections: AtomicUsize::new(0),
+            connections,
             connection_closed: tokio::sync::Notify::new(),
             next_connection_id: AtomicU64::new(1),
         })))

@@ -34,13 +34,14 @@ pub async fn stats(State(state): State<AppState>, _caller: Caller) -> Json<Stats
         .into_iter()
         .map(group_info)
         .collect();
+    let everywhere = state.realtime.stats_everywhere().await;
     Json(Stats {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_seconds: state.started.elapsed().as_secs(),
-        connections: state.connections() as u64,
+        connections: everywhere.service_connections,
         streams,
         groups,
-        realtime: state.realtime.stats_everywhere().await,
+        realtime: everywhere.realtime,
     })
 }
 

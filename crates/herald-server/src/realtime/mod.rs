@@ -27,7 +27,7 @@ pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use herald_core::{Event, Pattern, RoomError, RoomName, RoomPattern, Subject, SubjectError};
@@ -226,6 +226,8 @@ pub struct Realtime {
     /// The other processes on the same Redis: sends go to their sockets too.
     relay: Option<Relay>,
     metrics: RealtimeMetrics,
+    /// This process's open `/v1/ws` connections, reported with its sockets.
+    service_connections: Arc<AtomicUsize>,
 }
 
 /// Why a realtime operation cannot be built from the configuration.
@@ -243,6 +245,7 @@ impl Realtime {
         config: &RealtimeConfig,
         metrics: RealtimeMetrics,
         relay: Option<Relay>,
+        service_connections: Arc<AtomicUsize>,
     ) -> Result<Realtime, RealtimeConfigError> {
         let verifier = match &config.jwt {
             Some(jwt) => Some(JwtVerifier::new(jwt)?),
@@ -260,6 +263,7 @@ impl Realtime {
             )),
             relay,
             metrics,
+            service_connections,
         })
     }
 
@@ -451,13 +455,13 @@ impl Realtime {
     /// This process's connections, users and largest rooms (what `/metrics` exposes: each
     /// process is scraped on its own).
     pub fn stats(&self) -> RealtimeStats {
-        relay::merge([&self.report()])
+        relay::merge([&self.report()]).realtime
     }
 
     /// Connections, users and the largest rooms of every process on the same Redis: this
     /// one's as of now, the others' as of their last report (at most a second old). Only this
     /// process's if the others' reports cannot be read.
-    pub async fn stats_everywhere(&self) -> RealtimeStats {
+    pub async fn stats_everywhere(&self) -> relay::Everywhere {
         let here = self.report();
         let Some(relay) = &self.relay else {
             return relay::merge([&here]);
@@ -478,7 +482,11 @@ impl Realtime {
     /// This process's sockets, users and rooms, for the other processes.
     fn report(&self) -> relay::Report {
         let registry = self.registry.lock();
-        relay::Report::new(registry.sessions.len() as u64, &registry.rooms)
+        relay::Report::new(
+            registry.sessions.len() as u64,
+            self.service_connections.load(Ordering::Relaxed) as u64,
+            &registry.rooms,
+        )
     }
 
     /// Stops counting this process's sockets in the other processes' stats (it is draining).
@@ -625,7 +633,14 @@ mod tests {
             limits,
             ..RealtimeConfig::default()
         };
-        Realtime::new(io, &config, RealtimeMetrics::default(), None).unwrap()
+        Realtime::new(
+            io,
+            &config,
+            RealtimeMetrics::default(),
+            None,
+            Arc::default(),
+        )
+        .unwrap()
     }
 
     #[test]

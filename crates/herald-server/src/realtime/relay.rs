@@ -139,6 +139,9 @@ pub fn decode(message: &[u8]) -> Option<(Target, &[u8])> {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub connections: u64,
+    /// Open `/v1/ws` connections; absent from the reports of older processes.
+    #[serde(default)]
+    pub service_connections: u64,
     pub users: u64,
     /// At most [`REPORT_USERS_MAX`] of the users, by name.
     pub user_names: Vec<String>,
@@ -150,7 +153,11 @@ pub struct Report {
 impl Report {
     /// From a process's connection count and members per room (user rooms included, named
     /// `user:<id>`).
-    pub fn new(connections: u64, members: &HashMap<String, u64>) -> Report {
+    pub fn new(
+        connections: u64,
+        service_connections: u64,
+        members: &HashMap<String, u64>,
+    ) -> Report {
         let mut user_names = Vec::new();
         let mut users = 0;
         let mut rooms = Vec::new();
@@ -173,6 +180,7 @@ impl Report {
         rooms.truncate(REPORT_ROOMS_MAX);
         Report {
             connections,
+            service_connections,
             users,
             user_names,
             rooms_total,
@@ -189,14 +197,16 @@ fn sort_largest_first(rooms: &mut [RoomStats]) {
 /// several processes counts once and its members add up. Exact while each process names all
 /// its users and rooms in its report; past that, users and rooms it only counts are taken as
 /// distinct from the others' (an upper bound).
-pub fn merge<'a>(reports: impl IntoIterator<Item = &'a Report>) -> RealtimeStats {
+pub fn merge<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Everywhere {
     let mut connections = 0;
+    let mut service_connections = 0;
     let mut user_names = BTreeSet::new();
     let mut users_unnamed = 0;
     let mut members: HashMap<&str, u64> = HashMap::new();
     let mut rooms_unlisted = 0;
     for report in reports {
         connections += report.connections;
+        service_connections += report.service_connections;
         user_names.extend(report.user_names.iter().map(String::as_str));
         users_unnamed += report.users.saturating_sub(report.user_names.len() as u64);
         for room in &report.rooms {
@@ -214,12 +224,23 @@ pub fn merge<'a>(reports: impl IntoIterator<Item = &'a Report>) -> RealtimeStats
         .collect();
     sort_largest_first(&mut rooms);
     rooms.truncate(ROOM_STATS_MAX);
-    RealtimeStats {
-        connections,
-        users: user_names.len() as u64 + users_unnamed,
-        rooms_total,
-        rooms,
+    Everywhere {
+        service_connections,
+        realtime: RealtimeStats {
+            connections,
+            users: user_names.len() as u64 + users_unnamed,
+            rooms_total,
+            rooms,
+        },
     }
+}
+
+/// What every process of the bus has connected: `/v1/ws` connections and the gateway's
+/// sockets, users and rooms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Everywhere {
+    pub service_connections: u64,
+    pub realtime: RealtimeStats,
 }
 
 #[cfg(test)]
@@ -261,6 +282,7 @@ mod tests {
     fn reports_add_up_across_processes() {
         let one = Report::new(
             3,
+            1,
             &members(&[("user:u1", 2), ("user:u2", 1), ("chat.a", 3), ("chat.b", 1)]),
         );
         assert_eq!(
@@ -269,28 +291,35 @@ mod tests {
         );
         let two = Report::new(
             2,
+            4,
             &members(&[("user:u1", 1), ("user:u3", 1), ("chat.a", 2)]),
         );
         assert_eq!(
             merge([&one, &two]),
-            RealtimeStats {
-                connections: 5,
-                users: 3,
-                rooms_total: 2,
-                rooms: vec![room("chat.a", 5), room("chat.b", 1)],
+            Everywhere {
+                service_connections: 5,
+                realtime: RealtimeStats {
+                    connections: 5,
+                    users: 3,
+                    rooms_total: 2,
+                    rooms: vec![room("chat.a", 5), room("chat.b", 1)],
+                },
             }
         );
         // One process alone: its own stats.
         assert_eq!(
             merge([&two]),
-            RealtimeStats {
-                connections: 2,
-                users: 2,
-                rooms_total: 1,
-                rooms: vec![room("chat.a", 2)],
+            Everywhere {
+                service_connections: 4,
+                realtime: RealtimeStats {
+                    connections: 2,
+                    users: 2,
+                    rooms_total: 1,
+                    rooms: vec![room("chat.a", 2)],
+                },
             }
         );
-        assert_eq!(merge([]), RealtimeStats::default());
+        assert_eq!(merge([]), Everywhere::default());
     }
 
     #[test]
@@ -299,10 +328,10 @@ mod tests {
             .map(|n| (format!("user:u{n}"), 1))
             .chain((0..REPORT_ROOMS_MAX + 7).map(|n| (format!("room.r{n}"), 1)))
             .collect();
-        let report = Report::new(1, &many);
+        let report = Report::new(1, 0, &many);
         assert_eq!(report.user_names.len(), REPORT_USERS_MAX);
         assert_eq!(report.rooms.len(), REPORT_ROOMS_MAX);
-        let alone = merge([&report]);
+        let alone = merge([&report]).realtime;
         assert_eq!(alone.users, (REPORT_USERS_MAX + 5) as u64);
         assert_eq!(alone.rooms_total, (REPORT_ROOMS_MAX + 7) as u64);
         assert_eq!(alone.rooms.len(), ROOM_STATS_MAX);

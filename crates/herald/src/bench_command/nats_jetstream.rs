@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use tokio::task::JoinSet;
 
 use super::consume::ConsumeArgs;
 use super::latency::LatencyArgs;
-use super::paced::{Recorder, Schedule, next_due, payload};
+use super::paced::{Recorder, Schedule, payload, spawn_paced_sender};
 use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
@@ -253,32 +252,25 @@ async fn measure_latency(
         .await?;
     let publisher = connect(url).await?;
     let schedule = Schedule::new(args);
-    let (mut due, pacer) = schedule.start();
+    let (due, pacer) = schedule.start();
     let data_bytes = args.data_bytes;
     let subject = subject.to_owned();
     // The JetStream acks are awaited off the send path, as an async publisher does.
-    let writer = tokio::spawn(async move {
-        let mut acks = JoinSet::new();
-        while let Some(batch) = next_due(&mut due).await {
+    let writer = spawn_paced_sender(due, move |batch| {
+        let (publisher, subject) = (publisher.clone(), subject.clone());
+        async move {
             let mut pending = Vec::with_capacity(batch.len());
             for i in batch {
                 let body = bytes::Bytes::from(payload(i, data_bytes));
                 pending.push(publisher.publish(subject.clone(), body).await?);
             }
-            acks.spawn(async move {
+            anyhow::Ok(async move {
                 for ack in pending {
                     ack.await?;
                 }
                 anyhow::Ok(())
-            });
-            while let Some(done) = acks.try_join_next() {
-                done??;
-            }
+            })
         }
-        while let Some(done) = acks.join_next().await {
-            done??;
-        }
-        anyhow::Ok(())
     });
     let bar = progress_bar(progress, schedule.total);
     bar.set_message("latency");

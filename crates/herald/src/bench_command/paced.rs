@@ -6,9 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use futures::FutureExt;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::latency::LatencyArgs;
 use super::report::{Percentiles, Report};
@@ -84,13 +87,41 @@ impl Schedule {
 
 /// The next due event and every other one already due, so that a sender that fell behind
 /// sends them back to back; `None` when the schedule is done.
-pub async fn next_due(due: &mut mpsc::Receiver<u64>) -> Option<Vec<u64>> {
+async fn next_due(due: &mut mpsc::Receiver<u64>) -> Option<Vec<u64>> {
     let first = due.recv().await?;
     let mut batch = vec![first];
     while let Some(Some(i)) = due.recv().now_or_never() {
         batch.push(i);
     }
     Some(batch)
+}
+
+/// The publisher's side: sends each burst of due events with `send` and awaits what `send`
+/// returns — the burst's acks or confirms — off the send path, as a pipelining publisher does,
+/// so that a slow acknowledgement delays nothing that is due after it. `send` enqueues the
+/// burst and resolves to the future of its acknowledgements.
+pub fn spawn_paced_sender<Send, Sending, Acks>(
+    mut due: mpsc::Receiver<u64>,
+    mut send: Send,
+) -> JoinHandle<anyhow::Result<()>>
+where
+    Send: FnMut(Vec<u64>) -> Sending + std::marker::Send + 'static,
+    Sending: Future<Output = anyhow::Result<Acks>> + std::marker::Send,
+    Acks: Future<Output = anyhow::Result<()>> + std::marker::Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut acks = JoinSet::new();
+        while let Some(batch) = next_due(&mut due).await {
+            acks.spawn(send(batch).await?);
+            while let Some(done) = acks.try_join_next() {
+                done??;
+            }
+        }
+        while let Some(done) = acks.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// The payload of event `i`: its index first, then the padding of the envelope Herald stores

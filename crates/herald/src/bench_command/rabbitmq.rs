@@ -27,11 +27,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::task::JoinSet;
 
 use super::consume::ConsumeArgs;
 use super::latency::LatencyArgs;
-use super::paced::{Recorder, Schedule, next_due, payload};
+use super::paced::{Recorder, Schedule, payload, spawn_paced_sender};
 use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
@@ -369,20 +368,19 @@ async fn measure_latency(
     let pub_connection = connect(url).await?;
     let channel = confirming_channel(&pub_connection).await?;
     let schedule = Schedule::new(args);
-    let (mut due, pacer) = schedule.start();
+    let (due, pacer) = schedule.start();
     let data_bytes = args.data_bytes;
     let queue_owned = queue.to_owned();
-    // Confirms are awaited off the send path, as a pipelining publisher does; each batch of
-    // due events is one task.
-    let writer = tokio::spawn(async move {
-        let mut confirms = JoinSet::new();
-        while let Some(batch) = next_due(&mut due).await {
+    // Confirms are awaited off the send path, as a pipelining publisher does.
+    let writer = spawn_paced_sender(due, move |batch| {
+        let (channel, queue) = (channel.clone(), queue_owned.clone());
+        async move {
             let mut pending = Vec::with_capacity(batch.len());
             for i in batch {
                 let confirm = channel
                     .basic_publish(
                         "".into(),
-                        queue_owned.as_str().into(),
+                        queue.as_str().into(),
                         BasicPublishOptions::default(),
                         &payload(i, data_bytes),
                         persistent(),
@@ -390,20 +388,13 @@ async fn measure_latency(
                     .await?;
                 pending.push(confirm);
             }
-            confirms.spawn(async move {
+            anyhow::Ok(async move {
                 for confirm in pending {
                     anyhow::ensure!(confirm.await?.is_ack(), "RabbitMQ nacked a publish");
                 }
                 anyhow::Ok(())
-            });
-            while let Some(done) = confirms.try_join_next() {
-                done??;
-            }
+            })
         }
-        while let Some(done) = confirms.join_next().await {
-            done??;
-        }
-        anyhow::Ok(())
     });
     let bar = progress_bar(progress, schedule.total);
     bar.set_message("latency");

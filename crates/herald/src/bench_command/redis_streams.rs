@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
-use tokio::task::JoinSet;
 
 use super::consume::ConsumeArgs;
 use super::latency::LatencyArgs;
-use super::paced::{Recorder, Schedule, next_due, payload};
+use super::paced::{Recorder, Schedule, payload, spawn_paced_sender};
 use super::publish::{PublishArgs, drive_windowed};
 use super::report::{Report, progress_bar};
 use super::{envelope, run_id};
@@ -237,34 +236,27 @@ async fn measure_latency(
     let mut reader = connect(url).await?;
     let publisher = connect(url).await?;
     let schedule = Schedule::new(args);
-    let (mut due, pacer) = schedule.start();
+    let (due, pacer) = schedule.start();
     let data_bytes = args.data_bytes;
     let writer_key = key.to_owned();
     // Each burst of due events is one pipeline, sent without waiting for the previous one's
     // replies (the multiplexed connection pipelines them), as Herald's latency publisher does.
-    let writer = tokio::spawn(async move {
-        let mut replies = JoinSet::new();
-        while let Some(batch) = next_due(&mut due).await {
-            let mut pipeline = redis::pipe();
-            for i in batch {
-                pipeline
-                    .cmd("XADD")
-                    .arg(&writer_key)
-                    .arg("*")
-                    .arg("event")
-                    .arg(payload(i, data_bytes))
-                    .ignore();
-            }
-            let mut connection = publisher.clone();
-            replies.spawn(async move { pipeline.query_async::<()>(&mut connection).await });
-            while let Some(done) = replies.try_join_next() {
-                done??;
-            }
+    let writer = spawn_paced_sender(due, move |batch| {
+        let mut pipeline = redis::pipe();
+        for i in batch {
+            pipeline
+                .cmd("XADD")
+                .arg(&writer_key)
+                .arg("*")
+                .arg("event")
+                .arg(payload(i, data_bytes))
+                .ignore();
         }
-        while let Some(done) = replies.join_next().await {
-            done??;
-        }
-        anyhow::Ok(())
+        let mut connection = publisher.clone();
+        std::future::ready(anyhow::Ok(async move {
+            pipeline.query_async::<()>(&mut connection).await?;
+            anyhow::Ok(())
+        }))
     });
     let bar = progress_bar(progress, schedule.total);
     bar.set_message("latency");

@@ -3,6 +3,10 @@
 //! socket has them, and user-targeted sends timed to their one socket — each from the moment
 //! the service's HTTP request leaves.
 //!
+//! With several `--socket-url`s (processes of one bus on the Redis engine), the sockets are
+//! spread over them in turn while the sends go to `--url`: the figures then include the relay
+//! between processes.
+//!
 //! The client side speaks the four Engine.IO v4 / Socket.IO v5 packets it needs (open, connect,
 //! ping/pong, event) over tokio-tungstenite rather than a Socket.IO client library: ten thousand
 //! of them must fit beside the server on this machine, and the figures are about the server.
@@ -43,9 +47,15 @@ pub struct SocketIoArgs {
     /// The `aud` the server's `[realtime.jwt]` expects.
     #[arg(long)]
     pub jwt_audience: Option<String>,
-    /// The server's process id, to read its resident memory before and after connecting.
+    /// The server's process id, to read its resident memory before and after connecting;
+    /// repeated for several processes, whose memory adds up.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// A Herald base URL whose Socket.IO gateway sockets connect to, repeated for several
+    /// processes of one bus (sockets go to each in turn); `--url` when none is given. Sends
+    /// always go to `--url`.
+    #[arg(long)]
+    pub socket_url: Vec<String>,
     /// Handshakes in progress at once while connecting.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
@@ -59,7 +69,8 @@ impl Default for SocketIoArgs {
             targeted: 1_000,
             jwt_secret: None,
             jwt_audience: None,
-            server_pid: None,
+            server_pid: Vec::new(),
+            socket_url: Vec::new(),
             connect_concurrency: 200,
         }
     }
@@ -101,14 +112,13 @@ pub async fn run(
 ) -> anyhow::Result<Vec<Report>> {
     let connections = args.connections.max(1);
     let users = format!("bench-{}", run_id());
-    let socket_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        target
-            .http_url
-            .replacen("http://", "ws://", 1)
-            .replacen("https://", "wss://", 1)
-    );
-    let rss_before = args.server_pid.map(resident_bytes).transpose()?;
+    let bases = if args.socket_url.is_empty() {
+        std::slice::from_ref(&target.http_url)
+    } else {
+        &args.socket_url[..]
+    };
+    let socket_urls: Vec<String> = bases.iter().map(|base| gateway_url(base)).collect();
+    let rss_before = resident_bytes_of(&args.server_pid)?;
 
     // Room for every socket's next event: a coordinator behind never stalls the sockets long.
     let (arrivals_tx, mut arrivals) = mpsc::channel(connections * 2);
@@ -127,7 +137,7 @@ pub async fn run(
             None => None,
         };
         sockets.spawn(socket(
-            socket_url.clone(),
+            socket_urls[index % socket_urls.len()].clone(),
             token,
             index,
             permit,
@@ -151,9 +161,9 @@ pub async fn run(
     }
     bar.finish_and_clear();
     tokio::time::sleep(SETTLE).await;
-    let memory = match (args.server_pid, rss_before) {
-        (Some(pid), Some(before)) => {
-            let after = resident_bytes(pid)?;
+    let memory = match rss_before {
+        Some(before) => {
+            let after = resident_bytes_of(&args.server_pid)?.unwrap_or_default();
             format!(
                 ", server RSS {:.0} → {:.0} MiB = {:.1} KiB per idle socket",
                 before as f64 / 1048576.0,
@@ -161,7 +171,11 @@ pub async fn run(
                 after.saturating_sub(before) as f64 / connections as f64 / 1024.0
             )
         }
-        _ => String::new(),
+        None => String::new(),
+    };
+    let spread = match socket_urls.len() {
+        1 => String::new(),
+        processes => format!(" over {processes} processes (sent to the first)"),
     };
 
     let http = reqwest::Client::new();
@@ -199,7 +213,7 @@ pub async fn run(
     let mut broadcast = Report::new(
         "sio-bcast",
         format!(
-            "{connections} sockets, {} broadcasts, all reached within {:.1} ms (median) / {:.1} \
+            "{connections} sockets{spread}, {} broadcasts, all reached within {:.1} ms (median) / {:.1} \
              ms (worst){memory}",
             args.broadcasts,
             reach_all
@@ -240,7 +254,8 @@ pub async fn run(
         let mut targeted = Report::new(
             "sio-user",
             format!(
-                "{connections} sockets, one user each, one event at a time, from the HTTP send"
+                "{connections} sockets{spread}, one user each, one event at a time, from the HTTP \
+                 send"
             ),
             latency.len(),
             started.elapsed().as_secs_f64(),
@@ -382,6 +397,26 @@ async fn socket_loop(
         }
     }
     bail!("the server closed the connection")
+}
+
+/// The Engine.IO WebSocket endpoint of a Herald base URL.
+fn gateway_url(base: &str) -> String {
+    format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        base.replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    )
+}
+
+/// The resident memory of the processes `pids` together; `None` when none is named.
+fn resident_bytes_of(pids: &[u32]) -> anyhow::Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&pid| resident_bytes(pid))
+        .sum::<anyhow::Result<u64>>()
+        .map(Some)
 }
 
 /// The resident memory of process `pid`, from /proc (Linux).
