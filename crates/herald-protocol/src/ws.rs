@@ -518,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_puback_written_directly_is_the_encoded_frame() {
-        let results = vec![
+        let results = [
             PublishResult {
                 id: "0193a1b2-0000-7000-8000-000000000001".into(),
                 stream: Some("user".into()),
