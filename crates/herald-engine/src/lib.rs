@@ -21,3 +21,5 @@ pub use api::{
 };
 pub use config::{EngineConfig, Storage, StreamConfig};
 pub use embedded::EmbeddedEngine;
+/// A histogram of fsync durations ([`EmbeddedEngine::fsync_times`]).
+pub use herald_log::FsyncSnapshot;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::LogStats;
 use crate::config::{APPEND_QUEUE_REQUESTS_MAX, LogConfig, payload_bytes_max};
 use crate::error::{IoContext, LogError};
+use crate::fsync_times::{FsyncSnapshot, FsyncTimes};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub segments: RwLock<SegmentSet>,
     /// The last seq readers may see: written, and fsynced when the policy says so.
     pub visible: watch::Sender<u64>,
+    /// Every fsync of the log's data, by the writer or the syncer thread.
+    pub fsync_times: Arc<FsyncTimes>,
     /// Held until close so that no second process (or handle) opens the same directory.
     lock: File,
 }
@@ -67,6 +70,7 @@ impl FileLog {
             }),
             config,
             visible,
+            fsync_times: Arc::new(FsyncTimes::default()),
             lock,
         });
         let writer = Arc::new(Mutex::new(Writer::new(
@@ -186,6 +190,10 @@ impl FileLog {
 
     pub fn seq_at_time(&self, timestamp_us: u64) -> Result<u64, LogError> {
         crate::reader::seq_at_time(&self.shared, timestamp_us)
+    }
+
+    pub fn fsync_times(&self) -> FsyncSnapshot {
+        self.shared.fsync_times.snapshot()
     }
 
     pub fn watch_last_seq(&self) -> watch::Receiver<u64> {

@@ -17,6 +17,7 @@
 mod config;
 mod error;
 mod file_log;
+mod fsync_times;
 pub mod index;
 mod memory_log;
 mod reader;
@@ -40,6 +41,7 @@ pub use config::{
     SEGMENT_BYTES_MAX_DEFAULT, system_clock,
 };
 pub use error::{CorruptionReason, LogError};
+pub use fsync_times::{FSYNC_BUCKETS, FsyncSnapshot, FsyncTimes};
 pub use record::Record;
 pub use verify::{SegmentReport, VerifyReport, verify};
 pub use writer::{AppendAck, OnAppended};
@@ -165,6 +167,15 @@ impl Log {
         match &self.backend {
             Backend::File(log) => log.stats(),
             Backend::Memory(log) => log.stats(),
+        }
+    }
+
+    /// The durations of this log's fsyncs since it was opened (none for a memory log): take one
+    /// before and one after a run, and [`FsyncSnapshot::since`] gives the run's.
+    pub fn fsync_times(&self) -> FsyncSnapshot {
+        match &self.backend {
+            Backend::File(log) => log.fsync_times(),
+            Backend::Memory(_) => FsyncSnapshot::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{IoContext, LogError};
+use crate::fsync_times::FsyncTimes;
 
 /// One segment to sync up to `position`.
 struct SyncJob {
@@ -49,13 +50,14 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub fn start(name: &str) -> Result<Syncer, LogError> {
+    /// Starts the thread; it records each fsync's duration in `times`.
+    pub fn start(name: &str, times: Arc<FsyncTimes>) -> Result<Syncer, LogError> {
         let (jobs, inbox) = sync_channel(1);
         let state = Arc::new(State::default());
         let thread_state = state.clone();
         let thread = std::thread::Builder::new()
             .name(format!("herald-log-sync:{name}"))
-            .spawn(move || run(inbox, &thread_state))
+            .spawn(move || run(inbox, &thread_state, &times))
             .at(std::path::Path::new(name))?;
         Ok(Syncer {
             jobs: Some(jobs),
@@ -126,9 +128,11 @@ impl Drop for Syncer {
     }
 }
 
-fn run(inbox: Receiver<SyncJob>, state: &State) {
+fn run(inbox: Receiver<SyncJob>, state: &State, times: &FsyncTimes) {
     while let Ok(job) = inbox.recv() {
+        let started = std::time::Instant::now();
         let result = job.file.sync_data().at(&job.path);
+        times.record(started.elapsed());
         let mut progress = state.progress.lock();
         match result {
             Ok(()) => {
@@ -160,7 +164,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
         let file = Arc::new(File::create(&path).unwrap());
-        let syncer = Syncer::start("test").unwrap();
+        let times = Arc::new(FsyncTimes::default());
+        let syncer = Syncer::start("test", times.clone()).unwrap();
         assert_eq!(syncer.take_progress().unwrap(), None);
 
         assert!(syncer.request(&file, path.clone(), 1, 100));
@@ -175,5 +180,6 @@ mod tests {
         assert!(syncer.request(&file, path, 7, 10));
         syncer.wait_idle();
         assert_eq!(syncer.take_progress().unwrap(), Some((7, 10)));
+        assert_eq!(times.snapshot().count(), 3);
     }
 }

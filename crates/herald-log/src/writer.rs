@@ -198,9 +198,10 @@ impl Writer {
     ) -> Result<Writer, LogError> {
         let syncer = match shared.config.fsync {
             FsyncPolicy::Always => None,
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
-                Some(Syncer::start(&shared.dir.display().to_string())?)
-            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(Syncer::start(
+                &shared.dir.display().to_string(),
+                shared.fsync_times.clone(),
+            )?),
         };
         let active = &recovered.set.active;
         let retention_check_interval = shared.config.retention_check_interval;
@@ -517,7 +518,9 @@ impl Writer {
         self.absorb_sync_progress()?;
         if self.unsynced {
             let path = self.active_paths().log;
+            let started = Instant::now();
             self.file.sync_data().at(&path)?;
+            self.shared.fsync_times.record(started.elapsed());
             self.unsynced = false;
             self.synced_position = self.position;
             self.drop_cache_behind();

@@ -470,3 +470,40 @@ async fn append_then_answers_every_append_once_in_seq_order_under_every_policy()
         assert!(matches!(finished.await.unwrap(), Err(LogError::Closed)));
     }
 }
+
+#[test]
+fn every_fsync_of_the_data_is_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path().join("always"),
+        small_segments(FsyncPolicy::Always),
+    )
+    .unwrap();
+    let before = log.fsync_times();
+    for seq in 1..=5 {
+        log.append_blocking(payloads(seq..=seq)).unwrap();
+    }
+    // Under `always` each acknowledged append waited for its own fsync (one appender).
+    let run = log.fsync_times().since(&before);
+    assert_eq!(run.count(), 5);
+    assert!(run.quantile(0.5).is_some());
+
+    let log = Log::open(
+        dir.path().join("interval"),
+        small_segments(FsyncPolicy::Interval(Duration::from_secs(3600))),
+    )
+    .unwrap();
+    log.append_blocking(payloads(1..=3)).unwrap();
+    assert_eq!(
+        log.fsync_times().count(),
+        0,
+        "nothing is synced before it is due"
+    );
+    // A forced fsync counts too (the syncer thread's are counted in `syncer.rs`'s test).
+    log.sync_blocking().unwrap();
+    assert_eq!(log.fsync_times().count(), 1);
+
+    let memory = Log::in_memory(LogConfig::default()).unwrap();
+    memory.append_blocking(payloads(1..=1)).unwrap();
+    assert_eq!(memory.fsync_times().count(), 0);
+}

@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 /// The engine allocates per event (envelopes, ids, frames); glibc's allocator spent a third of
 /// the server's time on the publish path in profiles, mimalloc a fraction of that. Without the
 /// `mimalloc` feature the system allocator serves, for heap profilers that hook malloc.
+///
+/// Built without transparent huge pages (`no_thp`): mimalloc asks for THP on its fresh
+/// memory, and each first touch of such a region made the kernel zero a whole 2 MiB page —
+/// 5.6% of the server's samples under `herald bench publish` (`clear_page_erms`, from
+/// `do_huge_pmd_anonymous_page`), 0.5% with `MIMALLOC_ALLOW_THP=0` (docs/PERFORMANCE.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

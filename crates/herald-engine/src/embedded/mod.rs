@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use herald_core::{Event, Pattern, StoredEvent, Subject, SubjectIndex, SubscriptionId};
-use herald_log::{Log, LogConfig, Retention};
+use herald_log::{FsyncSnapshot, Log, LogConfig, Retention};
 use parking_lot::Mutex;
 use tracing::info;
 
@@ -116,6 +116,19 @@ impl EmbeddedEngine {
         }
         engine.restore_groups()?;
         Ok(engine)
+    }
+
+    /// The durations of every fsync of the streams' logs since the engine opened (group
+    /// journals apart): what an acknowledgement waits for under `fsync = always`, measured
+    /// under the load of the moment. Snapshots before and after a run give the run's
+    /// ([`FsyncSnapshot::since`]).
+    pub fn fsync_times(&self) -> FsyncSnapshot {
+        let streams: Vec<Arc<Stream>> = self.inner.streams.lock().values().cloned().collect();
+        let mut all = FsyncSnapshot::default();
+        for stream in streams {
+            all.add(&stream.fsync_times());
+        }
+        all
     }
 
     /// Starts the task of every group whose journal is in the data directory.

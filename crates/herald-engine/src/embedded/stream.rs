@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use herald_core::{Event, IdOrigin, StoredEvent, SubjectIndex, SubscriptionId};
-use herald_log::{AppendAck, Log, LogError, Record};
+use herald_log::{AppendAck, FsyncSnapshot, Log, LogError, Record};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -487,6 +487,10 @@ impl Stream {
             live_subscribers: self.fanout.lock().attached.len(),
             slow_consumers_dropped: self.slow_dropped.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn fsync_times(&self) -> FsyncSnapshot {
+        self.log.fsync_times()
     }
 
     pub fn close(&self) -> Result<(), EngineError> {

@@ -4,13 +4,13 @@
 
 use axum::extract::ws::Message;
 use herald_core::Event;
-use herald_protocol::http::PublishResult;
-use herald_protocol::ws::Frame;
+use herald_engine::PublishOutcome;
+use herald_protocol::ws::{Frame, PublishResultRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::http::events::store;
+use crate::http::events::store_outcomes;
 use crate::state::AppState;
 
 /// Events merged into one engine call at most.
@@ -54,14 +54,10 @@ async fn run(
         }
         for (rid, answer) in store_batch(&state, batch).await {
             let frame = match answer {
-                Ok(results) => Frame::puback(rid, results),
-                Err(error) => Frame::error(Some(rid), None, error.detail),
+                Ok(outcomes) => Frame::encode_puback(rid, outcomes.iter().map(result_ref)),
+                Err(error) => Frame::error(Some(rid), None, error.detail).encode(),
             };
-            if outbound
-                .send(Message::Text(frame.encode().into()))
-                .await
-                .is_err()
-            {
+            if outbound.send(Message::Text(frame.into())).await.is_err() {
                 return;
             }
         }
@@ -75,7 +71,7 @@ async fn run(
 async fn store_batch(
     state: &AppState,
     batch: Vec<PubRequest>,
-) -> Vec<(u64, Result<Vec<PublishResult>, ApiError>)> {
+) -> Vec<(u64, Result<Vec<PublishOutcome>, ApiError>)> {
     let sizes: Vec<(u64, usize)> = batch
         .iter()
         .map(|request| (request.rid, request.events.len()))
@@ -84,7 +80,7 @@ async fn store_batch(
         .into_iter()
         .flat_map(|request| request.events)
         .collect();
-    match store(state, all).await {
+    match store_outcomes(state, all).await {
         Ok(results) => {
             let mut results = results.into_iter();
             sizes
@@ -96,5 +92,16 @@ async fn store_batch(
             .into_iter()
             .map(|(rid, _)| (rid, Err(error.clone())))
             .collect(),
+    }
+}
+
+/// An engine outcome as the `puback` result it is on the wire (`convert::publish_result`,
+/// borrowed).
+fn result_ref(outcome: &PublishOutcome) -> PublishResultRef<'_> {
+    PublishResultRef {
+        id: outcome.id.as_str(),
+        stream: outcome.stream.as_deref(),
+        seq: outcome.seq,
+        duplicate: outcome.duplicate,
     }
 }
