@@ -610,7 +610,9 @@ struct Prefix<'a> {
 fn scan_prefix(json: &[u8]) -> Option<Prefix<'_>> {
     fn field<'a>(rest: &mut &'a [u8], key: &[u8]) -> Option<&'a str> {
         let after = rest.strip_prefix(key)?;
-        let end = after.iter().position(|&byte| byte == b'"' || byte == b'\\')?;
+        let end = after
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\')?;
         if after[end] != b'"' {
             return None;
         }

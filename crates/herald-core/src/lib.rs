@@ -37,8 +37,8 @@ pub mod subject_index;
 
 pub use batch::{BatchError, IndexedEventError};
 pub use event::{
-    EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, Limits, ParseContext,
-    LazyEvent, StoredEvent,
+    EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, LazyEvent, Limits,
+    ParseContext, StoredEvent,
 };
 pub use room::{
     ROOM_BYTES_MAX, ROOM_TOKENS_MAX, RoomError, RoomName, RoomPattern, USER_ROOM_PREFIX,

@@ -498,10 +498,7 @@ fn write_event_item(
 ) {
     use std::io::Write;
     if let Some((delivery_id, attempt)) = delivery {
-        let _ = write!(
-            out,
-            "\"deliveryId\":{delivery_id},\"attempt\":{attempt},"
-        );
+        let _ = write!(out, "\"deliveryId\":{delivery_id},\"attempt\":{attempt},");
     }
     out.extend_from_slice(b"\"event\":");
     write_event(out);
@@ -511,6 +508,48 @@ fn write_event_item(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `events` frame is what several `event` frames hold, each item decodable on its own.
+    #[test]
+    fn events_frame_items_decode() {
+        let mut out = Vec::new();
+        start_events_frame(&mut out, 3);
+        write_events_item(&mut out, Some((9, 1)), |out| {
+            out.extend_from_slice(b"{\"a\":1}")
+        });
+        write_events_item(&mut out, Some((10, 2)), |out| {
+            out.extend_from_slice(b"{\"b\":[]}")
+        });
+        finish_events_frame(&mut out);
+        let frame = Frame::decode(&out).unwrap();
+        assert_eq!(frame.check().unwrap(), Op::Events);
+        assert_eq!(frame.sid, Some(3));
+        let items: Vec<EventItem> = frame
+            .events
+            .unwrap()
+            .iter()
+            .map(|item| serde_json::from_str(item.get()).unwrap())
+            .collect();
+        let got: Vec<(Option<u64>, Option<u32>, &str)> = items
+            .iter()
+            .map(|item| (item.delivery_id, item.attempt, item.event.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(9), Some(1), "{\"a\":1}"),
+                (Some(10), Some(2), "{\"b\":[]}")
+            ]
+        );
+        assert_eq!(
+            encode_event_frame(3, Some((9, 1)), b"{}"),
+            br#"{"op":"event","sid":3,"deliveryId":9,"attempt":1,"event":{}}"#
+        );
+        assert_eq!(
+            encode_event_frame(3, None, b"{}"),
+            br#"{"op":"event","sid":3,"event":{}}"#
+        );
+    }
 
     fn check(input: &str, expect: Result<Op, &str>) {
         match (Frame::decode_client(input.as_bytes()), expect) {

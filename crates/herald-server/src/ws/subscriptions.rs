@@ -216,7 +216,11 @@ async fn forward_live(
         match subscription.recv().await {
             Ok(stored) => {
                 observe_delivery(&state, &stored, subscribed_at);
-                if outbound.send(event_frame(sid, None, &stored)).await.is_err() {
+                if outbound
+                    .send(event_frame(sid, None, &stored))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 state.metrics.live_delivered.inc();
