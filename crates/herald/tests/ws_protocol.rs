@@ -340,7 +340,7 @@ async fn verbs_on_unknown_deliveries_and_subscriptions_are_refused() {
 async fn bad_frames_are_answered_and_the_connection_survives() {
     let (_dir, server) = start();
     let mut ws = Ws::connect(&server).await;
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("{", "bad_frame", "not a valid JSON frame"),
         (r#"{"op":"fly","rid":1}"#, "bad_frame", "unknown variant"),
         (
