@@ -520,7 +520,9 @@ pub struct LazyEvent {
 #[derive(Clone, Debug)]
 struct Head {
     event_type: Subject,
-    timestamp: OffsetDateTime,
+    /// Where the timestamp's text is in the JSON: parsed when asked for, by whoever asks
+    /// (a connection's forwarder), not by the group's task that reads the event.
+    timestamp: std::ops::Range<usize>,
 }
 
 impl PartialEq for LazyEvent {
@@ -570,7 +572,12 @@ impl LazyEvent {
     pub fn timestamp(&self) -> OffsetDateTime {
         match (self.decoded.get(), &self.head) {
             (Some(event), _) => event.timestamp,
-            (None, Some(head)) => head.timestamp,
+            (None, Some(head)) => self
+                .json
+                .get(head.timestamp.clone())
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .and_then(|text| wire::parse_stored_timestamp(text).ok())
+                .unwrap_or_else(|| std::ops::Deref::deref(self).timestamp),
             (None, None) => std::ops::Deref::deref(self).timestamp,
         }
     }
@@ -583,10 +590,20 @@ impl LazyEvent {
 fn decode_stored(json: &[u8]) -> Event {
     Event::from_stored_json(json).unwrap_or_else(|_| {
         let prefix = scan_prefix(json);
+        let timestamp = prefix
+            .as_ref()
+            .and_then(|prefix| std::str::from_utf8(json.get(prefix.timestamp.clone())?).ok())
+            .and_then(|text| wire::parse_stored_timestamp(text).ok())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let mut event = Event::new(
-            EventId(prefix.map_or("", |prefix| prefix.id).into()),
-            Subject::from_stored(prefix.map_or("", |prefix| prefix.event_type).to_owned()),
-            prefix.map_or(OffsetDateTime::UNIX_EPOCH, |prefix| prefix.timestamp),
+            EventId(prefix.as_ref().map_or("", |prefix| prefix.id).into()),
+            Subject::from_stored(
+                prefix
+                    .as_ref()
+                    .map_or("", |prefix| prefix.event_type)
+                    .to_owned(),
+            ),
+            timestamp,
         );
         if let Some(prefix) = prefix {
             prefix.version.clone_into(&mut event.version);
@@ -597,12 +614,13 @@ fn decode_stored(json: &[u8]) -> Event {
 
 /// The fields [`Event::to_json`] writes first, in its order: `{"id":…,"type":…,"version":…,
 /// "timestamp":…` followed by `,` or `}`.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Prefix<'a> {
     id: &'a str,
     event_type: &'a str,
     version: &'a str,
-    timestamp: OffsetDateTime,
+    /// Where the timestamp's text is, unparsed.
+    timestamp: std::ops::Range<usize>,
 }
 
 /// Reads [`Prefix`] off Herald's own encoding without a JSON parser: strings without escapes
@@ -624,11 +642,13 @@ fn scan_prefix(json: &[u8]) -> Option<Prefix<'_>> {
     let id = field(&mut rest, b"{\"id\":\"")?;
     let event_type = field(&mut rest, b",\"type\":\"")?;
     let version = field(&mut rest, b",\"version\":\"")?;
-    let timestamp = field(&mut rest, b",\"timestamp\":\"")?;
+    let timestamp_text = field(&mut rest, b",\"timestamp\":\"")?;
     if !matches!(rest.first(), Some(b',' | b'}')) || event_type.is_empty() || id.is_empty() {
         return None;
     }
-    let timestamp = wire::parse_stored_timestamp(timestamp).ok()?;
+    // Just before `rest` is the closing quote.
+    let end = json.len() - rest.len() - 1;
+    let timestamp = end - timestamp_text.len()..end;
     Some(Prefix {
         id,
         event_type,

@@ -444,6 +444,7 @@ proptest! {
         let _ = Event::from_stored_json(&bytes);
         if let Ok(stored) = StoredEvent::from_log("s".to_owned(), 1, Bytes::from(bytes)) {
             let _ = stored.event.event_type();
+            let _ = stored.event.timestamp();
             let _ = stored.event.id.as_str();
         }
     }
