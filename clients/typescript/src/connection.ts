@@ -404,6 +404,10 @@ export class Connection extends EventEmitter implements Link {
         if (frame.room !== undefined) this.emit('roomEvent', frame);
         else this.subscriptions.onEvent(frame);
         return;
+      case 'events':
+        // Several deliveries of one group subscription (it asked with `batch`), in order.
+        for (const item of frame.events) this.subscriptions.onEvent({ op: 'event', sid: frame.sid, ...item });
+        return;
       case 'puback':
         this.publisher.onPuback(frame.rid, frame.results);
         return;

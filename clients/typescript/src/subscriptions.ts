@@ -125,7 +125,11 @@ export class Subscriptions {
   private send(sub: SubState): void {
     const rid = this.link.nextRid();
     const frame: Record<string, unknown> = { op: 'sub', rid, pattern: sub.spec.pattern };
-    if (sub.spec.group !== undefined) frame.group = sub.spec.group;
+    if (sub.spec.group !== undefined) {
+      frame.group = sub.spec.group;
+      // Group deliveries may then arrive several per `events` frame (docs/PROTOCOL.md).
+      frame.batch = true;
+    }
     // A live subscription resumes from the latest event after a reconnect: what it missed
     // while the connection was down is gone (at-most-once). A group resumes where it is.
     const from = sub.confirmed && sub.spec.group === undefined ? undefined : sub.spec.from;

@@ -26,7 +26,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use herald_protocol::From;
 use herald_protocol::http::{GroupPolicyConfig, PublishResult};
-use herald_protocol::ws::{ConnectionLimits, Frame, Op};
+use herald_protocol::ws::{ConnectionLimits, EventItem, Frame, Op};
 use herald_protocol::{ErrorCode, ErrorDetail};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -611,6 +611,8 @@ impl Task {
             from,
             max_in_flight: sub.spec.max_in_flight,
             policy: sub.spec.policy.clone(),
+            // Group deliveries arrive several per `events` frame (live ones one per frame).
+            batch: sub.spec.group.is_some().then_some(true),
             ..Frame::default()
         };
         conn.send(&frame);
@@ -762,6 +764,25 @@ impl Task {
                 self.rooms.deliver(conn, rid, &room, event, buffered);
             }
             Op::Event => self.on_event(conn, frame),
+            Op::Events => {
+                let (Some(sid), Some(items)) = (frame.sid, frame.events) else {
+                    return Err("events frame without sid or events".to_owned());
+                };
+                for item in items {
+                    let item: EventItem = serde_json::from_str(item.get())
+                        .map_err(|error| format!("bad item in an events frame: {error}"))?;
+                    self.on_event(
+                        conn,
+                        Frame {
+                            sid: Some(sid),
+                            delivery_id: item.delivery_id,
+                            attempt: item.attempt,
+                            event: Some(item.event),
+                            ..Frame::default()
+                        },
+                    );
+                }
+            }
             Op::Puback => {
                 let (Some(rid), Some(results)) = (frame.rid, frame.results) else {
                     return Err("puback without rid or results".to_owned());

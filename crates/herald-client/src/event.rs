@@ -254,7 +254,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
     pub fn decode(json: &RawValue) -> Result<ReceivedEvent<T>> {
         let bytes = json.get().as_bytes();
         let (event, position) = match StoredEvent::from_json(bytes, &RECEIVE_LIMITS) {
-            Ok(stored) => (stored.event, Some((stored.stream, stored.seq))),
+            Ok(stored) => (stored.event.into_event(), Some((stored.stream, stored.seq))),
             Err(stored_error) => {
                 let mut context = ParseContext::new(OffsetDateTime::now_utc());
                 context.limits = RECEIVE_LIMITS;

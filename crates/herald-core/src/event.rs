@@ -518,15 +518,169 @@ pub(crate) fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>
 ///
 /// It carries the event's JSON as stored, so that delivering it to many subscribers (and
 /// reading it back from the log) copies bytes instead of encoding the event again each time.
-/// Build it with [`StoredEvent::new`] or [`StoredEvent::from_stored`]; the public fields are for
-/// reading (changing `event` afterwards would leave the JSON stale).
+/// Build it with [`StoredEvent::new`], [`StoredEvent::from_stored`] or
+/// [`StoredEvent::from_log`]; the public fields are for reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
     pub stream: String,
     pub seq: u64,
-    pub event: Event,
-    /// `event.to_json()`, shared.
+    /// The event; read back from a log it is decoded on first use (see [`LazyEvent`]).
+    pub event: LazyEvent,
+}
+
+/// A stored event's [`Event`], built from its stored JSON the first time a field is read.
+///
+/// A consumer group delivering a backlog over the wire needs only the type (to match its
+/// pattern) and the JSON (copied into the frame): decoding every event read back from the log
+/// was a third of the group task's time (docs/PERFORMANCE.md). The type and the timestamp
+/// come from a scan of the fixed prefix [`Event::to_json`] writes; the rest waits for a reader.
+#[derive(Clone, Debug)]
+pub struct LazyEvent {
+    /// `Event::to_json()`, shared.
     json: Bytes,
+    /// The type and timestamp when the event is not decoded yet.
+    head: Option<Head>,
+    decoded: std::sync::OnceLock<Event>,
+}
+
+#[derive(Clone, Debug)]
+struct Head {
+    event_type: Subject,
+    /// Where the timestamp's text is in the JSON: parsed when asked for, by whoever asks
+    /// (a connection's forwarder), not by the group's task that reads the event.
+    timestamp: std::ops::Range<usize>,
+}
+
+impl PartialEq for LazyEvent {
+    /// The JSON is the event's encoding, so equal JSON is equal events.
+    fn eq(&self, other: &LazyEvent) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for LazyEvent {}
+
+impl std::ops::Deref for LazyEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        self.decoded.get_or_init(|| decode_stored(&self.json))
+    }
+}
+
+impl LazyEvent {
+    fn decoded(event: Event, json: Bytes) -> LazyEvent {
+        LazyEvent {
+            json,
+            head: None,
+            decoded: std::sync::OnceLock::from(event),
+        }
+    }
+
+    /// The event itself, decoded if it was not yet.
+    pub fn into_event(self) -> Event {
+        match self.decoded.into_inner() {
+            Some(event) => event,
+            None => decode_stored(&self.json),
+        }
+    }
+
+    /// The type, without decoding the rest.
+    pub fn event_type(&self) -> &Subject {
+        match (self.decoded.get(), &self.head) {
+            (Some(event), _) => &event.event_type,
+            (None, Some(head)) => &head.event_type,
+            (None, None) => &std::ops::Deref::deref(self).event_type,
+        }
+    }
+
+    /// The timestamp, without decoding the rest.
+    pub fn timestamp(&self) -> OffsetDateTime {
+        match (self.decoded.get(), &self.head) {
+            (Some(event), _) => event.timestamp,
+            (None, Some(head)) => self
+                .json
+                .get(head.timestamp.clone())
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .and_then(|text| wire::parse_stored_timestamp(text).ok())
+                .unwrap_or_else(|| std::ops::Deref::deref(self).timestamp),
+            (None, None) => std::ops::Deref::deref(self).timestamp,
+        }
+    }
+}
+
+/// Decodes JSON whose prefix [`scan_prefix`] accepted. It was written by [`Event::to_json`]
+/// and is checksummed by the log, and the round trip is property-tested, so the decode does not
+/// fail; were the bytes damaged past their checksum, the event reads as its envelope with
+/// `null` data rather than taking the process down (deliveries still carry the stored bytes).
+fn decode_stored(json: &[u8]) -> Event {
+    Event::from_stored_json(json).unwrap_or_else(|_| {
+        let prefix = scan_prefix(json);
+        let timestamp = prefix
+            .as_ref()
+            .and_then(|prefix| std::str::from_utf8(json.get(prefix.timestamp.clone())?).ok())
+            .and_then(|text| wire::parse_stored_timestamp(text).ok())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let mut event = Event::new(
+            EventId(prefix.as_ref().map_or("", |prefix| prefix.id).into()),
+            Subject::from_stored(
+                prefix
+                    .as_ref()
+                    .map_or("", |prefix| prefix.event_type)
+                    .to_owned(),
+            ),
+            timestamp,
+        );
+        if let Some(prefix) = prefix {
+            prefix.version.clone_into(&mut event.version);
+        }
+        event
+    })
+}
+
+/// The fields [`Event::to_json`] writes first, in its order: `{"id":…,"type":…,"version":…,
+/// "timestamp":…` followed by `,` or `}`.
+#[derive(Clone)]
+struct Prefix<'a> {
+    id: &'a str,
+    event_type: &'a str,
+    version: &'a str,
+    /// Where the timestamp's text is, unparsed.
+    timestamp: std::ops::Range<usize>,
+}
+
+/// Reads [`Prefix`] off Herald's own encoding without a JSON parser: strings without escapes
+/// (ids with quotes or backslashes, rare, return `None` and take the full decode).
+fn scan_prefix(json: &[u8]) -> Option<Prefix<'_>> {
+    fn field<'a>(rest: &mut &'a [u8], key: &[u8]) -> Option<&'a str> {
+        let after = rest.strip_prefix(key)?;
+        let end = after
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\')?;
+        if after[end] != b'"' {
+            return None;
+        }
+        let text = std::str::from_utf8(&after[..end]).ok()?;
+        *rest = &after[end + 1..];
+        Some(text)
+    }
+    let mut rest = json;
+    let id = field(&mut rest, b"{\"id\":\"")?;
+    let event_type = field(&mut rest, b",\"type\":\"")?;
+    let version = field(&mut rest, b",\"version\":\"")?;
+    let timestamp_text = field(&mut rest, b",\"timestamp\":\"")?;
+    if !matches!(rest.first(), Some(b',' | b'}')) || event_type.is_empty() || id.is_empty() {
+        return None;
+    }
+    // Just before `rest` is the closing quote.
+    let end = json.len() - rest.len() - 1;
+    let timestamp = end - timestamp_text.len()..end;
+    Some(Prefix {
+        id,
+        event_type,
+        version,
+        timestamp,
+    })
 }
 
 impl StoredEvent {
@@ -535,8 +689,7 @@ impl StoredEvent {
         StoredEvent {
             stream,
             seq,
-            event,
-            json,
+            event: LazyEvent::decoded(event, json),
         }
     }
 
@@ -551,29 +704,53 @@ impl StoredEvent {
         StoredEvent {
             stream,
             seq,
-            event,
-            json,
+            event: LazyEvent::decoded(event, json),
         }
+    }
+
+    /// An event read back from Herald's own log, as the bytes [`Event::to_json`] wrote: only
+    /// its type and timestamp are read now, the rest when a field is first used. Bytes not in
+    /// that form are decoded at once (`Event::from_stored_json`), and refused if they do not
+    /// decode.
+    pub fn from_log(stream: String, seq: u64, json: Bytes) -> Result<StoredEvent, EventError> {
+        let event = match scan_prefix(&json) {
+            Some(prefix) => LazyEvent {
+                head: Some(Head {
+                    event_type: Subject::from_stored(prefix.event_type.to_owned()),
+                    timestamp: prefix.timestamp,
+                }),
+                json,
+                decoded: std::sync::OnceLock::new(),
+            },
+            None => LazyEvent::decoded(Event::from_stored_json(&json)?, json),
+        };
+        Ok(StoredEvent { stream, seq, event })
     }
 
     /// The event's own JSON (without `stream` and `seq`), as stored.
     pub fn event_json(&self) -> &Bytes {
-        &self.json
+        &self.event.json
     }
 
     /// `{"stream":…,"seq":…,` then the event's own fields.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(40 + self.stream.len() + self.json.len());
+        let mut out = Vec::with_capacity(40 + self.stream.len() + self.event.json.len());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// [`StoredEvent::to_json`] appended to `out`: a delivery frame is written in one buffer.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        wire::write_key(&mut out, "stream");
-        wire::write_string(&mut out, &self.stream);
+        wire::write_key(out, "stream");
+        wire::write_string(out, &self.stream);
         out.push(b',');
-        wire::write_key(&mut out, "seq");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
+        wire::write_key(out, "seq");
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(out, format_args!("{}", self.seq));
         out.push(b',');
         // The event's JSON is an object with at least `id` and `type`: its members follow.
-        out.extend_from_slice(self.json.get(1..).unwrap_or_default());
-        out
+        out.extend_from_slice(self.event.json.get(1..).unwrap_or_default());
     }
 
     /// Reads a stored or delivered event back: every field the server fills in is required.

@@ -37,7 +37,7 @@ pub mod subject_index;
 
 pub use batch::{BatchError, IndexedEventError};
 pub use event::{
-    EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, IdOrigin, Limits,
+    EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, IdOrigin, LazyEvent, Limits,
     ParseContext, StoredEvent,
 };
 pub use room::{

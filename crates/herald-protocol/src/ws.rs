@@ -48,6 +48,9 @@ pub enum Op {
     /// An event for subscription `sid` (in a group with `deliveryId` and `attempt`), or sent
     /// to `room`, which the connection joined.
     Event,
+    /// Several events for subscription `sid`, which asked for them with `batch`: `events`
+    /// holds one [`EventItem`] per event, in delivery order.
+    Events,
     Ok,
     /// A refused request (`rid` when it had one), or a connection-level problem.
     Error,
@@ -75,6 +78,7 @@ impl Op {
             Op::Puback => "puback",
             Op::Subscribed => "subscribed",
             Op::Event => "event",
+            Op::Events => "events",
             Op::Ok => "ok",
             Op::Error => "error",
             Op::Closed => "closed",
@@ -88,7 +92,7 @@ impl Op {
             Op::Pub => (&["rid", "events"], &[]),
             Op::Sub => (
                 &["rid", "pattern"],
-                &["group", "from", "maxInFlight", "policy"],
+                &["group", "from", "maxInFlight", "policy", "batch"],
             ),
             Op::Unsub => (&["rid", "sid"], &[]),
             Op::Ack => (&["sid"], &["rid", "deliveryId", "deliveryIds"]),
@@ -105,6 +109,7 @@ impl Op {
             Op::Puback => (&["rid", "results"], &[]),
             Op::Subscribed => (&["rid", "sid"], &[]),
             Op::Event => (&["event"], &["sid", "room", "deliveryId", "attempt"]),
+            Op::Events => (&["sid", "events"], &[]),
             Op::Ok => (&["rid"], &["delivered"]),
             Op::Error => (&["error"], &["rid", "sid"]),
             Op::Closed => (&["error"], &["sid", "room"]),
@@ -176,6 +181,9 @@ pub struct Frame {
     pub max_in_flight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<GroupPolicyConfig>,
+    /// In a `sub`: `true` lets the server put several of its events in one `events` frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,7 +287,7 @@ impl Frame {
     }
 
     fn present_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 25] = [
+        let fields: [(&'static str, bool); 26] = [
             ("rid", self.rid.is_some()),
             ("sid", self.sid.is_some()),
             ("events", self.events.is_some()),
@@ -289,6 +297,7 @@ impl Frame {
             ("from", self.from.is_some()),
             ("maxInFlight", self.max_in_flight.is_some()),
             ("policy", self.policy.is_some()),
+            ("batch", self.batch.is_some()),
             ("deliveryId", self.delivery_id.is_some()),
             ("deliveryIds", self.delivery_ids.is_some()),
             ("attempt", self.attempt.is_some()),
@@ -483,27 +492,125 @@ pub fn encode_room_event_frame(room: &str, event_json: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The `event` frame, written directly around the stored event's JSON (the hot path: no
-/// re-encoding of the event). `delivery` is `(deliveryId, attempt)` for a group.
-pub fn encode_event_frame(sid: u64, delivery: Option<(u64, u32)>, event_json: &[u8]) -> Vec<u8> {
+/// One event of an `events` frame: what an `event` frame holds besides `op` and `sid`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventItem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub event: Box<RawValue>,
+}
+
+/// Writes the `event` frame into `out`, around the event that `write_event` appends (the hot
+/// path: the stored JSON is copied once, into the frame, and never encoded again).
+/// `delivery` is `(deliveryId, attempt)` for a group.
+pub fn write_event_frame(
+    out: &mut Vec<u8>,
+    sid: u64,
+    delivery: Option<(u64, u32)>,
+    write_event: impl FnOnce(&mut Vec<u8>),
+) {
     use std::io::Write;
-    let mut out = Vec::with_capacity(event_json.len() + 80);
     // Writing to a Vec cannot fail.
-    let _ = match delivery {
-        Some((delivery_id, attempt)) => write!(
-            out,
-            "{{\"op\":\"event\",\"sid\":{sid},\"deliveryId\":{delivery_id},\"attempt\":{attempt},\"event\":"
-        ),
-        None => write!(out, "{{\"op\":\"event\",\"sid\":{sid},\"event\":"),
-    };
-    out.extend_from_slice(event_json);
-    out.push(b'}');
+    let _ = write!(out, "{{\"op\":\"event\",\"sid\":{sid},");
+    write_event_item(out, delivery, write_event);
+}
+
+/// The `event` frame around already-encoded event JSON.
+pub fn encode_event_frame(sid: u64, delivery: Option<(u64, u32)>, event_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event_json.len() + 80);
+    write_event_frame(&mut out, sid, delivery, |out| {
+        out.extend_from_slice(event_json);
+    });
     out
+}
+
+/// Writes the start of an `events` frame; follow with [`write_events_item`] per event, then
+/// [`finish_events_frame`].
+pub fn start_events_frame(out: &mut Vec<u8>, sid: u64) {
+    use std::io::Write;
+    let _ = write!(out, "{{\"op\":\"events\",\"sid\":{sid},\"events\":[");
+}
+
+/// Appends one [`EventItem`] to an `events` frame begun by [`start_events_frame`].
+pub fn write_events_item(
+    out: &mut Vec<u8>,
+    delivery: Option<(u64, u32)>,
+    write_event: impl FnOnce(&mut Vec<u8>),
+) {
+    if out.last() != Some(&b'[') {
+        out.push(b',');
+    }
+    out.push(b'{');
+    write_event_item(out, delivery, write_event);
+}
+
+pub fn finish_events_frame(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"]}");
+}
+
+/// `"deliveryId":…,"attempt":…,"event":` + the event + `}`.
+fn write_event_item(
+    out: &mut Vec<u8>,
+    delivery: Option<(u64, u32)>,
+    write_event: impl FnOnce(&mut Vec<u8>),
+) {
+    use std::io::Write;
+    if let Some((delivery_id, attempt)) = delivery {
+        let _ = write!(out, "\"deliveryId\":{delivery_id},\"attempt\":{attempt},");
+    }
+    out.extend_from_slice(b"\"event\":");
+    write_event(out);
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `events` frame is what several `event` frames hold, each item decodable on its own.
+    #[test]
+    fn events_frame_items_decode() {
+        let mut out = Vec::new();
+        start_events_frame(&mut out, 3);
+        write_events_item(&mut out, Some((9, 1)), |out| {
+            out.extend_from_slice(b"{\"a\":1}")
+        });
+        write_events_item(&mut out, Some((10, 2)), |out| {
+            out.extend_from_slice(b"{\"b\":[]}")
+        });
+        finish_events_frame(&mut out);
+        let frame = Frame::decode(&out).unwrap();
+        assert_eq!(frame.check().unwrap(), Op::Events);
+        assert_eq!(frame.sid, Some(3));
+        let items: Vec<EventItem> = frame
+            .events
+            .unwrap()
+            .iter()
+            .map(|item| serde_json::from_str(item.get()).unwrap())
+            .collect();
+        let got: Vec<(Option<u64>, Option<u32>, &str)> = items
+            .iter()
+            .map(|item| (item.delivery_id, item.attempt, item.event.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(9), Some(1), "{\"a\":1}"),
+                (Some(10), Some(2), "{\"b\":[]}")
+            ]
+        );
+        assert_eq!(
+            encode_event_frame(3, Some((9, 1)), b"{}"),
+            br#"{"op":"event","sid":3,"deliveryId":9,"attempt":1,"event":{}}"#
+        );
+        assert_eq!(
+            encode_event_frame(3, None, b"{}"),
+            br#"{"op":"event","sid":3,"event":{}}"#
+        );
+    }
 
     fn check(input: &str, expect: Result<Op, &str>) {
         match (Frame::decode_client(input.as_bytes()), expect) {

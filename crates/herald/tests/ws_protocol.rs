@@ -148,6 +148,56 @@ async fn group_credit_bounds_in_flight_and_acks_return_it() {
     assert_eq!(group["acked"], 5, "{group}");
 }
 
+/// A member that subscribes with `batch` receives its deliveries several per `events` frame,
+/// each item what an `event` frame would hold, in order; acks work as for single frames.
+#[tokio::test]
+async fn a_batched_member_receives_events_frames_in_order() {
+    let (_dir, server) = start();
+    let mut publisher = Ws::connect(&server).await;
+    publisher
+        .publish(1, events("job.queued", 300, "batch"))
+        .await;
+    let mut member = Ws::connect(&server).await;
+    let sid = member
+        .subscribe(
+            1,
+            json!({"pattern": "job.*", "group": "workers", "from": "earliest",
+                   "maxInFlight": 1000, "batch": true}),
+        )
+        .await;
+    let mut seqs = Vec::new();
+    let mut frames = 0;
+    while seqs.len() < 300 {
+        let frame = member.recv().await;
+        assert_eq!(
+            (frame["op"].as_str(), frame["sid"].as_u64()),
+            (Some("events"), Some(sid)),
+            "{frame}"
+        );
+        frames += 1;
+        let items = frame["events"].as_array().unwrap();
+        let ids: Vec<Value> = items
+            .iter()
+            .map(|item| item["deliveryId"].clone())
+            .collect();
+        for item in items {
+            assert_eq!(item["attempt"], 1, "{item}");
+            assert_eq!(item["event"]["stream"], "job", "{item}");
+            assert_eq!(item["event"]["type"], "job.queued", "{item}");
+            seqs.push(item["event"]["seq"].as_u64().unwrap());
+        }
+        member
+            .send(json!({"op": "ack", "sid": sid, "deliveryIds": ids}))
+            .await;
+    }
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
+    assert!(frames < 300, "{frames} frames for 300 deliveries");
+    assert_alive(&mut member).await;
+    let client = http();
+    let (_, group) = call(client.get(format!("{}/v1/groups/workers", server.url()))).await;
+    assert_eq!(group["acked"], 300, "{group}");
+}
+
 #[tokio::test]
 async fn nack_redelivers_with_the_next_attempt_after_the_delay() {
     let (_dir, server) = start();
@@ -290,7 +340,7 @@ async fn verbs_on_unknown_deliveries_and_subscriptions_are_refused() {
 async fn bad_frames_are_answered_and_the_connection_survives() {
     let (_dir, server) = start();
     let mut ws = Ws::connect(&server).await;
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("{", "bad_frame", "not a valid JSON frame"),
         (r#"{"op":"fly","rid":1}"#, "bad_frame", "unknown variant"),
         (
@@ -320,6 +370,11 @@ async fn bad_frames_are_answered_and_the_connection_survives() {
         ),
         (
             r#"{"op":"sub","rid":7,"pattern":"a.*","maxInFlight":3}"#,
+            "bad_request",
+            "group subscriptions only",
+        ),
+        (
+            r#"{"op":"sub","rid":9,"pattern":"a.*","batch":true}"#,
             "bad_request",
             "group subscriptions only",
         ),

@@ -444,10 +444,53 @@ proptest! {
         prop_assert_eq!(back.to_json(), json);
     }
 
+    /// Read back from a log, an event has its type and timestamp before it is decoded, and
+    /// decodes to the event stored.
+    #[test]
+    fn log_round_trip(event in event_strategy(), seq in 1u64.., stream in "[A-Za-z0-9_-]{1,16}") {
+        let json = Bytes::from(event.to_json());
+        let stored = StoredEvent::from_log(stream.clone(), seq, json.clone()).unwrap();
+        prop_assert_eq!(stored.event.event_type(), &event.event_type);
+        prop_assert_eq!(stored.event.timestamp(), event.timestamp);
+        prop_assert_eq!(stored.event_json(), &json);
+        prop_assert_eq!(&*stored.event, &event);
+        prop_assert_eq!(&stored, &StoredEvent::new(stream, seq, event));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = Event::from_json(&bytes, &ParseContext::new(NOW));
         let _ = Event::from_stored_json(&bytes);
+        if let Ok(stored) = StoredEvent::from_log("s".to_owned(), 1, Bytes::from(bytes)) {
+            let _ = stored.event.event_type();
+            let _ = stored.event.timestamp();
+            let _ = stored.event.id.as_str();
+        }
+    }
+}
+
+/// Only Herald's own prefix is scanned; anything else is decoded (or refused) at once.
+#[test]
+fn from_log_scans_only_herald_prefix() {
+    let lazy = br#"{"id":"e1","type":"a.b","version":"1.0","timestamp":"2026-11-30T22:00:00.5Z","data":{"x":1}}"#;
+    let stored = StoredEvent::from_log("a".to_owned(), 7, Bytes::from_static(lazy)).unwrap();
+    assert_eq!(stored.event.event_type().as_str(), "a.b");
+    assert_eq!(
+        stored.event.timestamp(),
+        datetime!(2026-11-30 22:00:00.5 UTC)
+    );
+    assert_eq!(stored.event.data.get(), r#"{"x":1}"#);
+    // An escaped id takes the full decode, which unescapes it.
+    let escaped = br#"{"id":"e\"1","type":"a.b","version":"1.0","timestamp":"2026-11-30T22:00:00Z","data":null}"#;
+    let stored = StoredEvent::from_log("a".to_owned(), 8, Bytes::from_static(escaped)).unwrap();
+    assert_eq!(stored.event.id.as_str(), "e\"1");
+    // Not an event: refused when read, not when first used.
+    for bad in [&b"[1]"[..], b"{\"id\":1}", b"{\"type\":\"a.b\"}", b""] {
+        assert!(
+            StoredEvent::from_log("a".to_owned(), 9, Bytes::from_static(bad)).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 

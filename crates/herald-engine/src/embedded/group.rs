@@ -434,7 +434,7 @@ impl GroupActor {
                 scanned += events.len();
                 let ready_before = self.ready.len();
                 for event in events {
-                    if self.pattern.matches(&event.event.event_type) {
+                    if self.pattern.matches(event.event.event_type()) {
                         self.ready.push_back(Pending {
                             event,
                             attempts: 0,

@@ -500,23 +500,24 @@ impl Stream {
     }
 
     fn decode(&self, record: &Record) -> Result<StoredEvent, EngineError> {
-        // Validated when published; the log's checksums vouch for the bytes since.
-        let event = Event::from_stored_json(&record.payload).map_err(|error| {
+        // Validated when published; the log's checksums vouch for the bytes since. Only the
+        // type and timestamp are read here: a delivery copies the stored bytes, and the rest is
+        // decoded if something reads a field. The payload is copied: it is a slice of the
+        // reader's whole read-ahead chunk, which an event kept in a cache or a dead-letter list
+        // would otherwise keep alive.
+        StoredEvent::from_log(
+            self.name.clone(),
+            record.seq,
+            Bytes::copy_from_slice(&record.payload),
+        )
+        .map_err(|error| {
             warn!(stream = %self.name, seq = record.seq, %error, "stored event does not decode");
             EngineError::Corrupt {
                 stream: self.name.clone(),
                 seq: record.seq,
                 reason: error.to_string(),
             }
-        })?;
-        // A copy: the payload is a slice of the reader's whole read-ahead chunk, which an
-        // event kept in a cache or a dead-letter list would otherwise keep alive.
-        Ok(StoredEvent::from_stored(
-            self.name.clone(),
-            record.seq,
-            event,
-            Bytes::copy_from_slice(&record.payload),
-        ))
+        })
     }
 
     fn outcome(&self, event: &Event, seq: u64, duplicate: bool) -> PublishOutcome {

@@ -407,9 +407,11 @@ impl Connection {
         let from = frame.from.unwrap_or(From::Latest);
         match frame.group {
             None => {
-                if frame.max_in_flight.is_some() || frame.policy.is_some() {
+                if frame.max_in_flight.is_some() || frame.policy.is_some() || frame.batch.is_some()
+                {
                     return Err(ApiError::bad_request(
-                        "\"maxInFlight\" and \"policy\" apply to group subscriptions only",
+                        "\"maxInFlight\", \"policy\" and \"batch\" apply to group subscriptions \
+                         only",
                     ));
                 }
                 let subscription = self.state.engine.subscribe(pattern, start_at(from)).await?;
@@ -440,6 +442,7 @@ impl Connection {
                     member,
                     credit,
                     self.outbound.clone(),
+                    frame.batch == Some(true),
                 );
             }
         }

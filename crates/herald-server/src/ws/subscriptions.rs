@@ -7,7 +7,9 @@ use std::sync::Arc;
 use axum::extract::ws::Message;
 use herald_core::StoredEvent;
 use herald_engine::{Closed, GroupMember, LiveSubscription, MemberVerbs};
-use herald_protocol::ws::{Frame, encode_event_frame};
+use herald_protocol::ws::{
+    Frame, finish_events_frame, start_events_frame, write_event_frame, write_events_item,
+};
 use herald_protocol::{ErrorCode, ErrorDetail};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
@@ -18,6 +20,10 @@ use crate::state::AppState;
 
 /// Deliveries a group forwarder takes from its member per wake-up at most.
 const FORWARD_BATCH_DELIVERIES_MAX: usize = 256;
+
+/// An `events` frame takes no further delivery once it holds this many bytes (a delivery is
+/// never split, so one frame may exceed it by one event).
+const EVENTS_FRAME_BYTES_MAX: usize = 256 * 1024;
 
 /// Deliveries remembered per group subscription at least; older ones (long timed out and
 /// redelivered elsewhere) are forgotten and their acks refused as unknown.
@@ -130,6 +136,7 @@ impl Subscriptions {
         member: GroupMember,
         max_in_flight: u32,
         outbound: mpsc::Sender<Message>,
+        batched: bool,
     ) {
         let outstanding = Arc::new(Mutex::new(Outstanding::new(max_in_flight)));
         let verbs = member.verbs();
@@ -139,6 +146,7 @@ impl Subscriptions {
             member,
             outstanding.clone(),
             outbound,
+            batched,
         ));
         self.by_sid.insert(
             sid,
@@ -150,19 +158,28 @@ impl Subscriptions {
     }
 }
 
-/// The event as subscribers see it: stored events with `stream` and `seq`; ephemeral ones
-/// (never stored) without.
-fn event_json(stored: &StoredEvent) -> std::borrow::Cow<'_, [u8]> {
+/// Appends the event as subscribers see it: stored events with `stream` and `seq`; ephemeral
+/// ones (never stored) without.
+fn write_event(out: &mut Vec<u8>, stored: &StoredEvent) {
     if stored.stream.is_empty() {
-        std::borrow::Cow::Borrowed(stored.event_json())
+        out.extend_from_slice(stored.event_json());
     } else {
-        std::borrow::Cow::Owned(stored.to_json())
+        stored.write_json(out);
     }
 }
 
+/// An `event` frame, written in one buffer.
+fn event_frame(sid: u64, delivery: Option<(u64, u32)>, stored: &StoredEvent) -> Message {
+    let mut out = Vec::with_capacity(stored.event_json().len() + stored.stream.len() + 96);
+    write_event_frame(&mut out, sid, delivery, |out| write_event(out, stored));
+    text(out)
+}
+
 fn observe_delivery(state: &AppState, stored: &StoredEvent, subscribed_at: OffsetDateTime) {
-    if stored.event.timestamp >= subscribed_at {
-        let age = OffsetDateTime::now_utc() - stored.event.timestamp;
+    // The timestamp without decoding the event: deliveries read back from the log are not.
+    let timestamp = stored.event.timestamp();
+    if timestamp >= subscribed_at {
+        let age = OffsetDateTime::now_utc() - timestamp;
         state
             .metrics
             .delivery_seconds
@@ -199,8 +216,11 @@ async fn forward_live(
         match subscription.recv().await {
             Ok(stored) => {
                 observe_delivery(&state, &stored, subscribed_at);
-                let frame = encode_event_frame(sid, None, &event_json(&stored));
-                if outbound.send(text(frame)).await.is_err() {
+                if outbound
+                    .send(event_frame(sid, None, &stored))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 state.metrics.live_delivered.inc();
@@ -219,6 +239,7 @@ async fn forward_group(
     mut member: GroupMember,
     outstanding: Arc<Mutex<Outstanding>>,
     outbound: mpsc::Sender<Message>,
+    batched: bool,
 ) {
     let subscribed_at = OffsetDateTime::now_utc();
     let mut batch = Vec::with_capacity(FORWARD_BATCH_DELIVERIES_MAX);
@@ -235,17 +256,43 @@ async fn forward_group(
             .lock()
             .insert_all(batch.iter().map(|delivery| delivery.delivery_id));
         let count = batch.len() as u64;
-        for delivery in batch.drain(..) {
+        for delivery in &batch {
             if delivery.attempt == 1 {
                 observe_delivery(&state, &delivery.event, subscribed_at);
             }
-            let frame = encode_event_frame(
-                sid,
-                Some((delivery.delivery_id, delivery.attempt)),
-                &event_json(&delivery.event),
-            );
-            if outbound.send(text(frame)).await.is_err() {
-                return;
+        }
+        if batched {
+            // Several deliveries per frame: one allocation, one queue push, one WebSocket
+            // frame and one client parse per burst instead of per event.
+            let mut deliveries = batch.drain(..).peekable();
+            while deliveries.peek().is_some() {
+                let mut out = Vec::with_capacity(EVENTS_FRAME_BYTES_MAX / 4);
+                start_events_frame(&mut out, sid);
+                while out.len() < EVENTS_FRAME_BYTES_MAX {
+                    let Some(delivery) = deliveries.next() else {
+                        break;
+                    };
+                    write_events_item(
+                        &mut out,
+                        Some((delivery.delivery_id, delivery.attempt)),
+                        |out| write_event(out, &delivery.event),
+                    );
+                }
+                finish_events_frame(&mut out);
+                if outbound.send(text(out)).await.is_err() {
+                    return;
+                }
+            }
+        } else {
+            for delivery in batch.drain(..) {
+                let frame = event_frame(
+                    sid,
+                    Some((delivery.delivery_id, delivery.attempt)),
+                    &delivery.event,
+                );
+                if outbound.send(frame).await.is_err() {
+                    return;
+                }
             }
         }
         state.metrics.group_delivered_frames.inc_by(count);

@@ -29,6 +29,10 @@ pub struct ConsumeArgs {
     pub max_in_flight: u32,
     #[arg(long, default_value_t = 100)]
     pub data_bytes: usize,
+    /// One event per frame, as clients that do not ask for `batch` receive them (by default
+    /// the members subscribe with `batch`: several deliveries per `events` frame).
+    #[arg(long)]
+    pub unbatched: bool,
 }
 
 impl Default for ConsumeArgs {
@@ -38,6 +42,7 @@ impl Default for ConsumeArgs {
             members: 1,
             max_in_flight: 1000,
             data_bytes: 100,
+            unbatched: false,
         }
     }
 }
@@ -46,6 +51,14 @@ impl Default for ConsumeArgs {
 #[derive(serde::Deserialize)]
 struct FrameHead<'a> {
     op: &'a str,
+    #[serde(rename = "deliveryId")]
+    delivery_id: Option<u64>,
+    /// In an `events` frame.
+    events: Option<Vec<ItemHead>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ItemHead {
     #[serde(rename = "deliveryId")]
     delivery_id: Option<u64>,
 }
@@ -73,8 +86,11 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (mut sink, mut source) in members {
-        let sub = json!({"pattern": kind, "group": group, "from": "earliest",
-                         "maxInFlight": args.max_in_flight});
+        let mut sub = json!({"pattern": kind, "group": group, "from": "earliest",
+                             "maxInFlight": args.max_in_flight});
+        if !args.unbatched {
+            sub["batch"] = true.into();
+        }
         let acked = acked.clone();
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
@@ -91,6 +107,13 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
                         let frame: FrameHead<'_> = serde_json::from_str(&text)?;
                         match frame.op {
                             "event" => ids.push(frame.delivery_id.unwrap_or_default()),
+                            "events" => ids.extend(
+                                frame
+                                    .events
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .map(|item| item.delivery_id.unwrap_or_default()),
+                            ),
                             "error" => bail!("server error: {}", text.as_str()),
                             _ => {}
                         }
@@ -120,8 +143,15 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
     Ok(Report::new(
         "consume",
         format!(
-            "{} members, maxInFlight {}, {} B data, acks batched per read",
-            args.members, args.max_in_flight, args.data_bytes
+            "{} members, maxInFlight {}, {} B data, {}, acks batched per read",
+            args.members,
+            args.max_in_flight,
+            args.data_bytes,
+            if args.unbatched {
+                "one event per frame"
+            } else {
+                "several events per frame (`batch`)"
+            }
         ),
         acked.load(Ordering::Relaxed),
         seconds,
