@@ -585,26 +585,24 @@ impl LazyEvent {
         }
     }
 
-    /// The type, without decoding the rest.
+    /// The type, without decoding the rest. (Without a head the event was built decoded.)
     pub fn event_type(&self) -> &Subject {
-        match (self.decoded.get(), &self.head) {
-            (Some(event), _) => &event.event_type,
-            (None, Some(head)) => &head.event_type,
-            (None, None) => &std::ops::Deref::deref(self).event_type,
+        match &self.head {
+            Some(head) => &head.event_type,
+            None => &std::ops::Deref::deref(self).event_type,
         }
     }
 
     /// The timestamp, without decoding the rest.
     pub fn timestamp(&self) -> OffsetDateTime {
-        match (self.decoded.get(), &self.head) {
-            (Some(event), _) => event.timestamp,
-            (None, Some(head)) => self
+        match (&self.head, self.decoded.get()) {
+            (Some(head), None) => self
                 .json
                 .get(head.timestamp.clone())
                 .and_then(|text| std::str::from_utf8(text).ok())
                 .and_then(|text| wire::parse_stored_timestamp(text).ok())
                 .unwrap_or_else(|| std::ops::Deref::deref(self).timestamp),
-            (None, None) => std::ops::Deref::deref(self).timestamp,
+            _ => std::ops::Deref::deref(self).timestamp,
         }
     }
 }
