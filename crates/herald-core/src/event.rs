@@ -269,15 +269,12 @@ impl fmt::Debug for EventId {
     }
 }
 
-/// Who chose an event's id, which decides whether publish dedupe applies to it.
+/// Who chose an event's id, which decides whether publish dedupe must look it up.
 ///
-/// Dedupe exists so that a publisher can send an event again (after a timeout, a reconnect)
-/// without storing it twice, and that only works when the resend carries the same id: an id
-/// the publisher chose. An id Herald generated because the publisher sent none is a fresh
-/// UUIDv7 that no earlier event can have, and a publisher retrying without an id gets another
-/// fresh one, so remembering it could never find a duplicate — it would only cost a look-up
-/// and a record per event. Engines therefore enter only [`IdOrigin::Publisher`] ids into a
-/// stream's dedupe window, as NATS JetStream dedupes only by the `Nats-Msg-Id` a publisher sets.
+/// An id Herald generated because the publisher sent none is a fresh UUIDv7 that no earlier
+/// event can have, so engines skip the look-up for [`IdOrigin::Generated`] ids (on Redis that
+/// keeps the events' JSON out of Lua). They still record every stored id: a publisher may send
+/// a generated id back later as its own, and PRODUCT.md section 3 makes that a duplicate.
 ///
 /// The origin is not part of the stored event: an event read back (and published again by
 /// whoever read it) carries an id its new publisher chose.
@@ -296,7 +293,7 @@ pub enum IdOrigin {
 #[derive(Clone, Debug)]
 pub struct Event {
     pub id: EventId,
-    /// Whether the publisher chose `id` or Herald generated it (publish dedupe applies only to
+    /// Whether the publisher chose `id` or Herald generated it (publish dedupe looks up only
     /// the former). Not stored, and not compared by `==`: it says how the event was published,
     /// not what it is.
     pub id_origin: IdOrigin,

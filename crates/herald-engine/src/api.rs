@@ -20,13 +20,12 @@ pub trait Engine: Send + Sync + 'static {
     /// `i` is at index `i`. A batch is refused whole if any event cannot be routed; once the
     /// call returns `Ok`, every stored event is durable under the stream's fsync policy.
     ///
-    /// Publish dedupe applies to ids the publisher chose (`event.id_origin` is
-    /// [`herald_core::IdOrigin::Publisher`]): such an id that the stream stored within its dedupe window is
-    /// not stored again ([`PublishOutcome::duplicate`]), also when repeated within the batch or
-    /// published concurrently. An id Herald generated ([`herald_core::IdOrigin::Generated`]) is neither
-    /// looked up nor entered into the window: no earlier event can have it, and a publisher
-    /// retrying without an id gets a new one (NATS JetStream's semantic: dedupe by the
-    /// `Nats-Msg-Id` a publisher sets). Within a stream, seqs follow the batch's order.
+    /// Publish dedupe: an event whose id the stream stored within its dedupe window is not
+    /// stored again ([`PublishOutcome::duplicate`]), also when repeated within the batch or
+    /// published concurrently. Every stored id is recorded; only ids the publisher chose
+    /// ([`herald_core::IdOrigin::Publisher`]) are looked up, since a generated one
+    /// ([`herald_core::IdOrigin::Generated`]) is new by construction. Within a stream, seqs
+    /// follow the batch's order.
     fn publish(
         &self,
         events: Vec<Event>,

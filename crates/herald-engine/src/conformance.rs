@@ -145,7 +145,7 @@ macro_rules! conformance_tests {
             publish_assigns_gapless_seqs_per_stream,
             duplicate_ids_are_stored_once,
             concurrent_duplicates_are_stored_once,
-            only_ids_the_publisher_chose_are_deduped,
+            generated_ids_are_deduped_when_sent_again,
             live_latest_sees_new_events_in_order_per_stream,
             live_earliest_replays_then_follows_without_gap_or_repeat,
             live_from_seq_and_from_time,
@@ -185,7 +185,7 @@ macro_rules! conformance_tests {
 }
 
 /// An event of `event_type` carrying `data` as a publish without an id decodes: a fresh
-/// UUIDv7 that Herald generated ([`IdOrigin::Generated`], outside publish dedupe).
+/// UUIDv7 that Herald generated ([`IdOrigin::Generated`]: recorded for dedupe, not looked up).
 pub fn event(event_type: &str, data: &str) -> Event {
     let mut event = event_with_chosen_id(event_type, data);
     event.id_origin = IdOrigin::Generated;
@@ -367,10 +367,11 @@ pub async fn concurrent_duplicates_are_stored_once<E: Engine>(fixture: &Fixture<
     assert_eq!(payment.expect("payment stream").events, 20);
 }
 
-/// Publish dedupe applies to ids the publisher chose; an id Herald generated (the publisher
-/// sent none) is not entered into the dedupe window, and a batch mixing both keeps publish
-/// order and gapless seqs.
-pub async fn only_ids_the_publisher_chose_are_deduped<E: Engine>(fixture: &Fixture<E>) {
+/// Publish dedupe holds for every stored id (PRODUCT.md section 3), whoever chose it: an id
+/// Herald generated, sent back by a publisher as its own, is a duplicate. Only chosen ids are
+/// looked up on publish (a generated one is new by construction), and a batch mixing both keeps
+/// publish order and gapless seqs.
+pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
     let generated = event("invoice.sent", r#"{"n":1}"#);
     let first = engine
@@ -378,37 +379,44 @@ pub async fn only_ids_the_publisher_chose_are_deduped<E: Engine>(fixture: &Fixtu
         .await
         .expect("publish");
     assert_eq!((first[0].seq, first[0].duplicate), (Some(1), false));
-    // The same id sent back by a publisher (one that re-sends an id it was given): the
-    // generated id was not recorded, so this is stored...
+    // The same id sent back by a publisher that re-sends an id it was given.
     let mut chosen = generated.clone();
     chosen.id_origin = IdOrigin::Publisher;
     let second = engine.publish(vec![chosen.clone()]).await.expect("publish");
     assert_eq!(
         (second[0].seq, second[0].duplicate),
-        (Some(2), false),
-        "a generated id is not in the dedupe window"
+        (Some(1), true),
+        "a generated id is in the dedupe window"
     );
-    // ...and, chosen, it is recorded: sending it again is a duplicate.
-    let third = engine.publish(vec![chosen.clone()]).await.expect("publish");
-    assert_eq!(
-        (third[0].seq, third[0].duplicate),
-        (Some(2), true),
-        "a chosen id is"
-    );
-    // A generated id published twice (it cannot happen through decoding; it shows that
-    // nothing looks generated ids up) is stored twice.
-    let again = engine
-        .publish(vec![generated.clone()])
-        .await
-        .expect("publish");
-    assert_eq!((again[0].seq, again[0].duplicate), (Some(3), false));
+    // Generated ids stored in one batch (the path without look-ups) are each recorded with
+    // their own seq.
+    let unchosen: Vec<Event> = (0..3).map(|_| event("invoice.sent", "{}")).collect();
+    let stored = engine.publish(unchosen.clone()).await.expect("publish");
+    let seqs: Vec<Option<u64>> = stored.iter().map(|outcome| outcome.seq).collect();
+    assert_eq!(seqs, [Some(2), Some(3), Some(4)]);
+    let resent: Vec<Event> = unchosen
+        .iter()
+        .rev()
+        .map(|event| {
+            let mut event = event.clone();
+            event.id_origin = IdOrigin::Publisher;
+            event
+        })
+        .collect();
+    let duplicates = engine.publish(resent).await.expect("publish");
+    let got: Vec<(Option<u64>, bool)> = duplicates
+        .iter()
+        .map(|outcome| (outcome.seq, outcome.duplicate))
+        .collect();
+    assert_eq!(got, [(Some(4), true), (Some(3), true), (Some(2), true)]);
     // One batch mixing both, a chosen id repeated in it and one stored before.
     let repeated = event_with_chosen_id("invoice.sent", r#"{"n":2}"#);
+    let mixed = event("invoice.sent", "{}");
     let batch = engine
         .publish(vec![
             event("invoice.sent", "{}"),
             repeated.clone(),
-            event("invoice.sent", "{}"),
+            mixed.clone(),
             repeated.clone(),
             chosen.clone(),
             event("invoice.sent", "{}"),
@@ -422,25 +430,30 @@ pub async fn only_ids_the_publisher_chose_are_deduped<E: Engine>(fixture: &Fixtu
     assert_eq!(
         got,
         [
-            (Some(4), false),
             (Some(5), false),
             (Some(6), false),
-            (Some(5), true),
-            (Some(2), true),
-            (Some(7), false)
+            (Some(7), false),
+            (Some(6), true),
+            (Some(1), true),
+            (Some(8), false)
         ]
     );
+    // A generated id stored by the mixed path is recorded too.
+    let mut mixed_resent = mixed.clone();
+    mixed_resent.id_origin = IdOrigin::Publisher;
+    let again = engine.publish(vec![mixed_resent]).await.expect("publish");
+    assert_eq!((again[0].seq, again[0].duplicate), (Some(7), true));
     let replay = engine.read_stream("invoice", 1, 100).await.expect("read");
     let seqs: Vec<u64> = replay.iter().map(|stored| stored.seq).collect();
-    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
-    assert_eq!(replay[4].event.id, repeated.id);
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(replay[5].event.id, repeated.id);
     let invoice = engine
         .streams()
         .await
         .into_iter()
         .find(|stream| stream.name == "invoice")
         .expect("invoice stream");
-    assert_eq!((invoice.events, invoice.duplicates), (7, 3));
+    assert_eq!((invoice.events, invoice.duplicates), (8, 7));
 }
 
 pub async fn live_latest_sees_new_events_in_order_per_stream<E: Engine>(fixture: &Fixture<E>) {

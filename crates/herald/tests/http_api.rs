@@ -434,6 +434,25 @@ async fn the_same_id_twice_is_a_duplicate_with_the_original_seq() {
 }
 
 #[tokio::test]
+async fn an_id_the_server_generated_sent_back_is_a_duplicate() {
+    let (_dir, server) = start();
+    let (_, first) = publish(&server, json!({"type": "pay.done", "data": 1})).await;
+    let generated = first["id"].as_str().expect("a generated id").to_owned();
+    let (status, again) = publish(
+        &server,
+        json!({"type": "pay.done", "id": generated, "data": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["duplicate"], true,
+        "PRODUCT.md section 3: the id was seen"
+    );
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(replay_all(&server, "pay").await.len(), 1);
+}
+
+#[tokio::test]
 async fn replay_pages_through_a_stream() {
     let (_dir, server) = start();
     let batch: Vec<Value> = (1..=25)

@@ -87,9 +87,6 @@ impl Stream {
     }
 
     /// Reloads the ids stored within the dedupe window, so that dedupe survives a restart.
-    /// The log does not say which ids were generated (`IdOrigin` is not stored), so those of
-    /// the window are reloaded too: they can only match a publisher that re-sends an id it
-    /// was given, and reloading them errs on the side of storing once.
     fn rebuild_dedupe(&self, window_us: u64) -> Result<(), EngineError> {
         let Some(last_us) = self.log.stats().last_timestamp_us else {
             return Ok(());
@@ -129,14 +126,14 @@ impl Stream {
         now_us: u64,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
         // A repeat inside the batch is a duplicate of its first occurrence. Only ids the
-        // publisher chose take part in dedupe (`IdOrigin`): a generated id is new by
-        // construction, so it is neither looked up nor, once stored, remembered.
+        // publisher chose are looked up (`IdOrigin`): a generated id is new by construction.
+        // Every stored id is remembered (`on_stored`), so that one sent again is a duplicate.
         let mut first_of: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::new();
         let repeat_of: Vec<Option<usize>> = events
             .iter()
             .enumerate()
             .map(|(position, (_, event))| {
-                if !deduped(event) {
+                if !looked_up(event) {
                     return None;
                 }
                 match first_of.entry(event.id.as_str()) {
@@ -151,13 +148,13 @@ impl Stream {
         drop(first_of);
         // Every distinct chosen id claimed under one lock; an id another publish is storing
         // right now is waited for on its own.
-        let seen: Vec<Option<Seen>> = if events.iter().any(|(_, event)| deduped(event)) {
+        let seen: Vec<Option<Seen>> = if events.iter().any(|(_, event)| looked_up(event)) {
             let mut dedupe = self.dedupe.lock();
             events
                 .iter()
                 .zip(&repeat_of)
                 .map(|((_, event), repeat)| {
-                    (repeat.is_none() && deduped(event))
+                    (repeat.is_none() && looked_up(event))
                         .then(|| dedupe.check_and_claim(event.id.as_str(), now_us))
                 })
                 .collect()
@@ -268,12 +265,12 @@ impl Stream {
     /// Records a stored batch: dedupe, counters, fan-out. Runs on the log's writer thread, in
     /// seq order.
     fn on_stored(&self, stored: &[(usize, Arc<StoredEvent>)], timestamp_us: u64) {
-        if stored.iter().any(|(_, event)| deduped(&event.event)) {
-            let mut dedupe = self.dedupe.lock();
-            for (_, event) in stored.iter().filter(|(_, event)| deduped(&event.event)) {
-                dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
-            }
-            drop(dedupe);
+        let mut dedupe = self.dedupe.lock();
+        for (_, event) in stored {
+            dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
+        }
+        drop(dedupe);
+        if stored.iter().any(|(_, event)| looked_up(&event.event)) {
             self.dedupe_settled.notify_waiters();
         }
         self.published
@@ -537,9 +534,9 @@ impl Stream {
     }
 }
 
-/// Whether publish dedupe applies to an event: only to ids its publisher chose (see
-/// `herald_core::IdOrigin`).
-fn deduped(event: &Event) -> bool {
+/// Whether a publish looks an event's id up in the dedupe table: only ids its publisher chose
+/// (see `herald_core::IdOrigin`); every stored id is recorded.
+fn looked_up(event: &Event) -> bool {
     event.id_origin == IdOrigin::Publisher
 }
 
@@ -553,9 +550,9 @@ pub(crate) struct StreamCursor {
 }
 
 /// Events of a publish on their way to the log; those whose publisher chose their id hold a
-/// claim on it in the stream's dedupe table (generated ids hold none). Dropped unfinished (its publish cancelled before the append was queued, or the log closed
-/// under it), it releases the claims, so that a retry is stored rather than left waiting on an
-/// id nobody is storing.
+/// claim on it in the stream's dedupe table (generated ids hold none). Dropped unfinished (its
+/// publish cancelled before the append was queued, or the log closed under it), it releases the
+/// claims, so that a retry is stored rather than left waiting on an id nobody is storing.
 struct Claimed {
     stream: Arc<Stream>,
     /// With their positions in the engine call's batch, in publish order.
@@ -589,11 +586,11 @@ impl Claimed {
 
 impl Drop for Claimed {
     fn drop(&mut self) {
-        if !self.events.iter().any(|(_, event)| deduped(event)) {
+        if !self.events.iter().any(|(_, event)| looked_up(event)) {
             return;
         }
         let mut dedupe = self.stream.dedupe.lock();
-        for (_, event) in self.events.iter().filter(|(_, event)| deduped(event)) {
+        for (_, event) in self.events.iter().filter(|(_, event)| looked_up(event)) {
             dedupe.release(event.id.as_str());
         }
         drop(dedupe);

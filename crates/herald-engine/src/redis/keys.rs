@@ -15,7 +15,7 @@
 //! | `P:{S}:events` | stream | the events of stream `S`; entry id `0-<seq>` (added as `0-*`: Redis numbers them), field `e` (the event's JSON) |
 //! | `P:{S}:meta` | hash | `seq` (last seq stored), `t` (last store time, µs), `published`, `duplicates` |
 //! | `P:{S}:times` | sorted set | the time index: per publish call, its first seq (zero-padded to 20 digits) scored by its store time (µs) |
-//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq, for the ids their publishers chose, published in one window-long time bucket (dedupe) |
+//! | `P:{S}:dd:<bucket>` | hash, expiring | event id → seq of the events stored in one window-long time bucket (dedupe) |
 //! | `P:{S}:g:<G>:due` | sorted set | seqs of group `G` waiting for a retry, scored by due time (µs) |
 //! | `P:{S}:g:<G>:dead` | stream | `G`'s dead letters from stream `S`, with the event and why |
 //! | `P:{S}:g:<G>:stats` | hash | `G`'s counters on `S`: delivered, acked, nacked, redelivered, dead_lettered |
@@ -38,6 +38,13 @@ pub(crate) struct StreamKeys {
     pub times: String,
     /// Prefix of dedupe buckets; the bucket number (ms since the epoch / window) follows.
     pub dedupe: String,
+}
+
+impl StreamKeys {
+    /// The dedupe bucket numbered `bucket` (ms since the epoch / window).
+    pub fn dedupe_bucket(&self, bucket: u64) -> String {
+        format!("{}{bucket}", self.dedupe)
+    }
 }
 
 /// The keys of one group on one stream, in the order the group scripts take them as `KEYS`.

@@ -7,13 +7,14 @@
 //! plain argument of `XADD`. Two ways to store a chunk of a stream's events:
 //!
 //! - **No id chosen by a publisher** (every id was generated, [`IdOrigin::Generated`]): nothing to
-//!   dedupe, so a transaction `MULTI`, one `XADD` per event, the `STAMP` script, `EXEC`. The
-//!   script, which never sees an event, records the chunk's first seq in the time index and the
-//!   last in the stream's `meta`. Redis runs the transaction whole or not at all, and nothing
-//!   else in between, so the chunk is its own range of seqs and its time index entry is written
-//!   with it.
+//!   look up, so a transaction `MULTI`, one `XADD` per event, the `STAMP` script, `EXEC`. The
+//!   script, which sees the events' ids but never their JSON, records the chunk's first seq in
+//!   the time index, the last in the stream's `meta`, and each id with its seq in the dedupe
+//!   bucket (a publisher may send a generated id back, as its own, and must get a duplicate).
+//!   Redis runs the transaction whole or not at all, and nothing else in between, so the chunk
+//!   is its own range of seqs and its records are written with it.
 //! - **Some id chosen by a publisher**: the `PUBLISH` script, which looks those ids up in the
-//!   dedupe buckets, `XADD`s the new events and records their ids, atomically (a dedupe record
+//!   dedupe buckets, `XADD`s the new events and records every id, atomically (a dedupe record
 //!   never exists without its event, and a concurrent publish of the same id is stored once).
 //!   The events' JSON passes through Lua, which costs Redis's thread about three times a plain
 //!   `XADD` per event (docs/PERFORMANCE.md): the price of dedupe.
@@ -108,15 +109,15 @@ impl RedisEngine {
         let cap = declared
             .and_then(|declared| declared.retention.events_max)
             .unwrap_or(0);
+        let window_ms = window.as_millis().max(1) as u64;
         let mut outcomes = Vec::with_capacity(events.len());
         for chunk in events.chunks(PUBLISH_CHUNK_EVENTS_MAX) {
             let seqs = if chunk
                 .iter()
                 .all(|(_, event)| event.id_origin == IdOrigin::Generated)
             {
-                self.append(&keys, chunk, cap).await?
+                self.append(&keys, chunk, window_ms, cap).await?
             } else {
-                let window_ms = window.as_millis().max(1) as u64;
                 self.append_deduped(&keys, chunk, window_ms, cap).await?
             };
             let mut stored = 0;
@@ -139,12 +140,19 @@ impl RedisEngine {
         Ok(outcomes)
     }
 
-    /// Stores events none of which needs dedupe: `MULTI`, an `XADD … 0-*` each, `STAMP`,
-    /// `EXEC`. Returns their seqs, in order.
+    /// Stores events whose ids Herald generated (nothing to look up): `MULTI`, an
+    /// `XADD … 0-*` each, an `HSET` of their ids into the dedupe bucket, `STAMP`, `EXEC`.
+    /// Returns their seqs, in order.
+    ///
+    /// The seqs are Redis's to give, so the ids are recorded as `<k>:<chunk>` (the chunk's
+    /// `k`-th event) and `STAMP` records the chunk's first seq under `\x01<chunk>`; a look-up
+    /// (`PUBLISH`) adds the two. Recording the ids through Lua instead cost Redis's thread
+    /// about twice what the `XADD`s did (docs/PERFORMANCE.md).
     async fn append(
         &self,
         keys: &StreamKeys,
         chunk: &[(usize, Event)],
+        window_ms: u64,
         cap: u64,
     ) -> Result<Vec<i64>, EngineError> {
         let mut transaction = redis::pipe();
@@ -156,17 +164,34 @@ impl RedisEngine {
             }
             add.arg("0-*").arg("e").arg(event.to_json());
         }
+        let bucket = keys.dedupe_bucket(unix_ms_now() / window_ms);
+        let chunk_tag = format!("{:x}", rand::random::<u64>());
+        let record = transaction.cmd("HSET").arg(&bucket);
+        for (k, (_, event)) in chunk.iter().enumerate() {
+            record
+                .arg(event.id.as_str())
+                .arg(format!("{k}:{chunk_tag}"));
+        }
+        record.ignore();
+        transaction
+            .cmd("PEXPIRE")
+            .arg(&bucket)
+            .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms)
+            .ignore();
         // EVAL with the script's text rather than EVALSHA: inside a transaction a script that
         // Redis does not have (a restarted or failed-over node) would fail alone, after the
         // `XADD`s were applied.
         transaction
             .cmd("EVAL")
             .arg(scripts::STAMP)
-            .arg(3)
+            .arg(4)
             .arg(&keys.meta)
             .arg(&keys.events)
             .arg(&keys.times)
+            .arg(&bucket)
             .arg(cap)
+            .arg(&chunk_tag)
+            .arg(chunk.len())
             .ignore();
         let mut connection = self.inner.connection.clone();
         let ids: Vec<Value> = transaction
@@ -215,7 +240,7 @@ impl RedisEngine {
             .key(&keys.events)
             .key(&keys.times);
         for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
-            invocation.key(format!("{}{bucket}", keys.dedupe));
+            invocation.key(keys.dedupe_bucket(bucket));
         }
         let origins: String = chunk
             .iter()
@@ -226,12 +251,7 @@ impl RedisEngine {
             .collect();
         invocation.arg(window_ms).arg(cap).arg(origins);
         for (_, event) in chunk {
-            match event.id_origin {
-                IdOrigin::Publisher => invocation.arg(event.id.as_str()),
-                // Not looked at: no need to copy it into Lua.
-                IdOrigin::Generated => invocation.arg(""),
-            };
-            invocation.arg(event.to_json());
+            invocation.arg(event.id.as_str()).arg(event.to_json());
         }
         let mut connection = self.inner.connection.clone();
         invocation

@@ -107,15 +107,23 @@ end
     };
 }
 
-/// Runs last in the transaction that `XADD`s a chunk of events without dedupe: records the
-/// seqs those `XADD`s were given (everything past `meta`'s `seq` up to the stream's last
-/// entry id: the transaction ran alone) in `meta` and the time index. It never sees an event.
-/// KEYS: meta, events, the time index. ARGV: max events (0: no cap). Returns how many events
-/// it recorded.
+/// How many windows a dedupe bucket outlives its own (it is read as the previous, current and
+/// next bucket).
+pub(crate) const DEDUPE_BUCKET_WINDOWS_KEPT: u64 = 3;
+
+/// Runs last in the transaction that `XADD`s a chunk of events whose ids Herald generated and
+/// `HSET`s each id as `<k>:<chunk>` into the current dedupe bucket: records the seqs those
+/// `XADD`s were given (everything past `meta`'s `seq` up to the stream's last entry id: the
+/// transaction ran alone) in `meta` and the time index, and the chunk's first seq in the bucket
+/// as `\x01<chunk>` (no event id holds a control character), so that a publisher sending one of
+/// those ids again gets a duplicate (PRODUCT.md section 3; `PUBLISH` resolves the records). It
+/// never sees an event.
+/// KEYS: meta, events, the time index, the current dedupe bucket. ARGV: max events (0: no cap),
+/// the chunk's tag, its number of events. Returns how many events it recorded.
 pub(crate) const STAMP: &str = concat!(
     stamp_prelude!(),
     r#"
-local meta, events, times = KEYS[1], KEYS[2], KEYS[3]
+local meta, events, times, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local info = redis.call('XINFO', 'STREAM', events)
 local top = nil
 for i = 1, #info, 2 do
@@ -124,22 +132,23 @@ end
 local last = tonumber(seq_text(top))
 local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
 if last <= previous then return 0 end
+-- The chunk's entries are the stream's last ones.
+redis.call('HSET', bucket, '\1' .. ARGV[2], string.format('%d', last - tonumber(ARGV[3]) + 1))
 stamp(meta, times, tonumber(ARGV[1]), previous + 1, last)
 return last - previous
 "#
 );
 
-/// Marks, in `PUBLISH`'s ARGV[3], an event whose publisher chose its id: deduped.
+/// Marks, in `PUBLISH`'s ARGV[3], an event whose publisher chose its id: looked up.
 pub(crate) const PUBLISH_DEDUPED: char = 'd';
 /// Marks, in `PUBLISH`'s ARGV[3], an event whose id Herald generated: stored without a look-up
-/// or a record (`herald_core::IdOrigin`).
+/// (no earlier event can have it, `herald_core::IdOrigin`), and recorded like every stored id.
 pub(crate) const PUBLISH_GENERATED: char = 'g';
 
 /// Stores a chunk of one stream's events of which some carry an id their publisher chose.
 /// KEYS: meta, events, the time index, then the dedupe buckets of the previous, current and
 /// next window. ARGV: dedupe window (ms), max events (0: no cap), one letter per event
-/// ([`PUBLISH_DEDUPED`] or [`PUBLISH_GENERATED`]), then each event's id ('' when generated)
-/// and JSON. Returns, per event, its new seq, or minus the seq of the event it duplicates.
+/// ([`PUBLISH_DEDUPED`] or [`PUBLISH_GENERATED`]), then each event's id and JSON. Returns, per event, its new seq, or minus the seq of the event it duplicates.
 ///
 /// Dedupe ids live in one hash per window-long time bucket (`HMGET`/`HSET` of the whole batch,
 /// two commands per batch rather than two per event): an id written in bucket `b` is found
@@ -173,6 +182,15 @@ if chosen > 0 then
   current = redis.call('HMGET', KEYS[5], unpack(ids))
   after = redis.call('HMGET', KEYS[6], unpack(ids))
 end
+-- A record is a seq, or `<k>:<chunk>` for the k-th event of a chunk `STAMP` stamped.
+local function resolve(bucket, record)
+  if not record then return nil end
+  local k, chunk = string.match(record, '^(%d+):(.+)$')
+  if not k then return record end
+  local first = redis.call('HGET', bucket, '\1' .. chunk)
+  if not first then return nil end
+  return string.format('%d', tonumber(first) + tonumber(k))
+end
 local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
 local fresh = {{}}
 local remembered = {{}}
@@ -187,7 +205,8 @@ for k = 1, count do
   local prior = nil
   if deduped then
     j = j + 1
-    prior = before[j] or current[j] or after[j] or fresh[id]
+    prior = resolve(KEYS[4], before[j]) or resolve(KEYS[5], current[j])
+      or resolve(KEYS[6], after[j]) or fresh[id]
   end
   if prior then
     out[k] = -tonumber(prior)
@@ -201,25 +220,24 @@ for k = 1, count do
     local text = seq_text(entry)
     last = tonumber(text)
     if not first then first = last end
-    if deduped then
-      fresh[id] = text
-      remembered[2 * recorded + 1] = id
-      remembered[2 * recorded + 2] = text
-      recorded = recorded + 1
-    end
+    fresh[id] = text
+    remembered[2 * recorded + 1] = id
+    remembered[2 * recorded + 2] = text
+    recorded = recorded + 1
     stored = stored + 1
     out[k] = last
   end
 end
 if recorded > 0 then
   redis.call('HSET', KEYS[5], unpack(remembered))
-  redis.call('PEXPIRE', KEYS[5], 3 * tonumber(ARGV[1]))
+  redis.call('PEXPIRE', KEYS[5], {kept} * tonumber(ARGV[1]))
 end
 if stored > 0 then stamp(meta, times, cap, first, last) end
 redis.call('HINCRBY', meta, 'duplicates', count - stored)
 return out
 "#,
-        prelude = stamp_prelude!()
+        prelude = stamp_prelude!(),
+        kept = DEDUPE_BUCKET_WINDOWS_KEPT
     ))
 });
 
