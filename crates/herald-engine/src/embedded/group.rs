@@ -9,7 +9,7 @@
 //! number of `in_flight` entries naming that member; every fetched, unfinished event is in
 //! exactly one of `ready`, `scheduled` and `in_flight`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::deadlines::Deadlines;
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
 use super::stream::{Stream, StreamCursor};
 use crate::api::{
@@ -112,7 +113,8 @@ pub(crate) struct GroupActor {
     scheduled: BTreeMap<(Instant, u64), Pending>,
     /// By delivery id; hashbrown's foldhash, as every ack looks one up (SipHash cost more here).
     in_flight: FastMap<u64, InFlight>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// The in-flight deliveries' ack deadlines, in expiry order (stale entries included).
+    deadlines: Deadlines,
     members: BTreeMap<u64, Member>,
     /// Where the round-robin over members resumes.
     next_member: u64,
@@ -153,7 +155,7 @@ impl GroupActor {
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
             in_flight: FastMap::new(),
-            deadlines: BTreeSet::new(),
+            deadlines: Deadlines::default(),
             members: BTreeMap::new(),
             next_member: 0,
             dead: VecDeque::new(),
@@ -371,17 +373,27 @@ impl GroupActor {
                 self.leave(member_id);
                 continue;
             }
-            if member.deliveries.capacity() <= member.queued {
+            let free = member
+                .deliveries
+                .capacity()
+                .saturating_sub(member.queued)
+                .min(member.max_in_flight.saturating_sub(member.in_flight) as usize);
+            if free == 0 {
                 full.push(member_id);
                 continue;
             }
-            if self.ready.is_empty() {
-                self.fetch(self.room());
+            // A run of deliveries to one member rather than one delivery per member in turn:
+            // the member is looked up and checked once per run (the next turn starts with the
+            // next member, so members still take turns).
+            for _ in 0..free {
+                if self.ready.is_empty() {
+                    self.fetch(self.room());
+                }
+                let Some(pending) = self.ready.pop_front() else {
+                    return;
+                };
+                self.deliver(member_id, pending, now, now_utc);
             }
-            let Some(pending) = self.ready.pop_front() else {
-                return;
-            };
-            self.deliver(member_id, pending, now, now_utc);
         }
     }
 
@@ -497,8 +509,9 @@ impl GroupActor {
         member.queued += 1;
         let delivery_id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        let deadline = now + self.policy.ack_timeout;
-        self.deadlines.insert((deadline, delivery_id));
+        let deadline = self
+            .deadlines
+            .push(now + self.policy.ack_timeout, delivery_id);
         self.journal.stage_delivered(
             &pending.event.stream,
             pending.event.seq,
@@ -574,9 +587,10 @@ impl GroupActor {
                     .get_mut(&delivery_id)
                     .filter(|in_flight| in_flight.member_id == member_id)
                     .ok_or(VerbError::UnknownDelivery(delivery_id))?;
-                self.deadlines.remove(&(in_flight.deadline, delivery_id));
-                in_flight.deadline = Instant::now() + self.policy.ack_timeout;
-                self.deadlines.insert((in_flight.deadline, delivery_id));
+                // The old deadline's entry is left stale (see `Deadlines`).
+                in_flight.deadline = self
+                    .deadlines
+                    .push(Instant::now() + self.policy.ack_timeout, delivery_id);
             }
             MemberCommand::Reject {
                 delivery_id,
@@ -598,7 +612,6 @@ impl GroupActor {
             }
             _ => return Err(VerbError::UnknownDelivery(delivery_id)),
         };
-        self.deadlines.remove(&(in_flight.deadline, delivery_id));
         if let Some(member) = self.members.get_mut(&in_flight.member_id) {
             member.in_flight -= 1;
         }
@@ -607,7 +620,9 @@ impl GroupActor {
 
     /// After a failed attempt: a retry after the backoff (or `delay`), or the dead-letter queue
     /// once `max_retries` retries are spent.
-    fn retry_or_bury(&mut self, pending: Pending, delay: Option<Duration>) {
+    fn retry_or_bury(&mut self, mut pending: Pending, delay: Option<Duration>) {
+        // Kept until its retry time (or as a dead letter): not sharing a read's whole buffer.
+        pending.event = Arc::new(pending.event.detached());
         if pending.attempts > self.policy.max_retries {
             self.bury(pending);
             return;
@@ -639,7 +654,8 @@ impl GroupActor {
         self.counters.dead_lettered += 1;
         let letter = DeadLetter {
             group: self.name.clone(),
-            event: pending.event,
+            // Kept for long: not sharing a read's whole buffer.
+            event: Arc::new(pending.event.detached()),
             attempts: pending.attempts,
             last_error: pending.last_error,
             first_delivered_at,
@@ -656,13 +672,16 @@ impl GroupActor {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(&(deadline, delivery_id)) = self.deadlines.first() {
+        while let Some((deadline, delivery_id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
+            self.deadlines.pop_first();
+            // A stale entry (settled, or extended since) finds no delivery with its deadline.
             let owner = self
                 .in_flight
                 .get(&delivery_id)
+                .filter(|in_flight| in_flight.deadline == deadline)
                 .map(|in_flight| in_flight.member_id);
             if let Some(Ok(mut in_flight)) =
                 owner.map(|owner| self.take_in_flight(owner, delivery_id))
@@ -680,8 +699,16 @@ impl GroupActor {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let ack = self.deadlines.first().map(|(deadline, _)| *deadline);
+    /// The next ack deadline or retry time; drops the stale deadlines in front first, so that
+    /// the task does not wake for a delivery already settled.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let in_flight = &self.in_flight;
+        self.deadlines.tidy(in_flight.len(), |delivery_id, deadline| {
+            in_flight
+                .get(&delivery_id)
+                .is_some_and(|in_flight| in_flight.deadline == deadline)
+        });
+        let ack = self.deadlines.first().map(|(deadline, _)| deadline);
         let retry = self.scheduled.keys().next().map(|(due, _)| *due);
         match (ack, retry) {
             (Some(ack), Some(retry)) => Some(ack.min(retry)),
@@ -704,7 +731,6 @@ impl GroupActor {
         orphans.sort_unstable_by(|left, right| right.cmp(left));
         for delivery_id in orphans {
             if let Some(in_flight) = self.in_flight.remove(&delivery_id) {
-                self.deadlines.remove(&(in_flight.deadline, delivery_id));
                 let mut pending = in_flight.pending;
                 pending.last_error = Some("member left before acking".into());
                 if pending.attempts > self.policy.max_retries {
