@@ -78,10 +78,22 @@ mod tests {
     fn deadlines_stay_sorted_even_if_pushed_earlier() {
         let start = Instant::now();
         let mut deadlines = Deadlines::default();
-        assert_eq!(deadlines.push(start + Duration::from_secs(2), 1), start + Duration::from_secs(2));
-        assert_eq!(deadlines.push(start + Duration::from_secs(1), 2), start + Duration::from_secs(2));
-        assert_eq!(deadlines.pop_first(), Some((start + Duration::from_secs(2), 1)));
-        assert_eq!(deadlines.pop_first(), Some((start + Duration::from_secs(2), 2)));
+        assert_eq!(
+            deadlines.push(start + Duration::from_secs(2), 1),
+            start + Duration::from_secs(2)
+        );
+        assert_eq!(
+            deadlines.push(start + Duration::from_secs(1), 2),
+            start + Duration::from_secs(2)
+        );
+        assert_eq!(
+            deadlines.pop_first(),
+            Some((start + Duration::from_secs(2), 1))
+        );
+        assert_eq!(
+            deadlines.pop_first(),
+            Some((start + Duration::from_secs(2), 2))
+        );
         assert_eq!(deadlines.pop_first(), None);
     }
 

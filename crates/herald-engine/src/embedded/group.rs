@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hashbrown::HashMap as FastMap;
 use herald_core::{Event, ParseContext, Pattern, StoredEvent};
 use rand::Rng;
 use time::OffsetDateTime;
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::deadlines::Deadlines;
+use super::in_flight::InFlightTable;
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
 use super::stream::{Stream, StreamCursor};
 use crate::api::{
@@ -111,8 +111,8 @@ pub(crate) struct GroupActor {
     wake: Arc<Notify>,
     ready: VecDeque<Pending>,
     scheduled: BTreeMap<(Instant, u64), Pending>,
-    /// By delivery id; hashbrown's foldhash, as every ack looks one up (SipHash cost more here).
-    in_flight: FastMap<u64, InFlight>,
+    /// By delivery id: every ack looks one up (a window of slots, see `InFlightTable`).
+    in_flight: InFlightTable<InFlight>,
     /// The in-flight deliveries' ack deadlines, in expiry order (stale entries included).
     deadlines: Deadlines,
     members: BTreeMap<u64, Member>,
@@ -154,7 +154,7 @@ impl GroupActor {
             wake,
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
-            in_flight: FastMap::new(),
+            in_flight: InFlightTable::default(),
             deadlines: Deadlines::default(),
             members: BTreeMap::new(),
             next_member: 0,
@@ -354,7 +354,8 @@ impl GroupActor {
         self.journal.close();
     }
 
-    /// Hands ready events, then newly fetched ones, to members with room, round-robin.
+    /// Hands ready events, then newly fetched ones, to members with room: a run to each member
+    /// in turn, round-robin.
     ///
     /// A member has room when it holds fewer than `max_in_flight` deliveries and its channel has
     /// a free slot not already promised to this turn's outbox (deliveries that timed out may
@@ -584,7 +585,7 @@ impl GroupActor {
             MemberCommand::Extend { delivery_id } => {
                 let in_flight = self
                     .in_flight
-                    .get_mut(&delivery_id)
+                    .get_mut(delivery_id)
                     .filter(|in_flight| in_flight.member_id == member_id)
                     .ok_or(VerbError::UnknownDelivery(delivery_id))?;
                 // The old deadline's entry is left stale (see `Deadlines`).
@@ -606,12 +607,10 @@ impl GroupActor {
 
     /// Takes a delivery out of flight; `member_id` must be the member it was made to.
     fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
-        let in_flight = match self.in_flight.entry(delivery_id) {
-            hashbrown::hash_map::Entry::Occupied(entry) if entry.get().member_id == member_id => {
-                entry.remove()
-            }
-            _ => return Err(VerbError::UnknownDelivery(delivery_id)),
-        };
+        let in_flight = self
+            .in_flight
+            .remove_if(delivery_id, |in_flight| in_flight.member_id == member_id)
+            .ok_or(VerbError::UnknownDelivery(delivery_id))?;
         if let Some(member) = self.members.get_mut(&in_flight.member_id) {
             member.in_flight -= 1;
         }
@@ -680,7 +679,7 @@ impl GroupActor {
             // A stale entry (settled, or extended since) finds no delivery with its deadline.
             let owner = self
                 .in_flight
-                .get(&delivery_id)
+                .get(delivery_id)
                 .filter(|in_flight| in_flight.deadline == deadline)
                 .map(|in_flight| in_flight.member_id);
             if let Some(Ok(mut in_flight)) =
@@ -703,11 +702,12 @@ impl GroupActor {
     /// the task does not wake for a delivery already settled.
     fn next_deadline(&mut self) -> Option<Instant> {
         let in_flight = &self.in_flight;
-        self.deadlines.tidy(in_flight.len(), |delivery_id, deadline| {
-            in_flight
-                .get(&delivery_id)
-                .is_some_and(|in_flight| in_flight.deadline == deadline)
-        });
+        self.deadlines
+            .tidy(in_flight.len(), |delivery_id, deadline| {
+                in_flight
+                    .get(delivery_id)
+                    .is_some_and(|in_flight| in_flight.deadline == deadline)
+            });
         let ack = self.deadlines.first().map(|(deadline, _)| deadline);
         let retry = self.scheduled.keys().next().map(|(due, _)| *due);
         match (ack, retry) {
@@ -726,11 +726,11 @@ impl GroupActor {
             .in_flight
             .iter()
             .filter(|(_, in_flight)| in_flight.member_id == member_id)
-            .map(|(&delivery_id, _)| delivery_id)
+            .map(|(delivery_id, _)| delivery_id)
             .collect();
         orphans.sort_unstable_by(|left, right| right.cmp(left));
         for delivery_id in orphans {
-            if let Some(in_flight) = self.in_flight.remove(&delivery_id) {
+            if let Some(in_flight) = self.in_flight.remove(delivery_id) {
                 let mut pending = in_flight.pending;
                 pending.last_error = Some("member left before acking".into());
                 if pending.attempts > self.policy.max_retries {

@@ -8,6 +8,7 @@
 mod deadlines;
 mod dedupe;
 mod group;
+mod in_flight;
 mod journal;
 pub(crate) mod live;
 pub(crate) mod rate;
