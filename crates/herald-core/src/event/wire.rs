@@ -204,6 +204,12 @@ pub(crate) fn parse_stored_timestamp(text: &str) -> Result<OffsetDateTime, Strin
     stored_timestamp(text.as_bytes()).map_or_else(|| parse_timestamp(text), Ok)
 }
 
+/// [`parse_stored_timestamp`] of bytes not yet known to be UTF-8: the form Herald writes is
+/// parsed from the bytes; anything else is checked and given to the full parser.
+pub(crate) fn parse_stored_timestamp_bytes(bytes: &[u8]) -> Option<OffsetDateTime> {
+    stored_timestamp(bytes).or_else(|| parse_timestamp(std::str::from_utf8(bytes).ok()?).ok())
+}
+
 fn stored_timestamp(bytes: &[u8]) -> Option<OffsetDateTime> {
     let (head, rest) = bytes.split_at_checked(19)?;
     let fraction = rest.strip_suffix(b"Z")?;

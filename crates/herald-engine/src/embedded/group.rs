@@ -9,11 +9,10 @@
 //! number of `in_flight` entries naming that member; every fetched, unfinished event is in
 //! exactly one of `ready`, `scheduled` and `in_flight`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hashbrown::HashMap as FastMap;
 use herald_core::{Event, ParseContext, Pattern, StoredEvent};
 use rand::Rng;
 use time::OffsetDateTime;
@@ -21,6 +20,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::deadlines::Deadlines;
+use super::in_flight::InFlightTable;
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
 use super::stream::{Stream, StreamCursor};
 use crate::api::{
@@ -110,9 +111,10 @@ pub(crate) struct GroupActor {
     wake: Arc<Notify>,
     ready: VecDeque<Pending>,
     scheduled: BTreeMap<(Instant, u64), Pending>,
-    /// By delivery id; hashbrown's foldhash, as every ack looks one up (SipHash cost more here).
-    in_flight: FastMap<u64, InFlight>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// By delivery id: every ack looks one up (a window of slots, see `InFlightTable`).
+    in_flight: InFlightTable<InFlight>,
+    /// The in-flight deliveries' ack deadlines, in expiry order (stale entries included).
+    deadlines: Deadlines,
     members: BTreeMap<u64, Member>,
     /// Where the round-robin over members resumes.
     next_member: u64,
@@ -152,8 +154,8 @@ impl GroupActor {
             wake,
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
-            in_flight: FastMap::new(),
-            deadlines: BTreeSet::new(),
+            in_flight: InFlightTable::default(),
+            deadlines: Deadlines::default(),
             members: BTreeMap::new(),
             next_member: 0,
             dead: VecDeque::new(),
@@ -352,7 +354,8 @@ impl GroupActor {
         self.journal.close();
     }
 
-    /// Hands ready events, then newly fetched ones, to members with room, round-robin.
+    /// Hands ready events, then newly fetched ones, to members with room: a run to each member
+    /// in turn, round-robin.
     ///
     /// A member has room when it holds fewer than `max_in_flight` deliveries and its channel has
     /// a free slot not already promised to this turn's outbox (deliveries that timed out may
@@ -371,17 +374,27 @@ impl GroupActor {
                 self.leave(member_id);
                 continue;
             }
-            if member.deliveries.capacity() <= member.queued {
+            let free = member
+                .deliveries
+                .capacity()
+                .saturating_sub(member.queued)
+                .min(member.max_in_flight.saturating_sub(member.in_flight) as usize);
+            if free == 0 {
                 full.push(member_id);
                 continue;
             }
-            if self.ready.is_empty() {
-                self.fetch(self.room());
+            // A run of deliveries to one member rather than one delivery per member in turn:
+            // the member is looked up and checked once per run (the next turn starts with the
+            // next member, so members still take turns).
+            for _ in 0..free {
+                if self.ready.is_empty() {
+                    self.fetch(self.room());
+                }
+                let Some(pending) = self.ready.pop_front() else {
+                    return;
+                };
+                self.deliver(member_id, pending, now, now_utc);
             }
-            let Some(pending) = self.ready.pop_front() else {
-                return;
-            };
-            self.deliver(member_id, pending, now, now_utc);
         }
     }
 
@@ -497,8 +510,9 @@ impl GroupActor {
         member.queued += 1;
         let delivery_id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        let deadline = now + self.policy.ack_timeout;
-        self.deadlines.insert((deadline, delivery_id));
+        let deadline = self
+            .deadlines
+            .push(now + self.policy.ack_timeout, delivery_id);
         self.journal.stage_delivered(
             &pending.event.stream,
             pending.event.seq,
@@ -571,12 +585,13 @@ impl GroupActor {
             MemberCommand::Extend { delivery_id } => {
                 let in_flight = self
                     .in_flight
-                    .get_mut(&delivery_id)
+                    .get_mut(delivery_id)
                     .filter(|in_flight| in_flight.member_id == member_id)
                     .ok_or(VerbError::UnknownDelivery(delivery_id))?;
-                self.deadlines.remove(&(in_flight.deadline, delivery_id));
-                in_flight.deadline = Instant::now() + self.policy.ack_timeout;
-                self.deadlines.insert((in_flight.deadline, delivery_id));
+                // The old deadline's entry is left stale (see `Deadlines`).
+                in_flight.deadline = self
+                    .deadlines
+                    .push(Instant::now() + self.policy.ack_timeout, delivery_id);
             }
             MemberCommand::Reject {
                 delivery_id,
@@ -592,13 +607,10 @@ impl GroupActor {
 
     /// Takes a delivery out of flight; `member_id` must be the member it was made to.
     fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
-        let in_flight = match self.in_flight.entry(delivery_id) {
-            hashbrown::hash_map::Entry::Occupied(entry) if entry.get().member_id == member_id => {
-                entry.remove()
-            }
-            _ => return Err(VerbError::UnknownDelivery(delivery_id)),
-        };
-        self.deadlines.remove(&(in_flight.deadline, delivery_id));
+        let in_flight = self
+            .in_flight
+            .remove_if(delivery_id, |in_flight| in_flight.member_id == member_id)
+            .ok_or(VerbError::UnknownDelivery(delivery_id))?;
         if let Some(member) = self.members.get_mut(&in_flight.member_id) {
             member.in_flight -= 1;
         }
@@ -607,7 +619,9 @@ impl GroupActor {
 
     /// After a failed attempt: a retry after the backoff (or `delay`), or the dead-letter queue
     /// once `max_retries` retries are spent.
-    fn retry_or_bury(&mut self, pending: Pending, delay: Option<Duration>) {
+    fn retry_or_bury(&mut self, mut pending: Pending, delay: Option<Duration>) {
+        // Kept until its retry time (or as a dead letter): not sharing a read's whole buffer.
+        pending.event = Arc::new(pending.event.detached());
         if pending.attempts > self.policy.max_retries {
             self.bury(pending);
             return;
@@ -639,7 +653,8 @@ impl GroupActor {
         self.counters.dead_lettered += 1;
         let letter = DeadLetter {
             group: self.name.clone(),
-            event: pending.event,
+            // Kept for long: not sharing a read's whole buffer.
+            event: Arc::new(pending.event.detached()),
             attempts: pending.attempts,
             last_error: pending.last_error,
             first_delivered_at,
@@ -656,13 +671,16 @@ impl GroupActor {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(&(deadline, delivery_id)) = self.deadlines.first() {
+        while let Some((deadline, delivery_id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
+            self.deadlines.pop_first();
+            // A stale entry (settled, or extended since) finds no delivery with its deadline.
             let owner = self
                 .in_flight
-                .get(&delivery_id)
+                .get(delivery_id)
+                .filter(|in_flight| in_flight.deadline == deadline)
                 .map(|in_flight| in_flight.member_id);
             if let Some(Ok(mut in_flight)) =
                 owner.map(|owner| self.take_in_flight(owner, delivery_id))
@@ -680,8 +698,17 @@ impl GroupActor {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let ack = self.deadlines.first().map(|(deadline, _)| *deadline);
+    /// The next ack deadline or retry time; drops the stale deadlines in front first, so that
+    /// the task does not wake for a delivery already settled.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let in_flight = &self.in_flight;
+        self.deadlines
+            .tidy(in_flight.len(), |delivery_id, deadline| {
+                in_flight
+                    .get(delivery_id)
+                    .is_some_and(|in_flight| in_flight.deadline == deadline)
+            });
+        let ack = self.deadlines.first().map(|(deadline, _)| deadline);
         let retry = self.scheduled.keys().next().map(|(due, _)| *due);
         match (ack, retry) {
             (Some(ack), Some(retry)) => Some(ack.min(retry)),
@@ -699,12 +726,11 @@ impl GroupActor {
             .in_flight
             .iter()
             .filter(|(_, in_flight)| in_flight.member_id == member_id)
-            .map(|(&delivery_id, _)| delivery_id)
+            .map(|(delivery_id, _)| delivery_id)
             .collect();
         orphans.sort_unstable_by(|left, right| right.cmp(left));
         for delivery_id in orphans {
-            if let Some(in_flight) = self.in_flight.remove(&delivery_id) {
-                self.deadlines.remove(&(in_flight.deadline, delivery_id));
+            if let Some(in_flight) = self.in_flight.remove(delivery_id) {
                 let mut pending = in_flight.pending;
                 pending.last_error = Some("member left before acking".into());
                 if pending.attempts > self.policy.max_retries {

@@ -5,8 +5,10 @@
 //! log callback takes it, then the fan-out's, under the log's writer lock). No lock is held
 //! across an `.await`.
 
+mod deadlines;
 mod dedupe;
 mod group;
+mod in_flight;
 mod journal;
 pub(crate) mod live;
 pub(crate) mod rate;

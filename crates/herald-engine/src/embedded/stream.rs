@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use herald_core::{Event, IdOrigin, StoredEvent, SubjectIndex, SubscriptionId};
-use herald_log::{AppendAck, FsyncSnapshot, Log, LogError, Record};
+use herald_log::{AppendAck, FsyncSnapshot, Log, LogError};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -105,7 +105,8 @@ impl Stream {
                 return Ok(());
             }
             for record in records {
-                let stored = self.decode(&record)?;
+                // Read and dropped here: sharing the chunk costs nothing.
+                let stored = self.decode(record.seq, record.payload)?;
                 if let Seen::New = dedupe.check_and_claim(stored.event.id.as_str(), 0) {
                     dedupe.stored(stored.event.id.as_str(), record.seq, record.timestamp_us);
                 }
@@ -384,12 +385,14 @@ impl Stream {
         let records = reader
             .next_batch(limit, READ_BYTES_MAX)
             .map_err(|source| self.storage_error(source))?;
-        let mut events = records
-            .iter()
-            .map(|record| self.decode(record).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        events.retain(|event| event.seq < head);
-        Ok(events)
+        // The events share the read-ahead chunk instead of copying out of it: a group keeps
+        // them only until they are acked; what it keeps longer it detaches
+        // (`StoredEvent::detached`).
+        records
+            .into_iter()
+            .take_while(|record| record.seq < head)
+            .map(|record| self.decode(record.seq, record.payload).map(Arc::new))
+            .collect()
     }
 
     /// Attaches a live subscriber. From `Latest` it is attached at once; otherwise a task
@@ -464,9 +467,14 @@ impl Stream {
             .log
             .read(from_seq, limit, READ_BYTES_MAX)
             .map_err(|source| self.storage_error(source))?;
+        // Copied out of the read-ahead chunk: an event kept in a cache or a dead-letter list
+        // would otherwise keep the whole chunk alive.
         records
             .iter()
-            .map(|record| self.decode(record).map(Arc::new))
+            .map(|record| {
+                self.decode(record.seq, Bytes::copy_from_slice(&record.payload))
+                    .map(Arc::new)
+            })
             .collect()
     }
 
@@ -496,22 +504,15 @@ impl Stream {
             .map_err(|source| self.storage_error(source))
     }
 
-    fn decode(&self, record: &Record) -> Result<StoredEvent, EngineError> {
+    fn decode(&self, seq: u64, payload: Bytes) -> Result<StoredEvent, EngineError> {
         // Validated when published; the log's checksums vouch for the bytes since. Only the
         // type and timestamp are read here: a delivery copies the stored bytes, and the rest is
-        // decoded if something reads a field. The payload is copied: it is a slice of the
-        // reader's whole read-ahead chunk, which an event kept in a cache or a dead-letter list
-        // would otherwise keep alive.
-        StoredEvent::from_log(
-            self.name.clone(),
-            record.seq,
-            Bytes::copy_from_slice(&record.payload),
-        )
-        .map_err(|error| {
-            warn!(stream = %self.name, seq = record.seq, %error, "stored event does not decode");
+        // decoded if something reads a field.
+        StoredEvent::from_log(self.name.clone(), seq, payload).map_err(|error| {
+            warn!(stream = %self.name, seq, %error, "stored event does not decode");
             EngineError::Corrupt {
                 stream: self.name.clone(),
-                seq: record.seq,
+                seq,
                 reason: error.to_string(),
             }
         })
