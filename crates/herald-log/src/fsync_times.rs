@@ -215,7 +215,9 @@ impl IoSnapshot {
         IoSnapshot {
             fsyncs: self.fsyncs.since(&earlier.fsyncs),
             writes: self.writes.since(&earlier.writes),
-            writes_while_syncing: self.writes_while_syncing.since(&earlier.writes_while_syncing),
+            writes_while_syncing: self
+                .writes_while_syncing
+                .since(&earlier.writes_while_syncing),
             sync_waits: self.sync_waits.since(&earlier.sync_waits),
         }
     }

@@ -205,4 +205,23 @@ mod tests {
         assert_eq!(syncer.take_progress().unwrap(), Some((7, 10)));
         assert_eq!(times.snapshot().count(), 3);
     }
+
+    #[test]
+    fn a_sync_asked_for_while_one_runs_is_done_before_the_syncer_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let file = Arc::new(File::create(&path).unwrap());
+        let times = Arc::new(FsyncTimes::default());
+        let syncer = Syncer::start("test", times.clone()).unwrap();
+        // Back to back, most requests find a sync running: each is queued behind it (replacing
+        // the one queued before) instead of being refused, and the syncer is idle only once
+        // the last is done — whichever requests found it idle.
+        for position in 1..=50 {
+            assert!(syncer.request(&file, path.clone(), 1, position));
+        }
+        syncer.wait_idle();
+        assert!(!syncer.is_busy());
+        assert_eq!(syncer.take_progress().unwrap(), Some((1, 50)));
+        assert!((1..=50).contains(&times.snapshot().count()));
+    }
 }

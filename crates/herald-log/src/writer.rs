@@ -421,7 +421,9 @@ impl Writer {
         self.file
             .write_all_at(&self.buffer, self.position)
             .at(&path)?;
-        self.shared.io_times.record_write(started.elapsed(), syncing);
+        self.shared
+            .io_times
+            .record_write(started.elapsed(), syncing);
         self.position += self.buffer.len() as u64;
         self.buffer.clear();
         self.unsynced = true;
