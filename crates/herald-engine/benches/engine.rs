@@ -365,49 +365,55 @@ fn main() {
                 .map(|_| runtime.block_on(latency(fsync, 20_000, 3)))
                 .collect();
             let column = |pick: fn(&LatencyRun) -> f64| runs.iter().map(pick).collect();
-            row(&format!("{name}, p50"), column(|run| run.p50_us), "µs");
-            row(&format!("{name}, p99"), column(|run| run.p99_us), "µs");
-            row(&format!("{name}, p99.9"), column(|run| run.p999_us), "µs");
-            row(
-                &format!("{name}: the log's fsyncs meanwhile, p50"),
-                column(|run| run.fsync_p50_us),
-                "µs",
-            );
-            row(
-                &format!("{name}: the log's fsyncs meanwhile, p99"),
-                column(|run| run.fsync_p99_us),
-                "µs",
-            );
-            row(
-                &format!("{name}: the log's fsyncs meanwhile, count"),
-                column(|run| run.fsyncs as f64),
-                "",
-            );
-            row(
-                &format!("{name}: the log's fsyncs meanwhile, % of the run spent in them"),
-                column(|run| run.fsync_busy * 100.0),
-                "%",
-            );
-            row(
-                &format!("{name}: the log's writes meanwhile, p99"),
-                column(|run| run.write_p99_us),
-                "µs",
-            );
-            row(
-                &format!("{name}: the log's writes meanwhile, max"),
-                column(|run| run.write_max_us),
-                "µs",
-            );
-            row(
-                &format!("{name}: writes that started during a background fsync, p99"),
-                column(|run| run.write_while_syncing_p99_us),
-                "µs",
-            );
-            row(
-                &format!("{name}: the writer's waits for its syncer thread, count"),
-                column(|run| run.sync_waits as f64),
-                "",
-            );
+            type Column = (&'static str, fn(&LatencyRun) -> f64, &'static str);
+            let columns: [Column; 11] = [
+                (", p50", |run| run.p50_us, "µs"),
+                (", p99", |run| run.p99_us, "µs"),
+                (", p99.9", |run| run.p999_us, "µs"),
+                (
+                    ": the log's fsyncs meanwhile, p50",
+                    |run| run.fsync_p50_us,
+                    "µs",
+                ),
+                (
+                    ": the log's fsyncs meanwhile, p99",
+                    |run| run.fsync_p99_us,
+                    "µs",
+                ),
+                (
+                    ": the log's fsyncs meanwhile, count",
+                    |run| run.fsyncs as f64,
+                    "",
+                ),
+                (
+                    ": the log's fsyncs meanwhile, % of the run spent in them",
+                    |run| run.fsync_busy * 100.0,
+                    "%",
+                ),
+                (
+                    ": the log's writes meanwhile, p99",
+                    |run| run.write_p99_us,
+                    "µs",
+                ),
+                (
+                    ": the log's writes meanwhile, max",
+                    |run| run.write_max_us,
+                    "µs",
+                ),
+                (
+                    ": writes that started during a background fsync, p99",
+                    |run| run.write_while_syncing_p99_us,
+                    "µs",
+                ),
+                (
+                    ": the writer's waits for its syncer thread, count",
+                    |run| run.sync_waits as f64,
+                    "",
+                ),
+            ];
+            for (label, pick, unit) in columns {
+                row(&format!("{name}{label}"), column(pick), unit);
+            }
             let met = runs
                 .iter()
                 .filter(|run| run.p99_us < latency_target_us(policy, run))

@@ -182,13 +182,25 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn reports_the_furthest_sync_and_takes_one_job_at_a_time() {
+    /// A syncer, and a file for it to sync (the directory lives as long as the returned guard).
+    fn started() -> (
+        tempfile::TempDir,
+        PathBuf,
+        Arc<File>,
+        Arc<FsyncTimes>,
+        Syncer,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
         let file = Arc::new(File::create(&path).unwrap());
         let times = Arc::new(FsyncTimes::default());
         let syncer = Syncer::start("test", times.clone()).unwrap();
+        (dir, path, file, times, syncer)
+    }
+
+    #[test]
+    fn reports_the_furthest_sync_and_takes_one_job_at_a_time() {
+        let (_dir, path, file, times, syncer) = started();
         assert_eq!(syncer.take_progress().unwrap(), None);
 
         assert!(syncer.request(&file, path.clone(), 1, 100));
@@ -208,11 +220,7 @@ mod tests {
 
     #[test]
     fn a_sync_asked_for_while_one_runs_is_done_before_the_syncer_is_idle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
-        let file = Arc::new(File::create(&path).unwrap());
-        let times = Arc::new(FsyncTimes::default());
-        let syncer = Syncer::start("test", times.clone()).unwrap();
+        let (_dir, path, file, times, syncer) = started();
         // Back to back, most requests find a sync running: each is queued behind it (replacing
         // the one queued before) instead of being refused, and the syncer is idle only once
         // the last is done — whichever requests found it idle.
