@@ -21,5 +21,6 @@ pub use api::{
 };
 pub use config::{EngineConfig, Storage, StreamConfig};
 pub use embedded::EmbeddedEngine;
-/// A histogram of fsync durations ([`EmbeddedEngine::fsync_times`]).
-pub use herald_log::FsyncSnapshot;
+/// A histogram of fsync durations ([`EmbeddedEngine::fsync_times`]); the logs' I/O timed
+/// ([`EmbeddedEngine::io_times`]).
+pub use herald_log::{FsyncSnapshot, IoSnapshot};

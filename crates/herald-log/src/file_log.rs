@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::LogStats;
 use crate::config::{APPEND_QUEUE_REQUESTS_MAX, LogConfig, payload_bytes_max};
 use crate::error::{IoContext, LogError};
-use crate::fsync_times::{FsyncSnapshot, FsyncTimes};
+use crate::fsync_times::{FsyncSnapshot, IoSnapshot, IoTimes};
 use crate::reader::FileReader;
 use crate::recovery;
 use crate::state::SegmentSet;
@@ -26,8 +26,9 @@ pub(crate) struct Shared {
     pub segments: RwLock<SegmentSet>,
     /// The last seq readers may see: written, and fsynced when the policy says so.
     pub visible: watch::Sender<u64>,
-    /// Every fsync of the log's data, by the writer or the syncer thread.
-    pub fsync_times: Arc<FsyncTimes>,
+    /// Every fsync of the log's data (by the writer or the syncer thread), every write, and the
+    /// writer's waits for the syncer.
+    pub io_times: IoTimes,
     /// Held until close so that no second process (or handle) opens the same directory.
     lock: File,
 }
@@ -70,7 +71,7 @@ impl FileLog {
             }),
             config,
             visible,
-            fsync_times: Arc::new(FsyncTimes::default()),
+            io_times: IoTimes::default(),
             lock,
         });
         let writer = Arc::new(Mutex::new(Writer::new(
@@ -193,7 +194,11 @@ impl FileLog {
     }
 
     pub fn fsync_times(&self) -> FsyncSnapshot {
-        self.shared.fsync_times.snapshot()
+        self.shared.io_times.fsyncs.snapshot()
+    }
+
+    pub fn io_times(&self) -> IoSnapshot {
+        self.shared.io_times.snapshot()
     }
 
     pub fn watch_last_seq(&self) -> watch::Receiver<u64> {

@@ -13,6 +13,7 @@
 //! log-linear: exact below 32 µs, then 16 per power of two (at most 1/16 = 6.25% wide), up to
 //! about 67 s; longer fsyncs count in the last bucket.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -163,6 +164,70 @@ impl FsyncSnapshot {
             .enumerate()
             .filter(|(_, count)| **count > 0)
             .map(|(bucket, count)| (bucket_top_us(bucket) as f64 / 1e6, *count))
+    }
+}
+
+/// A log's I/O timed, each kind in a histogram of its own: its fsyncs, its `pwrite`s (all, and
+/// those that ran while a background fsync did), and the writer's waits for the syncer thread.
+/// Under `interval` an acknowledgement waits for a write but never for an fsync, so when
+/// publish-to-delivery latency follows the disk's fsync latency these say whether the writes
+/// stall behind the fsyncs (ext4's journal) or the writer waits for the syncer.
+#[derive(Debug, Default)]
+pub struct IoTimes {
+    /// Shared with the syncer thread.
+    pub fsyncs: Arc<FsyncTimes>,
+    pub writes: FsyncTimes,
+    pub writes_while_syncing: FsyncTimes,
+    pub sync_waits: FsyncTimes,
+}
+
+impl IoTimes {
+    /// Records one write; `syncing` says a background fsync was running when it started.
+    pub fn record_write(&self, took: Duration, syncing: bool) {
+        self.writes.record(took);
+        if syncing {
+            self.writes_while_syncing.record(took);
+        }
+    }
+
+    pub fn snapshot(&self) -> IoSnapshot {
+        IoSnapshot {
+            fsyncs: self.fsyncs.snapshot(),
+            writes: self.writes.snapshot(),
+            writes_while_syncing: self.writes_while_syncing.snapshot(),
+            sync_waits: self.sync_waits.snapshot(),
+        }
+    }
+}
+
+/// [`IoTimes`] counted up to one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoSnapshot {
+    pub fsyncs: FsyncSnapshot,
+    pub writes: FsyncSnapshot,
+    pub writes_while_syncing: FsyncSnapshot,
+    pub sync_waits: FsyncSnapshot,
+}
+
+impl IoSnapshot {
+    /// What was counted after `earlier`.
+    pub fn since(&self, earlier: &IoSnapshot) -> IoSnapshot {
+        IoSnapshot {
+            fsyncs: self.fsyncs.since(&earlier.fsyncs),
+            writes: self.writes.since(&earlier.writes),
+            writes_while_syncing: self
+                .writes_while_syncing
+                .since(&earlier.writes_while_syncing),
+            sync_waits: self.sync_waits.since(&earlier.sync_waits),
+        }
+    }
+
+    /// Adds another log's counts to these.
+    pub fn add(&mut self, other: &IoSnapshot) {
+        self.fsyncs.add(&other.fsyncs);
+        self.writes.add(&other.writes);
+        self.writes_while_syncing.add(&other.writes_while_syncing);
+        self.sync_waits.add(&other.sync_waits);
     }
 }
 

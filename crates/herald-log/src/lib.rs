@@ -41,7 +41,7 @@ pub use config::{
     SEGMENT_BYTES_MAX_DEFAULT, system_clock,
 };
 pub use error::{CorruptionReason, LogError};
-pub use fsync_times::{FSYNC_BUCKETS, FsyncSnapshot, FsyncTimes};
+pub use fsync_times::{FSYNC_BUCKETS, FsyncSnapshot, FsyncTimes, IoSnapshot, IoTimes};
 pub use record::Record;
 pub use verify::{SegmentReport, VerifyReport, verify};
 pub use writer::{AppendAck, OnAppended};
@@ -176,6 +176,15 @@ impl Log {
         match &self.backend {
             Backend::File(log) => log.fsync_times(),
             Backend::Memory(_) => FsyncSnapshot::default(),
+        }
+    }
+
+    /// This log's fsyncs, writes and waits for its syncer since it was opened (none for a
+    /// memory log); [`IoSnapshot::since`] gives a run's.
+    pub fn io_times(&self) -> IoSnapshot {
+        match &self.backend {
+            Backend::File(log) => log.io_times(),
+            Backend::Memory(_) => IoSnapshot::default(),
         }
     }
 

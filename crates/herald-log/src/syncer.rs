@@ -4,10 +4,15 @@
 //! fsync done by the writer thread itself only stalls the appends queued behind it (on the test
 //! machine, a 5 ms interval fsync inline raised the p99 of publish-to-delivery from 1.4 ms to
 //! 5.5 ms at 20 k events/s). The syncer thread syncs a clone of the active segment's handle
-//! while the writer goes on appending; at most one sync is in flight, and the writer waits for
-//! it only when it has run `UNSYNCED_BYTES_MAX` further ahead again, which keeps dirty page
-//! cache bounded. Under `always` the writer syncs inline, since the acknowledgement waits for
-//! the fsync anyway.
+//! while the writer goes on appending. At most one sync runs at a time; a sync asked for while
+//! one runs is kept as the next (a newer request replaces it) and starts the moment the running
+//! one ends, so the writer never waits for a sync to be able to ask for the next one. It waits
+//! for the syncer only when it has run `2 × UNSYNCED_BYTES_MAX` ahead of the last finished sync,
+//! which keeps dirty page cache bounded. (It used to wait whenever the interval came round while
+//! a sync still ran: on a disk whose fsyncs took longer than the interval, every such commit —
+//! and the delivery of its events — waited for the disk, and publish-to-delivery latency under
+//! `interval` followed the disk's fsync latency; docs/PERFORMANCE.md, 2026-12-01 04:10 UTC.)
+//! Under `always` the writer syncs inline, since the acknowledgement waits for the fsync anyway.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -31,7 +36,10 @@ struct SyncJob {
 /// What the syncer has done, read by the writer.
 #[derive(Default)]
 struct Progress {
+    /// A sync runs, or is queued behind the running one.
     in_flight: bool,
+    /// The sync to run when the running one ends.
+    next: Option<SyncJob>,
     /// The segment and position of the last successful sync.
     synced: Option<(u64, u64)>,
     failure: Option<LogError>,
@@ -66,25 +74,28 @@ impl Syncer {
         })
     }
 
-    /// Starts syncing `file` up to `position` unless a sync is already in flight; returns
-    /// whether it started one.
+    /// Starts syncing `file` up to `position`, or, while a sync runs, queues it to start when
+    /// that one ends (replacing a sync queued before, which this one covers: the writer asks
+    /// in position order, and syncs a segment inline before it rolls to the next); returns
+    /// false when the thread is gone, and the caller must sync inline.
     pub fn request(&self, file: &Arc<File>, path: PathBuf, base_seq: u64, position: u64) -> bool {
         let Some(jobs) = &self.jobs else {
             return false;
         };
-        {
-            let mut progress = self.state.progress.lock();
-            if progress.in_flight {
-                return false;
-            }
-            progress.in_flight = true;
-        }
         let job = SyncJob {
             file: file.clone(),
             path,
             base_seq,
             position,
         };
+        {
+            let mut progress = self.state.progress.lock();
+            if progress.in_flight {
+                progress.next = Some(job);
+                return true;
+            }
+            progress.in_flight = true;
+        }
         match jobs.try_send(job) {
             Ok(()) => true,
             // The thread is gone (it only stops when the syncer is dropped) or, impossibly,
@@ -96,7 +107,7 @@ impl Syncer {
         }
     }
 
-    /// Waits until no sync is in flight.
+    /// Waits until no sync runs or is queued.
     pub fn wait_idle(&self) {
         let mut progress = self.state.progress.lock();
         while progress.in_flight {
@@ -129,27 +140,39 @@ impl Drop for Syncer {
 }
 
 fn run(inbox: Receiver<SyncJob>, state: &State, times: &FsyncTimes) {
-    while let Ok(job) = inbox.recv() {
-        let started = std::time::Instant::now();
-        let result = job.file.sync_data().at(&job.path);
-        times.record(started.elapsed());
-        let mut progress = state.progress.lock();
-        match result {
-            Ok(()) => {
-                let newer = progress.synced.is_none_or(|(base_seq, position)| {
-                    job.base_seq > base_seq || (job.base_seq == base_seq && job.position > position)
-                });
-                if newer {
-                    progress.synced = Some((job.base_seq, job.position));
+    while let Ok(first) = inbox.recv() {
+        let mut job = first;
+        loop {
+            let started = std::time::Instant::now();
+            let result = job.file.sync_data().at(&job.path);
+            times.record(started.elapsed());
+            let mut progress = state.progress.lock();
+            match result {
+                Ok(()) => {
+                    let newer = progress.synced.is_none_or(|(base_seq, position)| {
+                        job.base_seq > base_seq
+                            || (job.base_seq == base_seq && job.position > position)
+                    });
+                    if newer {
+                        progress.synced = Some((job.base_seq, job.position));
+                    }
+                }
+                Err(failure) => {
+                    tracing::error!(error = %failure, "background fsync failed; the log refuses writes");
+                    progress.failure = Some(failure);
+                    // The log is poisoned: a sync queued behind this one is moot.
+                    progress.next = None;
                 }
             }
-            Err(failure) => {
-                tracing::error!(error = %failure, "background fsync failed; the log refuses writes");
-                progress.failure = Some(failure);
+            match progress.next.take() {
+                Some(next) => job = next,
+                None => {
+                    progress.in_flight = false;
+                    state.idle.notify_all();
+                    break;
+                }
             }
         }
-        progress.in_flight = false;
-        state.idle.notify_all();
     }
 }
 
@@ -159,13 +182,25 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn reports_the_furthest_sync_and_takes_one_job_at_a_time() {
+    /// A syncer, and a file for it to sync (the directory lives as long as the returned guard).
+    fn started() -> (
+        tempfile::TempDir,
+        PathBuf,
+        Arc<File>,
+        Arc<FsyncTimes>,
+        Syncer,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
         let file = Arc::new(File::create(&path).unwrap());
         let times = Arc::new(FsyncTimes::default());
         let syncer = Syncer::start("test", times.clone()).unwrap();
+        (dir, path, file, times, syncer)
+    }
+
+    #[test]
+    fn reports_the_furthest_sync_and_takes_one_job_at_a_time() {
+        let (_dir, path, file, times, syncer) = started();
         assert_eq!(syncer.take_progress().unwrap(), None);
 
         assert!(syncer.request(&file, path.clone(), 1, 100));
@@ -181,5 +216,20 @@ mod tests {
         syncer.wait_idle();
         assert_eq!(syncer.take_progress().unwrap(), Some((7, 10)));
         assert_eq!(times.snapshot().count(), 3);
+    }
+
+    #[test]
+    fn a_sync_asked_for_while_one_runs_is_done_before_the_syncer_is_idle() {
+        let (_dir, path, file, times, syncer) = started();
+        // Back to back, most requests find a sync running: each is queued behind it (replacing
+        // the one queued before) instead of being refused, and the syncer is idle only once
+        // the last is done — whichever requests found it idle.
+        for position in 1..=50 {
+            assert!(syncer.request(&file, path.clone(), 1, position));
+        }
+        syncer.wait_idle();
+        assert!(!syncer.is_busy());
+        assert_eq!(syncer.take_progress().unwrap(), Some((1, 50)));
+        assert!((1..=50).contains(&times.snapshot().count()));
     }
 }

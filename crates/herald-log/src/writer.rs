@@ -200,7 +200,7 @@ impl Writer {
             FsyncPolicy::Always => None,
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(Syncer::start(
                 &shared.dir.display().to_string(),
-                shared.fsync_times.clone(),
+                shared.io_times.fsyncs.clone(),
             )?),
         };
         let active = &recovered.set.active;
@@ -260,11 +260,9 @@ impl Writer {
     }
 
     fn commits_inline(&self, bytes: u64) -> bool {
-        let interval_due = match self.shared.config.fsync {
-            FsyncPolicy::Always => return false,
-            FsyncPolicy::Interval(interval) => self.last_sync.elapsed() >= interval,
-            FsyncPolicy::Never => false,
-        };
+        if matches!(self.shared.config.fsync, FsyncPolicy::Always) {
+            return false;
+        }
         if self.closed || self.poisoned.is_some() || bytes > INLINE_APPEND_BYTES_MAX as u64 {
             return false;
         }
@@ -272,10 +270,11 @@ impl Writer {
         if segment_has_records && self.position + bytes > self.shared.config.segment_bytes_max {
             return false;
         }
-        // Only the writer starts a sync, and it is held here: a sync idle now stays idle.
+        // Only the writer starts a sync, and it is held here: a sync idle now stays idle. A
+        // sync due while one runs is queued behind it (`sync_in_background`), not waited for.
         let busy = self.syncer.as_ref().is_some_and(Syncer::is_busy);
         let far_behind = self.position + bytes - self.synced_position >= 2 * UNSYNCED_BYTES_MAX;
-        !(busy && (interval_due || far_behind))
+        !(busy && far_behind)
     }
 
     /// Takes the first request and whatever else is queued behind it, commits the appends
@@ -417,9 +416,14 @@ impl Writer {
             return Ok(());
         }
         let path = self.active_paths().log;
+        let syncing = self.syncer.as_ref().is_some_and(Syncer::is_busy);
+        let started = Instant::now();
         self.file
             .write_all_at(&self.buffer, self.position)
             .at(&path)?;
+        self.shared
+            .io_times
+            .record_write(started.elapsed(), syncing);
         self.position += self.buffer.len() as u64;
         self.buffer.clear();
         self.unsynced = true;
@@ -449,23 +453,27 @@ impl Writer {
         }
     }
 
-    /// Hands a sync of everything written to the syncer. When one is still in flight, waits
-    /// for it if this sync is `due` (the interval elapsed) or the unsynced bytes reached twice
-    /// `UNSYNCED_BYTES_MAX`; otherwise leaves it to the next commit or timer.
+    /// Hands a sync of everything written to the syncer, which starts it now or, when a sync
+    /// runs, as soon as that one ends. While one runs, a sync that is not `due` (the interval
+    /// has not elapsed: the `UNSYNCED_BYTES_MAX` trigger) is left to the next commit or timer.
+    /// Waits for the syncer only once the bytes written past its last finished sync reach twice
+    /// `UNSYNCED_BYTES_MAX`, so that dirty page cache stays bounded; never merely because the
+    /// interval came round while the disk was slow (the caller's commit, and the delivery of
+    /// its events, would then wait for the disk's fsync).
     fn sync_in_background(&mut self, due: bool) -> Result<(), LogError> {
         let Some(busy) = self.syncer.as_ref().map(Syncer::is_busy) else {
             return self.sync();
         };
+        self.absorb_sync_progress()?;
         if busy {
             let far_behind = self.position - self.synced_position >= 2 * UNSYNCED_BYTES_MAX;
-            if !due && !far_behind {
-                return self.absorb_sync_progress();
-            }
-            if let Some(syncer) = &self.syncer {
-                syncer.wait_idle();
+            if far_behind {
+                self.wait_for_syncer();
+                self.absorb_sync_progress()?;
+            } else if !due {
+                return Ok(());
             }
         }
-        self.absorb_sync_progress()?;
         self.last_sync = Instant::now();
         if !self.unsynced {
             return Ok(());
@@ -480,6 +488,17 @@ impl Writer {
             Ok(())
         } else {
             self.sync()
+        }
+    }
+
+    /// Waits until the syncer has nothing running or queued, timing the wait.
+    fn wait_for_syncer(&self) {
+        if let Some(syncer) = &self.syncer {
+            let started = Instant::now();
+            if syncer.is_busy() {
+                syncer.wait_idle();
+                self.shared.io_times.sync_waits.record(started.elapsed());
+            }
         }
     }
 
@@ -512,15 +531,13 @@ impl Writer {
         if let Some(reason) = &self.poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
-        if let Some(syncer) = &self.syncer {
-            syncer.wait_idle();
-        }
+        self.wait_for_syncer();
         self.absorb_sync_progress()?;
         if self.unsynced {
             let path = self.active_paths().log;
             let started = Instant::now();
             self.file.sync_data().at(&path)?;
-            self.shared.fsync_times.record(started.elapsed());
+            self.shared.io_times.fsyncs.record(started.elapsed());
             self.unsynced = false;
             self.synced_position = self.position;
             self.drop_cache_behind();

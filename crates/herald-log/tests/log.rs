@@ -502,6 +502,13 @@ fn every_fsync_of_the_data_is_timed() {
     // A forced fsync counts too (the syncer thread's are counted in `syncer.rs`'s test).
     log.sync_blocking().unwrap();
     assert_eq!(log.fsync_times().count(), 1);
+    // Each append (answered before the next was made) was one write, none during an fsync,
+    // and the writer never waited for a syncer that had nothing to do.
+    let io = log.io_times();
+    assert_eq!(io.fsyncs, log.fsync_times());
+    assert_eq!(io.writes.count(), 1);
+    assert_eq!(io.writes_while_syncing.count(), 0);
+    assert_eq!(io.sync_waits.count(), 0);
 
     let memory = Log::in_memory(LogConfig::default()).unwrap();
     memory.append_blocking(payloads(1..=1)).unwrap();

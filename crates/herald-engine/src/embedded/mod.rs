@@ -133,6 +133,17 @@ impl EmbeddedEngine {
         all
     }
 
+    /// The streams' logs' fsyncs, writes and waits for their syncers since the engine opened
+    /// (`herald_log::IoTimes`): whether a latency run's writes stalled behind its fsyncs.
+    pub fn io_times(&self) -> herald_log::IoSnapshot {
+        let streams: Vec<Arc<Stream>> = self.inner.streams.lock().values().cloned().collect();
+        let mut all = herald_log::IoSnapshot::default();
+        for stream in streams {
+            all.add(&stream.io_times());
+        }
+        all
+    }
+
     /// Starts the task of every group whose journal is in the data directory.
     fn restore_groups(&self) -> Result<(), EngineError> {
         if self.inner.config.storage == Storage::Memory {

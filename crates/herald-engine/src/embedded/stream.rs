@@ -498,6 +498,10 @@ impl Stream {
         self.log.fsync_times()
     }
 
+    pub fn io_times(&self) -> herald_log::IoSnapshot {
+        self.log.io_times()
+    }
+
     pub fn close(&self) -> Result<(), EngineError> {
         self.log
             .close()
