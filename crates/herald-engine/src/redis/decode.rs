@@ -9,7 +9,7 @@ use redis::Value;
 use redis::streams::StreamId;
 
 use super::keys::seq_of;
-use super::raw::{RawError, header, length};
+use super::raw::{Header, RawError, header, length};
 use crate::api::EngineError;
 
 /// Decodes stream entries into stored events.
@@ -43,11 +43,7 @@ pub(crate) fn decode_read_reply(
     stream: &str,
     reply: Value,
 ) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
-    let corrupt = |seq: u64, reason: String| EngineError::Corrupt {
-        stream: stream.to_owned(),
-        seq,
-        reason,
-    };
+    let corrupt = |seq: u64, reason: String| corrupt(stream, seq, reason);
     let keys = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(keys) => keys,
@@ -117,11 +113,7 @@ pub(crate) fn decode_raw_read_reply(
     stream: &str,
     frame: Bytes,
 ) -> Result<Vec<Arc<StoredEvent>>, EngineError> {
-    let corrupt = |seq: u64, reason: String| EngineError::Corrupt {
-        stream: stream.to_owned(),
-        seq,
-        reason,
-    };
+    let corrupt = |seq: u64, reason: String| corrupt(stream, seq, reason);
     let protocol = |error: RawError| corrupt(0, error.to_string());
     let mut walker = Walker {
         frame: &frame,
@@ -186,6 +178,15 @@ pub(crate) fn decode_raw_read_reply(
     Ok(events)
 }
 
+/// A stream's entry that is not what Herald writes.
+fn corrupt(stream: &str, seq: u64, reason: String) -> EngineError {
+    EngineError::Corrupt {
+        stream: stream.to_owned(),
+        seq,
+        reason,
+    }
+}
+
 /// Reads a complete RESP2 frame header by header.
 struct Walker<'a> {
     frame: &'a [u8],
@@ -194,7 +195,7 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn next_header(&mut self, expected: u8) -> Result<i64, RawError> {
-        let (kind, line, next) = header(self.frame, self.at)?
+        let Header { kind, line, next } = header(self.frame, self.at)?
             .ok_or_else(|| RawError::Protocol("the reply ends early".to_owned()))?;
         if kind != expected {
             return Err(RawError::Protocol(format!(
@@ -263,7 +264,10 @@ mod tests {
     }
 
     /// An `XREADGROUP` reply in RESP2, as Redis writes it: one stream, entries `(id, fields)`.
-    fn reply(entries: &[(&str, Vec<(&[u8], &[u8])>)]) -> Vec<u8> {
+    /// An entry's fields: `(name, value)`.
+    type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+    fn reply(entries: &[(&str, Fields<'_>)]) -> Vec<u8> {
         let mut out = b"*1\r\n*2\r\n".to_vec();
         bulk(&mut out, b"P:{s}:events");
         out.extend_from_slice(format!("*{}\r\n", entries.len()).as_bytes());

@@ -165,7 +165,7 @@ pub(crate) fn frame_len(buffer: &[u8]) -> Result<Option<usize>, RawError> {
     let mut pending: u64 = 1;
     while pending > 0 {
         pending -= 1;
-        let Some((kind, line, next)) = header(buffer, at)? else {
+        let Some(Header { kind, line, next }) = header(buffer, at)? else {
             return Ok(None);
         };
         at = next;
@@ -198,9 +198,18 @@ pub(crate) fn frame_len(buffer: &[u8]) -> Result<Option<usize>, RawError> {
     Ok(Some(at))
 }
 
-/// The header at `at`: its type byte, the rest of its line, and where the next one starts;
-/// `None` when the line is not all in `buffer` yet.
-pub(crate) fn header(buffer: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, RawError> {
+/// One header line of a RESP2 reply.
+pub(crate) struct Header<'a> {
+    /// The type byte (`*`, `$`, `+`, `-`, `:`).
+    pub kind: u8,
+    /// The rest of the line, without its CRLF.
+    pub line: &'a [u8],
+    /// Where the next header (or a bulk string's bytes) starts.
+    pub next: usize,
+}
+
+/// The header at `at`; `None` when its line is not all in `buffer` yet.
+pub(crate) fn header(buffer: &[u8], at: usize) -> Result<Option<Header<'_>>, RawError> {
     let Some(&kind) = buffer.get(at) else {
         return Ok(None);
     };
@@ -210,7 +219,11 @@ pub(crate) fn header(buffer: &[u8], at: usize) -> Result<Option<(u8, &[u8], usiz
     };
     match rest.get(cr + 1) {
         None => Ok(None),
-        Some(b'\n') => Ok(Some((kind, &rest[..cr], at + 1 + cr + 2))),
+        Some(b'\n') => Ok(Some(Header {
+            kind,
+            line: &rest[..cr],
+            next: at + 1 + cr + 2,
+        })),
         Some(_) => Err(RawError::Protocol("a line without CRLF".to_owned())),
     }
 }
