@@ -14,6 +14,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 
+use super::raw::RawConnection;
 use crate::api::EngineError;
 
 /// How long the shared connection waits for a reply before failing the command. Generous:
@@ -97,6 +98,25 @@ impl Redis {
                 .await
                 .map(Connection::Cluster)
                 .map_err(|error| backend("connect", &error)),
+        }
+    }
+
+    /// A plain connection of its own whose replies come back as bytes (`raw.rs`), for the
+    /// reads that carry events; `None` for a Cluster (redis-rs routes its commands) or an
+    /// address it does not speak.
+    pub async fn raw(&self) -> Result<Option<RawConnection>, EngineError> {
+        match self {
+            Redis::Standalone(client) => RawConnection::connect(
+                client.get_connection_info(),
+                CONNECT_TIMEOUT,
+                RESPONSE_TIMEOUT,
+            )
+            .await
+            .map_err(|error| EngineError::Backend {
+                operation: "connect",
+                reason: error.to_string(),
+            }),
+            Redis::Cluster(_) => Ok(None),
         }
     }
 

@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::Inner;
-use super::decode::{decode_event, decode_read_reply};
+use super::decode::{decode_event, decode_raw_read_reply, decode_read_reply};
 use super::keys::{GroupKeys, entry_id, holder_consumer, member_consumer, process_of, seq_of};
+use super::raw::RawConnection;
 use super::scripts;
 use super::tail::Tail;
 use crate::api::{
@@ -114,6 +115,15 @@ struct Read {
     matched: Vec<Arc<StoredEvent>>,
 }
 
+/// The task's own connection for its reads (`raw.rs`).
+enum RawReads {
+    /// Not opened yet, or dropped after a failure: opened at the next read.
+    Closed,
+    Open(RawConnection),
+    /// A Cluster (or an address `raw.rs` does not speak): reads go on the shared connection.
+    Unsupported,
+}
+
 /// An entry read with this process's holder consumer, not yet handed out.
 struct Held {
     stream: usize,
@@ -142,6 +152,7 @@ pub(crate) struct GroupTask {
     /// When to look next for entries of processes taken for dead.
     next_sweep: Instant,
     next_delivery_id: u64,
+    raw: RawReads,
 }
 
 impl GroupTask {
@@ -165,6 +176,7 @@ impl GroupTask {
             next_poll: Instant::now() + DUE_POLL_INTERVAL,
             next_sweep: Instant::now(),
             next_delivery_id: 1,
+            raw: RawReads::Closed,
         }
     }
 
@@ -446,12 +458,14 @@ impl GroupTask {
                 if wanted.is_empty() {
                     break;
                 }
-                let reads = join_all(
-                    wanted
-                        .iter()
-                        .map(|(_, consumer, count)| self.read_entries(stream, consumer, *count)),
-                )
-                .await;
+                let reads = self
+                    .read_entries(
+                        stream,
+                        wanted
+                            .iter()
+                            .map(|(_, consumer, count)| (consumer.as_str(), *count)),
+                    )
+                    .await;
                 let mut unmatched = Vec::new();
                 let mut more = false;
                 for ((at, _, count), entries) in wanted.into_iter().zip(reads) {
@@ -487,26 +501,82 @@ impl GroupTask {
         delivered
     }
 
-    /// One `XREADGROUP` of up to `count` new entries of a stream into `consumer`'s name, as a
-    /// future that borrows nothing, so that several go out at once.
-    fn read_entries(
-        &self,
+    /// One `XREADGROUP` per `(consumer, count)`: up to `count` new entries of a stream into
+    /// `consumer`'s name, decoded. They go out together: on the task's own connection
+    /// (`raw.rs`, replies walked as bytes) as one pipeline, or on the shared connection
+    /// (pipelined there) when there is none.
+    async fn read_entries<'a>(
+        &mut self,
         stream: usize,
-        consumer: &str,
-        count: usize,
-    ) -> impl Future<Output = Result<Value, redis::RedisError>> + use<> {
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.name)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&self.streams[stream].keys.events)
-            .arg(">");
-        let mut connection = self.inner.connection.clone();
-        async move { command.query_async(&mut connection).await }
+        reads: impl Iterator<Item = (&'a str, usize)>,
+    ) -> Vec<Result<Vec<Arc<StoredEvent>>, String>> {
+        let commands: Vec<redis::Cmd> = reads
+            .map(|(consumer, count)| {
+                let mut command = redis::cmd("XREADGROUP");
+                command
+                    .arg("GROUP")
+                    .arg(&self.name)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(&self.streams[stream].keys.events)
+                    .arg(">");
+                command
+            })
+            .collect();
+        let name = self.streams[stream].name.clone();
+        if let Some(connection) = self.raw_connection().await {
+            match connection.pipeline(&commands).await {
+                Ok(replies) => {
+                    return replies
+                        .into_iter()
+                        .map(|reply| {
+                            decode_raw_read_reply(&name, reply?).map_err(|error| error.to_string())
+                        })
+                        .collect();
+                }
+                Err(error) => {
+                    // What the lost replies read stays pending in the members' consumers, as
+                    // after a lost reply on the shared connection.
+                    self.raw = RawReads::Closed;
+                    let error = error.to_string();
+                    return commands.iter().map(|_| Err(error.clone())).collect();
+                }
+            }
+        }
+        let connection = self.inner.connection.clone();
+        join_all(commands.into_iter().map(|command| {
+            let mut connection = connection.clone();
+            let name = name.clone();
+            async move {
+                let reply: Value = command
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                decode_read_reply(&name, reply).map_err(|error| error.to_string())
+            }
+        }))
+        .await
+    }
+
+    /// The task's own connection for reads, opened if it is not; `None` where there is none
+    /// (a Cluster) or it cannot be opened now (the shared connection is tried instead).
+    async fn raw_connection(&mut self) -> Option<&mut RawConnection> {
+        if let RawReads::Closed = self.raw {
+            self.raw = match self.inner.redis.raw().await {
+                Ok(Some(connection)) => RawReads::Open(connection),
+                Ok(None) => RawReads::Unsupported,
+                Err(error) => {
+                    warn!(group = %self.name, %error, "cannot open the group's read connection");
+                    RawReads::Closed
+                }
+            };
+        }
+        match &mut self.raw {
+            RawReads::Open(connection) => Some(connection),
+            RawReads::Closed | RawReads::Unsupported => None,
+        }
     }
 
     /// Sorts out what a read of up to `count` entries gave: the events the pattern matches,
@@ -515,25 +585,18 @@ impl GroupTask {
     fn absorb(
         &mut self,
         stream: usize,
-        reply: Value,
+        events: Vec<Arc<StoredEvent>>,
         count: usize,
         target: u64,
         unmatched: &mut Vec<String>,
     ) -> Read {
         let attached = &self.streams[stream];
-        let events = match decode_read_reply(&attached.name, reply) {
-            Ok(events) => events,
-            Err(error) => {
-                warn!(group = %self.name, %error, "entries do not decode");
-                Vec::new()
-            }
-        };
         let read_count = events.len();
         let mut matched = Vec::new();
         let mut last = attached.caught_up_to;
         for event in events {
             last = last.max(event.seq);
-            if self.pattern.matches(&event.event.event_type) {
+            if self.pattern.matches(event.event.event_type()) {
                 matched.push(event);
             } else {
                 unmatched.push(entry_id(event.seq));
@@ -608,7 +671,11 @@ impl GroupTask {
         if self.streams[stream].caught_up_to >= target {
             return None;
         }
-        let entries = match self.read_entries(stream, consumer, count).await {
+        let read = self
+            .read_entries(stream, std::iter::once((consumer, count)))
+            .await
+            .pop();
+        let entries = match read.unwrap_or_else(|| Err("no reply".to_owned())) {
             Ok(entries) => entries,
             Err(error) => {
                 warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");

@@ -23,6 +23,7 @@ mod decode;
 mod group;
 mod keys;
 mod publish;
+mod raw;
 mod relay;
 mod scripts;
 mod tail;

@@ -156,7 +156,7 @@ impl Tail {
             let empty = events.is_empty();
             for event in events {
                 from = event.seq + 1;
-                if subscriber.pattern.matches(&event.event.event_type)
+                if subscriber.pattern.matches(event.event.event_type())
                     && !subscriber.send_history(event).await
                 {
                     return;
@@ -238,7 +238,7 @@ impl Tail {
         for event in &events {
             let mut dropped = 0;
             state.live.retain(|(subscriber, next)| {
-                if event.seq < *next || !subscriber.pattern.matches(&event.event.event_type) {
+                if event.seq < *next || !subscriber.pattern.matches(event.event.event_type()) {
                     return !subscriber.is_dead();
                 }
                 match subscriber.offer(event) {

@@ -1,0 +1,277 @@
+//! A plain RESP2 connection of a group task's own, for the reads that carry events
+//! (`XREADGROUP`): replies come back as their bytes, not as redis-rs `Value` trees.
+//!
+//! Why: on the consume path redis-rs's parser (built on `combine`) and the tree it builds — a
+//! `Vec` per entry and per field list, a `Vec<u8>` per id, name and event — were about a third
+//! of the Herald process's profile, for replies of which Herald keeps only each entry's id and
+//! the event's JSON. Here a reply is one buffer: [`frame_len`] finds where it ends by skipping
+//! bulk strings by their length (the JSON is never scanned), and `decode.rs` walks it, each
+//! event's JSON a slice of that buffer (no copy).
+//!
+//! Only a standalone Redis over TCP or a Unix socket gets one (a Cluster routes by slot:
+//! redis-rs's cluster connection keeps doing it). Commands are packed by redis-rs (`Cmd`);
+//! the handshake is `AUTH` and `SELECT` as the URL asks. A failed or timed-out exchange drops
+//! the connection: the next read opens a new one.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How many bytes a read from the socket asks for at least: a read of 1,000 events is about
+/// 300 KiB, so a few reads bring it in.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The largest element count or bulk length accepted in a reply header: more is a broken
+/// stream, not a reply (Redis's own bulk limit is 512 MiB).
+const REPLY_LENGTH_MAX: i64 = 512 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RawError {
+    #[error("redis connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis protocol: {0}")]
+    Protocol(String),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis refused the handshake: {0}")]
+    Handshake(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+
+pub(crate) struct RawConnection {
+    io: Box<dyn Io>,
+    /// Bytes read and not yet handed out as replies.
+    buffer: BytesMut,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RawConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawConnection")
+    }
+}
+
+/// One reply: its whole RESP frame, or the text of an error reply.
+pub(crate) type RawReply = Result<Bytes, String>;
+
+impl RawConnection {
+    /// Connects as `info` says; `None` for an address this connection does not speak (TLS).
+    pub async fn connect(
+        info: &ConnectionInfo,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Option<RawConnection>, RawError> {
+        let connecting = async {
+            let io: Box<dyn Io> = match info.addr() {
+                ConnectionAddr::Tcp(host, port) => {
+                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    stream.set_nodelay(true)?;
+                    Box::new(stream)
+                }
+                #[cfg(unix)]
+                ConnectionAddr::Unix(path) => {
+                    Box::new(tokio::net::UnixStream::connect(path).await?)
+                }
+                _ => return Ok(None),
+            };
+            Ok::<_, RawError>(Some(io))
+        };
+        let io = tokio::time::timeout(connect_timeout, connecting)
+            .await
+            .map_err(|_| RawError::Timeout(connect_timeout))??;
+        let Some(io) = io else { return Ok(None) };
+        let mut connection = RawConnection {
+            io,
+            buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            response_timeout,
+        };
+        let settings = info.redis_settings();
+        let mut handshake = Vec::new();
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(username) = settings.username() {
+                auth.arg(username);
+            }
+            auth.arg(password);
+            handshake.push(auth);
+        }
+        if settings.db() != 0 {
+            let mut select = redis::cmd("SELECT");
+            select.arg(settings.db());
+            handshake.push(select);
+        }
+        for reply in connection.pipeline(&handshake).await? {
+            reply.map_err(RawError::Handshake)?;
+        }
+        Ok(Some(connection))
+    }
+
+    /// Sends `commands` in one write and reads their replies, in order.
+    pub async fn pipeline(&mut self, commands: &[Cmd]) -> Result<Vec<RawReply>, RawError> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timeout = self.response_timeout;
+        tokio::time::timeout(timeout, self.exchange(commands))
+            .await
+            .map_err(|_| RawError::Timeout(timeout))?
+    }
+
+    async fn exchange(&mut self, commands: &[Cmd]) -> Result<Vec<RawReply>, RawError> {
+        let mut packed = Vec::new();
+        for command in commands {
+            command.write_packed_command(&mut packed);
+        }
+        self.io.write_all(&packed).await?;
+        self.io.flush().await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        while replies.len() < commands.len() {
+            match frame_len(&self.buffer)? {
+                Some(len) => {
+                    let frame = self.buffer.split_to(len).freeze();
+                    replies.push(match frame.first() {
+                        Some(b'-') => Err(String::from_utf8_lossy(line_of(&frame)).into_owned()),
+                        _ => Ok(frame),
+                    });
+                }
+                None => {
+                    self.buffer.reserve(READ_CHUNK_BYTES);
+                    if self.io.read_buf(&mut self.buffer).await? == 0 {
+                        return Err(RawError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+        }
+        Ok(replies)
+    }
+}
+
+/// The text of a simple reply (`+…`, `-…`, `:…`) without its type byte and CRLF.
+fn line_of(frame: &[u8]) -> &[u8] {
+    frame
+        .get(1..frame.len().saturating_sub(2))
+        .unwrap_or_default()
+}
+
+/// The length of the first whole RESP2 reply in `buffer`, `None` while it is incomplete.
+/// Bulk strings are skipped by their length, so their contents are never scanned.
+pub(crate) fn frame_len(buffer: &[u8]) -> Result<Option<usize>, RawError> {
+    let mut at = 0;
+    // Elements still to be read, this one included.
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let Some(Header { kind, line, next }) = header(buffer, at)? else {
+            return Ok(None);
+        };
+        at = next;
+        match kind {
+            b'+' | b'-' | b':' => {}
+            b'$' => {
+                let len = length(line)?;
+                if len >= 0 {
+                    let end = at + len as usize + 2;
+                    if end > buffer.len() {
+                        return Ok(None);
+                    }
+                    at = end;
+                }
+            }
+            b'*' => {
+                let len = length(line)?;
+                if len > 0 {
+                    pending += len as u64;
+                }
+            }
+            other => {
+                return Err(RawError::Protocol(format!(
+                    "unexpected reply type {:?}",
+                    other as char
+                )));
+            }
+        }
+    }
+    Ok(Some(at))
+}
+
+/// One header line of a RESP2 reply.
+pub(crate) struct Header<'a> {
+    /// The type byte (`*`, `$`, `+`, `-`, `:`).
+    pub kind: u8,
+    /// The rest of the line, without its CRLF.
+    pub line: &'a [u8],
+    /// Where the next header (or a bulk string's bytes) starts.
+    pub next: usize,
+}
+
+/// The header at `at`; `None` when its line is not all in `buffer` yet.
+pub(crate) fn header(buffer: &[u8], at: usize) -> Result<Option<Header<'_>>, RawError> {
+    let Some(&kind) = buffer.get(at) else {
+        return Ok(None);
+    };
+    let rest = buffer.get(at + 1..).unwrap_or_default();
+    let Some(cr) = rest.iter().position(|&byte| byte == b'\r') else {
+        return Ok(None);
+    };
+    match rest.get(cr + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some(Header {
+            kind,
+            line: &rest[..cr],
+            next: at + 1 + cr + 2,
+        })),
+        Some(_) => Err(RawError::Protocol("a line without CRLF".to_owned())),
+    }
+}
+
+/// A header's length (`*<n>`, `$<n>`; `-1` for nil).
+pub(crate) fn length(line: &[u8]) -> Result<i64, RawError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .filter(|len| (-1..=REPLY_LENGTH_MAX).contains(len))
+        .ok_or_else(|| {
+            RawError::Protocol(format!("bad length {:?}", String::from_utf8_lossy(line)))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_end_where_the_reply_does() {
+        let reply =
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n0-1\r\n*2\r\n$1\r\ne\r\n$4\r\n{\r\n}\r\n";
+        assert_eq!(frame_len(reply).unwrap(), Some(reply.len()));
+        for cut in 0..reply.len() {
+            assert_eq!(frame_len(&reply[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        let mut two = reply.to_vec();
+        two.extend_from_slice(b"+OK\r\n");
+        assert_eq!(frame_len(&two).unwrap(), Some(reply.len()));
+    }
+
+    #[test]
+    fn simple_nil_and_error_replies_are_frames() {
+        assert_eq!(frame_len(b"+OK\r\n").unwrap(), Some(5));
+        assert_eq!(frame_len(b"-NOGROUP no\r\n").unwrap(), Some(13));
+        assert_eq!(frame_len(b":12\r\n").unwrap(), Some(5));
+        assert_eq!(frame_len(b"*-1\r\n").unwrap(), Some(5));
+        assert_eq!(frame_len(b"$-1\r\n").unwrap(), Some(5));
+        assert_eq!(frame_len(b"*0\r\n").unwrap(), Some(4));
+        assert_eq!(line_of(b"-NOGROUP no\r\n"), b"NOGROUP no");
+    }
+
+    #[test]
+    fn broken_streams_are_refused() {
+        assert!(frame_len(b"!3\r\nabc\r\n").is_err());
+        assert!(frame_len(b"$x\r\n").is_err());
+        assert!(frame_len(b"*-2\r\n").is_err());
+        assert!(frame_len(b"+OK\rX").is_err());
+    }
+}
