@@ -267,6 +267,79 @@ mod tests {
         assert_eq!(line_of(b"-NOGROUP no\r\n"), b"NOGROUP no");
     }
 
+    /// A RESP2 reply tree, as Redis could send it.
+    #[derive(Debug, Clone)]
+    enum Reply {
+        Simple(String),
+        Error(String),
+        Integer(i64),
+        Bulk(Option<Vec<u8>>),
+        Array(Option<Vec<Reply>>),
+    }
+
+    fn encode(reply: &Reply, out: &mut Vec<u8>) {
+        match reply {
+            Reply::Simple(text) => out.extend_from_slice(format!("+{text}\r\n").as_bytes()),
+            Reply::Error(text) => out.extend_from_slice(format!("-{text}\r\n").as_bytes()),
+            Reply::Integer(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Bulk(Some(bytes)) => {
+                out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+                out.extend_from_slice(bytes);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(Some(items)) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for item in items {
+                    encode(item, out);
+                }
+            }
+        }
+    }
+
+    fn reply() -> impl proptest::strategy::Strategy<Value = Reply> {
+        use proptest::prelude::*;
+        let line = "[a-zA-Z0-9 _-]{0,12}";
+        let leaf = prop_oneof![
+            line.prop_map(Reply::Simple),
+            line.prop_map(Reply::Error),
+            any::<i64>().prop_map(Reply::Integer),
+            // Bulk strings may hold CRLF and anything else: they are skipped by length.
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(Reply::Bulk),
+            Just(Reply::Array(None)),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(|items| Reply::Array(Some(items)))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_reply_is_framed_whole_and_never_before_it_is_complete(
+            first in reply(),
+            second in reply(),
+        ) {
+            let mut bytes = Vec::new();
+            encode(&first, &mut bytes);
+            let first_len = bytes.len();
+            encode(&second, &mut bytes);
+            proptest::prop_assert_eq!(frame_len(&bytes).unwrap(), Some(first_len));
+            for cut in 0..first_len {
+                proptest::prop_assert_eq!(frame_len(&bytes[..cut]).unwrap(), None);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_overrun(bytes in proptest::collection::vec(
+            proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(Some(len)) = frame_len(&bytes) {
+                proptest::prop_assert!(len <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn broken_streams_are_refused() {
         assert!(frame_len(b"!3\r\nabc\r\n").is_err());
