@@ -39,6 +39,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::error::{Error, Result};
 use crate::options::{ClientOptions, backoff_delay};
 use crate::rooms::{Listener, Rooms};
+use herald_protocol::ws::WS_READ_BUFFER_BYTES;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -244,9 +246,10 @@ pub(crate) async fn connect(
         request.headers_mut().insert("authorization", value);
     }
     let opened = tokio::time::timeout(timeout, async {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(|error| connect_error(handshake_reason(error)))?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(read_buffer_config()), true)
+                .await
+                .map_err(|error| connect_error(handshake_reason(error)))?;
         let (sink, mut stream) = socket.split();
         let welcome = loop {
             match stream.next().await {
@@ -1187,4 +1190,9 @@ impl LocalIds {
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
+}
+
+/// Reads of [`WS_READ_BUFFER_BYTES`]: tungstenite zero-fills its whole read size before each read.
+fn read_buffer_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
 }

@@ -107,11 +107,9 @@ impl FileLog {
     }
 
     pub async fn append(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
-        let (request, answer) = self.append_request(payloads)?;
-        self.requests
-            .send_async(request)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        check_batch(&payloads, self.payload_bytes_max)?;
+        let (reply, answer) = flume::bounded(1);
+        self.submit(payloads, Answer::Reply(reply)).await;
         answer.recv_async().await.map_err(|_| LogError::Closed)?
     }
 
@@ -123,9 +121,13 @@ impl FileLog {
             on_appended(Err(refused));
             return;
         }
-        let answer = Answer::Call(on_appended);
-        // Committed here when the writer is free and the commit cannot wait on the disk;
-        // otherwise queued for the writer thread, as every other append.
+        self.submit(payloads, Answer::Call(on_appended)).await;
+    }
+
+    /// Commits a checked batch here when the writer is free and the commit cannot wait on the
+    /// disk (no hand-off to the writer thread and back); otherwise queues it for the writer
+    /// thread, as every other append.
+    async fn submit(&self, payloads: Vec<Bytes>, answer: Answer) {
         let (payloads, answer) = match self.writer.try_lock() {
             Some(mut writer) => match writer.try_append_inline(payloads, answer) {
                 Ok(()) => return,

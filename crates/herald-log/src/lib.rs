@@ -93,7 +93,8 @@ impl Log {
     }
 
     /// Appends a batch; all its records get consecutive seqs and one timestamp. Resolves once
-    /// the batch is durable under the log's fsync policy.
+    /// the batch is durable under the log's fsync policy. A file log commits it within this
+    /// call when it can (as [`Log::append_then`] says), saving the writer thread's round trip.
     pub async fn append(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
         match &self.backend {
             Backend::File(log) => log.append(payloads).await,

@@ -11,6 +11,13 @@ use crate::error::ErrorDetail;
 use crate::http::{GroupPolicyConfig, PublishResult};
 use crate::realtime::Target;
 
+/// How much a WebSocket connection reads from its socket at a time, on either side.
+///
+/// tungstenite zero-fills this much of its read buffer before every read, including reads that
+/// find nothing: its default (128 KiB) made that fill the largest single cost of a connection
+/// carrying one small frame per read. 32 KiB still takes a `pub` frame of 100 events in one read.
+pub const WS_READ_BUFFER_BYTES: usize = 32 * 1024;
+
 /// A WebSocket frame's operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -274,6 +274,13 @@ impl GroupActor {
             }
             let deadline = self.next_deadline();
             let wake = self.wake.clone();
+            // New events matter only to a member that can take one: a group nobody reads (or
+            // whose members all wait for acks) is not woken by every publish on its streams.
+            // A member's arrival or ack comes as a command, which re-runs `pump`.
+            let can_take = self
+                .members
+                .values()
+                .any(|member| member.in_flight < member.max_in_flight);
             tokio::select! {
                 command = commands.recv() => {
                     let Some(request) = command else { return };
@@ -302,7 +309,7 @@ impl GroupActor {
                         Some(control) => self.control(control),
                     }
                 }
-                () = wake.notified() => {}
+                () = wake.notified(), if can_take => {}
                 () = sleep_until(deadline) => self.on_timers(Instant::now()),
             }
         }

@@ -60,6 +60,7 @@ pub async fn upgrade(
     Ok(upgrade
         .max_message_size(frame_bytes_max)
         .max_frame_size(frame_bytes_max)
+        .read_buffer_size(herald_protocol::ws::WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| connection::run(state, identity, slot, socket))
         .into_response())
 }

@@ -10,6 +10,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::Target;
+use herald_protocol::ws::WS_READ_BUFFER_BYTES;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 pub type Source = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
@@ -23,9 +25,10 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Sink, Source)> {
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
     // Nagle off: small frames go out at once, as a latency-sensitive client would send them.
-    let (stream, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .with_context(|| format!("connecting to {}", target.ws_url))?;
+    let (stream, _) =
+        tokio_tungstenite::connect_async_with_config(request, Some(read_buffer_config()), true)
+            .await
+            .with_context(|| format!("connecting to {}", target.ws_url))?;
     let (sink, mut source) = stream.split();
     let welcome = next_frame(&mut source).await?;
     if welcome["op"] != "welcome" {
@@ -146,4 +149,9 @@ pub async fn subscribe(sink: &mut Sink, source: &mut Source, sub: Value) -> anyh
             return answer["sid"].as_u64().context("subscribed without sid");
         }
     }
+}
+
+/// Reads of [`WS_READ_BUFFER_BYTES`]: tungstenite zero-fills its whole read size before each read.
+fn read_buffer_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
 }
