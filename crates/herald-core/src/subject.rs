@@ -155,23 +155,36 @@ fn is_plain_subject(text: &str) -> bool {
     if bytes.is_empty() || bytes.len() > SUBJECT_BYTES_MAX {
         return false;
     }
+    // Every byte is a token byte or a dot; no dot starts or ends the text or follows another.
+    if !bytes.iter().all(|&byte| SUBJECT_BYTES[usize::from(byte)])
+        || bytes[0] == b'.'
+        || bytes[bytes.len() - 1] == b'.'
+    {
+        return false;
+    }
     let mut tokens = 1;
-    let mut token_empty = true;
-    for &byte in bytes {
-        if byte == b'.' {
-            if token_empty {
+    for pair in bytes.windows(2) {
+        if pair[1] == b'.' {
+            if pair[0] == b'.' {
                 return false;
             }
             tokens += 1;
-            token_empty = true;
-        } else if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
-            token_empty = false;
-        } else {
-            return false;
         }
     }
-    !token_empty && tokens <= SUBJECT_TOKENS_MAX
+    tokens <= SUBJECT_TOKENS_MAX
 }
+
+/// The bytes of a subject: `[A-Za-z0-9_-]` and the dot between tokens.
+static SUBJECT_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.';
+        byte += 1;
+    }
+    table
+};
 
 /// Whether `token` is one literal token: non-empty, only `[A-Za-z0-9_-]`. Stream names use the
 /// same alphabet, since the default stream is a type's first token.

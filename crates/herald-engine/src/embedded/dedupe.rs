@@ -84,30 +84,45 @@ impl<'a> KeyRef<'a> {
 }
 
 /// The 128-bit value of a UUID in canonical text form (`8-4-4-4-12` lowercase hex digits), or
-/// `None` for any other text.
+/// `None` for any other text. Runs for every stored event: the hyphens are checked at their
+/// places and each digit is one table look-up.
 fn canonical_uuid(id: &str) -> Option<[u64; 2]> {
-    const HYPHENS: [usize; 4] = [8, 13, 18, 23];
-    let bytes = id.as_bytes();
-    if bytes.len() != 36 {
+    /// Where each group of hex digits starts and ends.
+    const GROUPS: [(usize, usize); 5] = [(0, 8), (9, 13), (14, 18), (19, 23), (24, 36)];
+    let bytes: &[u8; 36] = id.as_bytes().try_into().ok()?;
+    if bytes[8] != b'-' || bytes[13] != b'-' || bytes[18] != b'-' || bytes[23] != b'-' {
         return None;
     }
     let mut value: u128 = 0;
-    for (position, &byte) in bytes.iter().enumerate() {
-        if HYPHENS.contains(&position) {
-            if byte != b'-' {
+    for (start, end) in GROUPS {
+        for &byte in &bytes[start..end] {
+            let digit = HEX_DIGITS[usize::from(byte)];
+            if digit == NOT_HEX {
                 return None;
             }
-            continue;
+            value = (value << 4) | u128::from(digit);
         }
-        let digit = match byte {
-            b'0'..=b'9' => byte - b'0',
-            b'a'..=b'f' => byte - b'a' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(digit);
     }
     Some([(value >> 64) as u64, value as u64])
 }
+
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each lowercase hex digit, `NOT_HEX` for every other byte.
+static HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 10 {
+        table[b'0' as usize + digit] = digit as u8;
+        digit += 1;
+    }
+    let mut letter = 0;
+    while letter < 6 {
+        table[b'a' as usize + letter] = 10 + letter as u8;
+        letter += 1;
+    }
+    table
+};
 
 #[derive(Debug)]
 struct Slot {
