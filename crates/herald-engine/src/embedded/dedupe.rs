@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::num::NonZeroU64;
 
 /// hashbrown's table with its default foldhash: several times faster than SipHash on these short
 /// keys, and seeded per process, so ids chosen by publishers cannot be crafted to collide. The
@@ -128,8 +127,8 @@ static HEX_DIGITS: [u8; 256] = {
 struct Slot {
     /// Kept so that growing the table never hashes an id again.
     hash: u64,
-    /// `None` while in flight (seqs start at 1).
-    seq: Option<NonZeroU64>,
+    /// `IN_FLIGHT` while in flight.
+    seq: u64,
     key: Key,
 }
 
@@ -140,8 +139,11 @@ struct Slot {
 struct Expiry {
     timestamp_us: u64,
     hash: u64,
-    seq: NonZeroU64,
+    seq: u64,
 }
+
+/// The seq of a slot whose id is being stored: no log reaches it.
+const IN_FLIGHT: u64 = u64::MAX;
 
 impl Dedupe {
     pub fn new(window_us: u64) -> Dedupe {
@@ -163,13 +165,13 @@ impl Dedupe {
             .entry(hash, |slot| key.matches(&slot.key), |slot| slot.hash)
         {
             Entry::Occupied(slot) => match slot.get().seq {
-                Some(seq) => Seen::Stored(seq.get()),
-                None => Seen::InFlight,
+                IN_FLIGHT => Seen::InFlight,
+                seq => Seen::Stored(seq),
             },
             Entry::Vacant(vacant) => {
                 vacant.insert(Slot {
                     hash,
-                    seq: None,
+                    seq: IN_FLIGHT,
                     key: key.to_owned(),
                 });
                 Seen::New
@@ -187,16 +189,12 @@ impl Dedupe {
             }
             return;
         }
-        // Seqs start at 1; a 0 could only come from a broken log and is not remembered.
-        let Some(seq) = NonZeroU64::new(seq) else {
-            return;
-        };
         match self.ids.find_mut(hash, |slot| key.matches(&slot.key)) {
-            Some(slot) => slot.seq = Some(seq),
+            Some(slot) => slot.seq = seq,
             None => {
                 let slot = Slot {
                     hash,
-                    seq: Some(seq),
+                    seq,
                     key: key.to_owned(),
                 };
                 self.ids.insert_unique(hash, slot, |slot| slot.hash);
@@ -217,7 +215,7 @@ impl Dedupe {
         let key = KeyRef::of(id);
         let hash = self.hasher.hash_one(key);
         if let Ok(slot) = self.ids.find_entry(hash, |slot| key.matches(&slot.key))
-            && slot.get().seq.is_none()
+            && slot.get().seq == IN_FLIGHT
         {
             slot.remove();
         }
@@ -242,7 +240,7 @@ impl Dedupe {
         if let Some(oldest) = self.stored.pop_front()
             && let Ok(slot) = self
                 .ids
-                .find_entry(oldest.hash, |slot| slot.seq == Some(oldest.seq))
+                .find_entry(oldest.hash, |slot| slot.seq == oldest.seq)
         {
             slot.remove();
         }
