@@ -236,7 +236,10 @@ impl EventId {
         let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
         let timestamp = uuid::Timestamp::from_unix(&ID_CONTEXT, seconds, now.nanosecond());
         let uuid = uuid::Uuid::new_v7(timestamp);
-        EventId(uuid.hyphenated().to_string().into())
+        // Encoded into a stack buffer, then one allocation: `to_string` went through the
+        // formatter and a growing `String` (one per published event without an id).
+        let mut buffer = uuid::Uuid::encode_buffer();
+        EventId(Box::from(&*uuid.hyphenated().encode_lower(&mut buffer)))
     }
 
     pub fn as_str(&self) -> &str {

@@ -510,7 +510,11 @@ impl Engine for EmbeddedEngine {
                 ephemeral.push((index, event));
                 continue;
             };
-            let part = by_stream.entry_ref(name).or_default();
+            // Sized for the whole batch: most batches go to one stream, and growing a vector of
+            // events from empty copied each event several times.
+            let part = by_stream
+                .entry_ref(name)
+                .or_insert_with(|| Vec::with_capacity(count - index));
             part.push((index, event));
         }
         let mut streams = Vec::with_capacity(by_stream.len());

@@ -76,10 +76,12 @@ async fn store_batch(
         .iter()
         .map(|request| (request.rid, request.events.len()))
         .collect();
-    let all: Vec<Event> = batch
-        .into_iter()
-        .flat_map(|request| request.events)
-        .collect();
+    // Sized up front: collecting through `flat_map` grew the vector from empty, copying every
+    // event several times.
+    let mut all: Vec<Event> = Vec::with_capacity(sizes.iter().map(|(_, size)| size).sum());
+    for request in batch {
+        all.extend(request.events);
+    }
     match store_outcomes(state, all).await {
         Ok(results) => {
             let mut results = results.into_iter();
