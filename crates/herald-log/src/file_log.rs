@@ -93,24 +93,21 @@ impl FileLog {
         })
     }
 
-    fn append_request(
+    /// Checks a batch and makes the channel its outcome comes back on: the answer for its
+    /// request, and the receiver to wait on.
+    fn reply_for(
         &self,
-        payloads: Vec<Bytes>,
-    ) -> Result<(Request, flume::Receiver<Result<AppendAck, LogError>>), LogError> {
-        check_batch(&payloads, self.payload_bytes_max)?;
-        let (reply, answer) = flume::bounded(1);
-        let request = Request::Append {
-            payloads,
-            answer: Answer::Reply(reply),
-        };
-        Ok((request, answer))
+        payloads: &[Bytes],
+    ) -> Result<(Answer, flume::Receiver<Result<AppendAck, LogError>>), LogError> {
+        check_batch(payloads, self.payload_bytes_max)?;
+        let (reply, outcome) = flume::bounded(1);
+        Ok((Answer::Reply(reply), outcome))
     }
 
     pub async fn append(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
-        check_batch(&payloads, self.payload_bytes_max)?;
-        let (reply, answer) = flume::bounded(1);
-        self.submit(payloads, Answer::Reply(reply)).await;
-        answer.recv_async().await.map_err(|_| LogError::Closed)?
+        let (answer, outcome) = self.reply_for(&payloads)?;
+        self.submit(payloads, answer).await;
+        outcome.recv_async().await.map_err(|_| LogError::Closed)?
     }
 
     /// Queues an append whose outcome `on_appended` receives on the writer thread (see
@@ -144,9 +141,11 @@ impl FileLog {
     }
 
     pub fn append_blocking(&self, payloads: Vec<Bytes>) -> Result<AppendAck, LogError> {
-        let (request, answer) = self.append_request(payloads)?;
-        self.requests.send(request).map_err(|_| LogError::Closed)?;
-        answer.recv().map_err(|_| LogError::Closed)?
+        let (answer, outcome) = self.reply_for(&payloads)?;
+        self.requests
+            .send(Request::Append { payloads, answer })
+            .map_err(|_| LogError::Closed)?;
+        outcome.recv().map_err(|_| LogError::Closed)?
     }
 
     /// Sends a control request and waits for its answer.

@@ -88,6 +88,13 @@ struct Member {
     queued: usize,
 }
 
+impl Member {
+    /// Whether it may be given another event (its channel's room is checked when filling it).
+    fn has_room(&self) -> bool {
+        self.in_flight < self.max_in_flight
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     delivered: u64,
@@ -277,10 +284,7 @@ impl GroupActor {
             // New events matter only to a member that can take one: a group nobody reads (or
             // whose members all wait for acks) is not woken by every publish on its streams.
             // A member's arrival or ack comes as a command, which re-runs `pump`.
-            let can_take = self
-                .members
-                .values()
-                .any(|member| member.in_flight < member.max_in_flight);
+            let can_take = self.members.values().any(Member::has_room);
             tokio::select! {
                 command = commands.recv() => {
                     let Some(request) = command else { return };
@@ -417,7 +421,7 @@ impl GroupActor {
             .members
             .range(self.next_member..)
             .chain(self.members.range(..self.next_member))
-            .find(|(id, member)| member.in_flight < member.max_in_flight && !full.contains(id))
+            .find(|(id, member)| member.has_room() && !full.contains(id))
             .map(|(&id, _)| id)?;
         self.next_member = after + 1;
         Some(after)
