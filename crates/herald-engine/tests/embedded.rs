@@ -117,6 +117,62 @@ async fn group_state_survives_a_restart() {
     );
 }
 
+/// In-flight events far apart in two streams come back after a restart, each once, as second
+/// attempts, and only they.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_events_across_streams_are_restored_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    for stream in ["order", "refund"] {
+        let batch = (1..=1500)
+            .map(|n| event(&format!("{stream}.placed"), &n.to_string()))
+            .collect();
+        engine.publish(batch).await.unwrap();
+    }
+    let spec = GroupSpec {
+        name: "placed".into(),
+        pattern: Pattern::new("*.placed").unwrap(),
+        policy: GroupPolicy::default(),
+        start: StartAt::Earliest,
+    };
+    let held = |seq: u64| [1, 2, 600, 1499, 1500].contains(&seq);
+    let mut member = engine.join_group(spec.clone(), Some(100)).await.unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..3000 {
+        let delivery = member.recv().await.unwrap();
+        if held(delivery.event.seq) {
+            expected.push((delivery.event.stream.clone(), delivery.event.seq, 2));
+        } else {
+            member.ack_sync(delivery.delivery_id).await.unwrap();
+        }
+    }
+    engine.close().await.unwrap();
+    drop(member);
+    drop(engine);
+
+    let engine = open(dir.path());
+    let mut member = engine.join_group(spec, Some(100)).await.unwrap();
+    let mut after = Vec::new();
+    while after.len() < expected.len() {
+        let delivery = member.recv().await.unwrap();
+        after.push((
+            delivery.event.stream.clone(),
+            delivery.event.seq,
+            delivery.attempt,
+        ));
+        member.ack(delivery.delivery_id).await.unwrap();
+    }
+    after.sort();
+    expected.sort();
+    assert_eq!(after, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), member.recv())
+            .await
+            .is_err(),
+        "acked events are not delivered again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_journal_snapshots_keep_it_small_and_the_state_intact() {
     let dir = tempfile::tempdir().unwrap();

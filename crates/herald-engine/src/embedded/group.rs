@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::deadlines::Deadlines;
 use super::in_flight::InFlightTable;
-use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, Replayed};
+use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, PendingState, Replayed};
 use super::stream::{Stream, StreamCursor};
 use crate::api::{
     Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, MemberRequest, StartAt,
@@ -184,37 +184,46 @@ impl GroupActor {
     /// (their attempts kept), retries keep their due times, dead letters their events.
     fn restore(&mut self, replayed: Replayed) {
         let now_ms = unix_ms(OffsetDateTime::now_utc());
-        for ((stream_name, seq), state) in replayed.pending {
+        // Ordered by stream, then seq: one pass over each stream's log.
+        let pending: Vec<((String, u64), PendingState)> = replayed.pending.into_iter().collect();
+        for run in pending.chunk_by(|(a, _), (b, _)| a.0 == b.0) {
+            let stream_name = &run[0].0.0;
             let Some(stream) = self
                 .streams
                 .iter()
-                .find(|stream| stream.name == stream_name)
+                .find(|stream| &stream.name == stream_name)
+                .cloned()
             else {
-                warn!(group = %self.name, stream = %stream_name, seq, "pending event's stream is gone");
+                warn!(group = %self.name, stream = %stream_name, events = run.len(), "pending events' stream is gone");
                 continue;
             };
-            let event = match stream.read(seq, 1) {
-                Ok(mut events) if events.first().is_some_and(|event| event.seq == seq) => {
-                    events.remove(0)
-                }
-                _ => {
-                    warn!(group = %self.name, stream = %stream_name, seq, "pending event no longer in its stream");
+            let seqs: Vec<u64> = run.iter().map(|((_, seq), _)| *seq).collect();
+            let events = match stream.read_each(&seqs) {
+                Ok(events) => events,
+                Err(error) => {
+                    warn!(group = %self.name, stream = %stream_name, %error, "pending events unreadable");
                     continue;
                 }
             };
-            let pending = Pending {
-                event,
-                attempts: state.attempts,
-                first_delivered_at: state.first_delivered_ms.map(from_unix_ms),
-                last_error: state.error,
-                fresh: false,
-            };
-            match state.due_ms {
-                Some(due_ms) if due_ms > now_ms => {
-                    let delay = Duration::from_millis((due_ms - now_ms) as u64);
-                    self.schedule(pending, delay);
+            for (((_, seq), state), event) in run.iter().zip(events) {
+                let Some(event) = event else {
+                    warn!(group = %self.name, stream = %stream_name, seq, "pending event no longer in its stream");
+                    continue;
+                };
+                let pending = Pending {
+                    event,
+                    attempts: state.attempts,
+                    first_delivered_at: state.first_delivered_ms.map(from_unix_ms),
+                    last_error: state.error.clone(),
+                    fresh: false,
+                };
+                match state.due_ms {
+                    Some(due_ms) if due_ms > now_ms => {
+                        let delay = Duration::from_millis((due_ms - now_ms) as u64);
+                        self.schedule(pending, delay);
+                    }
+                    _ => self.ready.push_back(pending),
                 }
-                _ => self.ready.push_back(pending),
             }
         }
         for dead in replayed.dead {
