@@ -21,10 +21,11 @@ use crate::convert::group_policy;
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:3003";
 pub const DATA_DIR_DEFAULT: &str = "./herald-data";
 /// Under `fsync = "interval"`: how much a power loss may take (a kill -9 takes nothing). 50 ms,
-/// not less: each fdatasync stalls this VM's other threads for about a millisecond, so every
-/// event in flight meanwhile is late — with a 5 ms interval the p99 of publish-to-delivery at
-/// 5 k/s was 1.8 ms against 0.6 ms at 50 ms and 0.45 ms with no fsync (docs/PERFORMANCE.md,
-/// 2026-12-05). Redis's `everysec` is 1 s, NATS JetStream's sync interval 2 min.
+/// not less: each fdatasync costs the test VM ~0.4 ms of kernel CPU (journal, block layer,
+/// virtio) taken from the cores the event path runs on, so events in flight meanwhile are
+/// late — with a 5 ms interval the p99 of publish-to-delivery at 5 k/s was 1.8 ms against 0.6 ms
+/// at 50 ms and 0.45 ms with no fsync (docs/PERFORMANCE.md, 2026-12-05). Redis's `everysec` is
+/// 1 s, NATS JetStream's sync interval 2 min.
 pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
