@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use herald_core::{Event, IdOrigin, StoredEvent, SubjectIndex, SubscriptionId};
-use herald_log::{AppendAck, FsyncSnapshot, Log, LogError};
+use herald_log::{AppendAck, FsyncSnapshot, Log, LogError, Record};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -473,15 +473,18 @@ impl Stream {
             .log
             .read(from_seq, limit, READ_BYTES_MAX)
             .map_err(|source| self.storage_error(source))?;
-        // Copied out of the read-ahead chunk: an event kept in a cache or a dead-letter list
-        // would otherwise keep the whole chunk alive.
         records
             .iter()
-            .map(|record| {
-                self.decode(record.seq, Bytes::copy_from_slice(&record.payload))
-                    .map(Arc::new)
-            })
+            .map(|record| self.decode_owned(record))
             .collect()
+    }
+
+    /// A record read back as an event of its own: copied out of the read-ahead chunk, since an
+    /// event kept in a cache, a group or a dead-letter list would otherwise keep the whole
+    /// chunk alive.
+    fn decode_owned(&self, record: &Record) -> Result<Arc<StoredEvent>, EngineError> {
+        self.decode(record.seq, Bytes::copy_from_slice(&record.payload))
+            .map(Arc::new)
     }
 
     /// The stored events at `seqs` (ascending), `None` where one is no longer stored: a read per
@@ -504,8 +507,7 @@ impl Stream {
                     found.push(None);
                 }
                 if wanted.next_if_eq(&record.seq).is_some() {
-                    let payload = Bytes::copy_from_slice(&record.payload);
-                    found.push(Some(Arc::new(self.decode(record.seq, payload)?)));
+                    found.push(Some(self.decode_owned(&record)?));
                 }
             }
             while wanted.next_if(|&seq| seq <= last_read).is_some() {
