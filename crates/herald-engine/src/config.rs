@@ -11,7 +11,7 @@ use herald_log::{Clock, FsyncPolicy, Retention, system_clock};
 pub const DEDUPE_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 
 /// Ids a stream remembers for dedupe at most; past it the oldest are forgotten early. About
-/// 100 bytes each, so 16 MiB per stream at the limit.
+/// 100 bytes each (UUIDs less: no allocation of their own), so 16 MiB per stream at the limit.
 pub const DEDUPE_IDS_MAX: usize = 160_000;
 
 /// Events buffered for one live subscriber before it is dropped as slow.
