@@ -74,8 +74,8 @@ async fn run(
 /// (`merged_frames` of them taken already). Past [`MERGED_EVENTS_MIN`] it takes at most half
 /// of them: the rest is the next call, ready when this one is written, so that one pipelining
 /// connection keeps decoding, writing and answering overlapped. Taking its whole window in one
-/// call left the server idle while the client refilled it (1 connection: +10 to 25% events/s
-/// with the half, docs/PERFORMANCE.md).
+/// call left the server idle while the client refilled it (1 connection: +14% events/s,
+/// docs/PERFORMANCE.md).
 fn merges_more(merged_events: usize, merged_frames: usize, queued: usize) -> bool {
     merged_events < MERGED_EVENTS_MAX
         && merged_frames < queued
