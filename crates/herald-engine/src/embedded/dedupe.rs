@@ -5,7 +5,7 @@
 //! the log's tail when the stream opens, so dedupe survives a restart. It is bounded by the
 //! window and by `DEDUPE_IDS_MAX`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque, btree_map};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -87,11 +87,11 @@ impl Dedupe {
         self.expire(now_us);
         if let Some(uuid) = canonical_uuid(id) {
             return match self.uuids.entry(uuid) {
-                std::collections::btree_map::Entry::Occupied(slot) => match slot.get() {
+                btree_map::Entry::Occupied(slot) => match slot.get() {
                     Some(seq) => Seen::Stored(*seq),
                     None => Seen::InFlight,
                 },
-                std::collections::btree_map::Entry::Vacant(slot) => {
+                btree_map::Entry::Vacant(slot) => {
                     slot.insert(None);
                     Seen::New
                 }
@@ -223,28 +223,16 @@ impl Dedupe {
 
 /// The value of a UUID written in canonical form — 36 characters, lowercase hex digits in
 /// groups of 8-4-4-4-12 — and `None` for any other text, which is then a different id from
-/// every UUID (ids compare as text).
+/// every UUID (ids compare as text). At 36 bytes the `uuid` crate accepts only the hyphenated
+/// form; uppercase digits it would accept are refused first.
 fn canonical_uuid(id: &str) -> Option<u128> {
     let bytes = id.as_bytes();
-    if bytes.len() != 36 {
+    if bytes.len() != 36 || bytes.iter().any(u8::is_ascii_uppercase) {
         return None;
     }
-    let mut value: u128 = 0;
-    for (position, &byte) in bytes.iter().enumerate() {
-        if matches!(position, 8 | 13 | 18 | 23) {
-            if byte != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let digit = match byte {
-            b'0'..=b'9' => byte - b'0',
-            b'a'..=b'f' => byte - b'a' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(digit);
-    }
-    Some(value)
+    uuid::Uuid::try_parse_ascii(bytes)
+        .ok()
+        .map(|uuid| uuid.as_u128())
 }
 
 #[cfg(test)]
