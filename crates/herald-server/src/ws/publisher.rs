@@ -17,9 +17,10 @@ use crate::state::AppState;
 const MERGED_EVENTS_MAX: usize = 8192;
 
 /// Events merged into one engine call before it leaves queued frames to the next: enough to
-/// spread the log writer's cost per call (with several busy connections, fewer and larger calls
-/// win).
-const MERGED_EVENTS_MIN: usize = 2000;
+/// spread the log writer's cost per call, few enough that one connection's frames are answered
+/// while the next are decoded (800 against 2 000: one connection +7–15%, two and four within
+/// ±4%, docs/PERFORMANCE.md).
+const MERGED_EVENTS_MIN: usize = 800;
 
 #[derive(Debug)]
 pub struct PubRequest {
@@ -142,11 +143,12 @@ mod tests {
         };
         check(100, 0, 0, false); // nothing queued
         check(100, 0, 31, true); // below the minimum: takes more
-        check(1_900, 18, 41, true);
-        check(2_000, 19, 41, true); // past the minimum, below half of 41
+        check(700, 6, 31, true);
+        check(800, 7, 41, true); // past the minimum, below half of 41
         check(2_100, 20, 41, false); // half taken: the rest is the next call
+        check(900, 8, 9, false); // past the minimum and half of 9 taken
         check(1, 0, 1, true); // single events: the minimum still merges them
-        check(1_999, 1_999, 2_000, true);
+        check(799, 799, 800, true);
         check(2_000, 2_000, 2_000_000, true); // far below half: merging goes on...
         check(MERGED_EVENTS_MAX, 81, 1_000, false); // ...up to the maximum
         check(1_000, 10, 10, false); // every queued frame taken
