@@ -4,18 +4,12 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::Value;
 use support::Server;
 
-/// Runs `herald bench --url <server> --json <workload…>` and returns its one report.
+/// Runs `herald bench --json <workload…>` against the server and returns its one report.
 fn bench(server: &Server, workload: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["bench", "--url", &server.url(), "--json"])
-        .args(workload)
-        .output()
-        .unwrap();
+    let output = server.cli(&[&["bench", "--json"][..], workload].concat(), None);
     assert!(
         output.status.success(),
         "herald bench {workload:?} failed: {}",

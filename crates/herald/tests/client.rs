@@ -7,7 +7,6 @@
 mod support;
 
 use std::future::Future;
-use std::process::Command;
 use std::time::Duration;
 
 use herald_client::{
@@ -640,15 +639,6 @@ async fn publishes_fail_fast_when_the_buffer_is_full() {
     assert!(matches!(waiting, Err(Error::Timeout(_))), "{waiting:?}");
 }
 
-fn herald(server: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("HERALD_URL", server.url())
-        .env_remove("HERALD_TOKEN")
-        .output()
-        .unwrap()
-}
-
 fn stdout_lines(output: &std::process::Output) -> Vec<Value> {
     assert!(
         output.status.success(),
@@ -666,13 +656,12 @@ async fn cli_pub_and_sub() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
 
-    let results = stdout_lines(&herald(&server, &["pub", "user.created", r#"{"id":"u1"}"#]));
+    let results = stdout_lines(&server.cli(&["pub", "user.created", r#"{"id":"u1"}"#], None));
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["stream"], "user");
     assert_eq!(results[0]["seq"], 1);
     assert_eq!(results[0]["duplicate"], false);
-    let results = stdout_lines(&herald(
-        &server,
+    let results = stdout_lines(&server.cli(
         &[
             "pub",
             "user.deleted",
@@ -682,6 +671,7 @@ async fn cli_pub_and_sub() {
             "--key",
             "u1",
         ],
+        None,
     ));
     assert_eq!(results[0]["id"], "del-1");
 
@@ -690,15 +680,15 @@ async fn cli_pub_and_sub() {
         .map(|n| format!("{}\n", json!({"type": "user.imported", "data": {"n": n}})))
         .collect();
     std::fs::write(&file, lines).unwrap();
-    let summary = stdout_lines(&herald(
-        &server,
+    let summary = stdout_lines(&server.cli(
         &["pub", "--file", file.to_str().unwrap(), "--batch", "40"],
+        None,
     ));
     assert_eq!(summary, [json!({"published": 250, "duplicates": 0})]);
 
-    let events = stdout_lines(&herald(
-        &server,
+    let events = stdout_lines(&server.cli(
         &["sub", "user.*", "--from", "earliest", "--count", "2"],
+        None,
     ));
     assert_eq!(events.len(), 2);
     assert_eq!(
@@ -714,11 +704,11 @@ async fn cli_pub_and_sub() {
         (json!("del-1"), json!("u1"))
     );
 
-    let events = stdout_lines(&herald(
-        &server,
+    let events = stdout_lines(&server.cli(
         &[
             "sub", "user.*", "--group", "cli", "--from", "earliest", "--count", "3",
         ],
+        None,
     ));
     let seqs: Vec<_> = events
         .iter()
@@ -737,20 +727,20 @@ async fn cli_pub_and_sub() {
     .await;
     assert_eq!(group.in_flight, 0);
 
-    let output = herald(&server, &["groups", "--json"]);
+    let output = server.cli(&["groups", "--json"], None);
     let groups: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(groups["groups"][0]["name"], "cli");
-    let output = herald(&server, &["streams"]);
+    let output = server.cli(&["streams"], None);
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.starts_with("STREAM"), "{table}");
     assert!(table.contains("user") && table.contains("252"), "{table}");
-    let output = herald(&server, &["dlq", "list", "--group", "cli", "--json"]);
+    let output = server.cli(&["dlq", "list", "--group", "cli", "--json"], None);
     assert_eq!(
         serde_json::from_slice::<Value>(&output.stdout).unwrap(),
         json!({"deadLetters": []})
     );
 
-    let output = herald(&server, &["pub", "user.*", "1"]);
+    let output = server.cli(&["pub", "user.*", "1"], None);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wildcard"));
 }

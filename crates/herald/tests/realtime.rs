@@ -8,7 +8,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use herald_client::{Client, ClientOptions, Target};
 use serde_json::{Value, json};
@@ -256,12 +255,7 @@ async fn rust_client_and_cli_send() {
         &["send", "--room", "chat.general", "chat.message"][..],
         &["send", "--broadcast", "maintenance.scheduled", "{}"][..],
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(args)
-            .env("HERALD_URL", server.url())
-            .env("HERALD_TOKEN", SERVICE_TOKEN)
-            .output()
-            .unwrap();
+        let output = server.cli(args, Some(SERVICE_TOKEN));
         assert!(
             output.status.success(),
             "{args:?}: {}",
@@ -270,11 +264,7 @@ async fn rust_client_and_cli_send() {
         let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(answer["delivered"], 0, "{args:?}");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["send", "--user", "u1", "--room", "chat.a", "a.b"])
-        .env("HERALD_URL", server.url())
-        .output()
-        .unwrap();
+    let output = server.cli(&["send", "--user", "u1", "--room", "chat.a", "a.b"], None);
     assert!(!output.status.success());
 }
 

@@ -116,13 +116,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // two-worker client spent about 90 µs of CPU per event, more than the server). Every target
     // gets the same client. Throughput workloads keep one worker per core.
     let runtime = match args.workload {
-        Workload::Latency(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
+        Workload::Latency(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     let runs = args.runs.max(1);
     let reports = runtime.block_on(async {
         let mut reports = Vec::new();

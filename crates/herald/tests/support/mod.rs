@@ -91,6 +91,18 @@ impl Server {
         }
     }
 
+    /// Runs the `herald` CLI against this server (`HERALD_URL`), with `token` as
+    /// `HERALD_TOKEN` or none at all, and returns what it did.
+    pub fn cli(&self, args: &[&str], token: Option<&str>) -> std::process::Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command.args(args).env("HERALD_URL", self.url());
+        match token {
+            Some(token) => command.env("HERALD_TOKEN", token),
+            None => command.env_remove("HERALD_TOKEN"),
+        };
+        command.output().unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
