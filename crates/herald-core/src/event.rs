@@ -514,6 +514,30 @@ pub(crate) fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>
     out.push(b'}');
 }
 
+/// Decodes a published event where it sits inside a larger JSON document (the events of a
+/// WebSocket `pub` frame), in the pass that reads the document: reading the frame with each
+/// event as raw JSON and then each event again scanned every event twice (a tenth of a
+/// publish's instructions, docs/PERFORMANCE.md). The event is checked as [`Event::from_json`]
+/// checks it, except for its size, which the caller bounds by the document's. Errors come out as
+/// the deserializer's, without the precise [`EventError`]: a caller that needs the message
+/// decodes the document again with [`Event::from_json`].
+#[derive(Clone, Copy, Debug)]
+pub struct PublishedEvent<'a>(pub &'a ParseContext);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PublishedEvent<'_> {
+    type Value = Event;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Event, D::Error> {
+        use serde::de::Error;
+        match <Top<'de> as serde::Deserialize>::deserialize(deserializer)? {
+            Top::Object(members) => decode_members(members, Origin::Publish(self.0))
+                .map(|(event, _)| event)
+                .map_err(D::Error::custom),
+            Top::Array(_) | Top::Other(_) => Err(D::Error::custom("an event is a JSON object")),
+        }
+    }
+}
+
 /// An event as stored and delivered: with the stream it lives in and its position there.
 ///
 /// It carries the event's JSON as stored, so that delivering it to many subscribers (and

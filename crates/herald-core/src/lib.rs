@@ -38,7 +38,7 @@ pub mod subject_index;
 pub use batch::{BatchError, IndexedEventError};
 pub use event::{
     EVENT_BYTES_MAX_DEFAULT, Event, EventError, EventId, EventIdError, IdOrigin, LazyEvent, Limits,
-    ParseContext, StoredEvent,
+    ParseContext, PublishedEvent, StoredEvent,
 };
 pub use room::{
     ROOM_BYTES_MAX, ROOM_TOKENS_MAX, RoomError, RoomName, RoomPattern, USER_ROOM_PREFIX,

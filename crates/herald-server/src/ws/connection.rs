@@ -21,6 +21,7 @@ use crate::http::events::authorize_events;
 use crate::realtime::check_room;
 use crate::realtime::listeners::Membership;
 use crate::state::{AppState, ConnectionSlot};
+use crate::ws::pub_frame::{self, PubFrame};
 use crate::ws::publisher::{self, PubRequest, PublishQueue};
 use crate::ws::rate::TokenBucket;
 use crate::ws::subscriptions::{Kind, Subscriptions};
@@ -243,6 +244,14 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, bytes: &[u8]) -> Next {
+        if let Some(PubFrame { rid, events }) =
+            pub_frame::decode(bytes, &self.state.parse_context())
+        {
+            return match self.publish(rid, events).await {
+                Ok(()) => Next::Continue,
+                Err(error) => self.refuse(Some(rid), None, error).await,
+            };
+        }
         let (op, frame) = match Frame::decode_client(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -281,8 +290,8 @@ impl Connection {
         }
     }
 
-    /// Decodes and checks every event, then hands the frame to the publisher (waiting, and so
-    /// reading no further, while `pendingPublishesMax` frames are unanswered).
+    /// A `pub` frame that `pub_frame::decode` left to the general path: decodes and checks every
+    /// event, naming the first that is refused.
     async fn on_pub(&mut self, frame: Frame) -> Result<Option<Frame>, ApiError> {
         let rid = frame.rid.unwrap_or_default();
         let raw_events = frame.events.unwrap_or_default();
@@ -313,6 +322,14 @@ impl Connection {
             })?;
             events.push(event);
         }
+        self.publish(rid, events).await?;
+        Ok(None)
+    }
+
+    /// Hands a frame's decoded events to the publisher (waiting, and so reading no further,
+    /// while `pendingPublishesMax` frames are unanswered).
+    async fn publish(&mut self, rid: u64, mut events: Vec<Event>) -> Result<(), ApiError> {
+        let limits = &self.state.config.limits;
         authorize_events(&self.identity, &mut events, true)?;
         if !self.bucket.try_take(events.len() as u64, Instant::now()) {
             self.state
@@ -331,8 +348,7 @@ impl Connection {
         self.publishes
             .send(PubRequest { rid, events })
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the publisher stopped"))?;
-        Ok(None)
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the publisher stopped"))
     }
 
     /// An event for browsers, not stored; answered at once with the sockets it reached.

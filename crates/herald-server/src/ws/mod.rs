@@ -8,6 +8,7 @@
 //! by the engine as slow consumers and its group deliveries stop at `maxInFlight`.
 
 mod connection;
+mod pub_frame;
 mod publisher;
 pub(crate) mod rate;
 mod subscriptions;
