@@ -20,6 +20,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::config::DEDUPE_IDS_MAX;
 
+/// Ascending runs of UUIDs a stream keeps at most: as many as publishers whose batches
+/// interleave, roughly; a UUID that fits none is kept in the B-tree.
+const ASCENDING_RUNS_MAX: usize = 8;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
     /// Stored with this seq within the window.
@@ -39,12 +43,15 @@ pub struct Dedupe {
     window_us: u64,
     hasher: DefaultHashBuilder,
     /// UUIDs stored in increasing order, as the ids Herald generates (UUIDv7s, which grow with
-    /// time) mostly are: appended, found by binary search, expired from the front. A B-tree
-    /// insert per generated id was a tenth of a publish's instructions (docs/PERFORMANCE.md).
-    /// In seq order too, so an expiring record is at its front or in `uuids`.
-    ascending: VecDeque<(u128, u64)>,
-    /// The other UUIDs: claims in flight, and those stored out of order. A record here is newer
-    /// than one for the same id in `ascending`. UUIDv7s grow with time, so records and expiries
+    /// time) mostly are: each run is appended to, searched by binary search, and expired from
+    /// its front. A B-tree insert per generated id was a tenth of a publish's instructions
+    /// (docs/PERFORMANCE.md). Several runs, because concurrent publishers interleave their
+    /// batches, each ascending on its own. Each run is in seq order too, so an expiring record
+    /// is at the front of a run or in `uuids`. No run is empty.
+    runs: Vec<VecDeque<(u128, u64)>>,
+    runs_max: usize,
+    /// The other UUIDs: claims in flight, those that fit no run, and those stored again. A
+    /// record here is newer than one for the same id in a run. UUIDv7s grow with time, so records and expiries
     /// touch the two ends of this tree, which stay in cache: the hash table touched a random
     /// slot of several MiB twice per stored event, 14% of a publish profile, nearly all of it
     /// cache misses. No allocation per id either.
@@ -52,6 +59,15 @@ pub struct Dedupe {
     texts: HashTable<Slot>,
     /// Stored ids in the order they were stored, with their timestamps and seqs, for expiry.
     stored: VecDeque<Expiry>,
+}
+
+/// What a record's caller knows of the id's past.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Anything: claimed, stored before, or neither.
+    Any,
+    /// Generated for this store: never seen.
+    Generated,
 }
 
 #[derive(Debug)]
@@ -83,10 +99,19 @@ impl Dedupe {
         Dedupe {
             window_us,
             hasher: DefaultHashBuilder::default(),
-            ascending: VecDeque::new(),
+            runs: Vec::new(),
+            runs_max: ASCENDING_RUNS_MAX,
             uuids: BTreeMap::new(),
             texts: HashTable::new(),
             stored: VecDeque::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_runs_max(window_us: u64, runs_max: usize) -> Dedupe {
+        Dedupe {
+            runs_max,
+            ..Dedupe::new(window_us)
         }
     }
 
@@ -99,7 +124,7 @@ impl Dedupe {
                     Some(seq) => Seen::Stored(*seq),
                     None => Seen::InFlight,
                 },
-                btree_map::Entry::Vacant(slot) => match find_ascending(&self.ascending, uuid) {
+                btree_map::Entry::Vacant(slot) => match find_in_runs(&self.runs, uuid) {
                     Some(seq) => Seen::Stored(seq),
                     None => {
                         slot.insert(None);
@@ -130,13 +155,26 @@ impl Dedupe {
 
     /// Records an id as stored, claimed or not.
     pub fn stored(&mut self, id: &str, seq: u64, timestamp_us: u64) {
+        self.record(id, seq, timestamp_us, Origin::Any);
+    }
+
+    /// Records an id Herald generated for this store: new by construction (a UUIDv7 from this
+    /// process's clock and randomness), so neither claimed nor stored before, which spares the
+    /// look-ups `stored` makes (with concurrent publishers, most of its cost).
+    pub fn stored_generated(&mut self, id: &str, seq: u64, timestamp_us: u64) {
+        self.record(id, seq, timestamp_us, Origin::Generated);
+    }
+
+    fn record(&mut self, id: &str, seq: u64, timestamp_us: u64, origin: Origin) {
         if self.window_us == 0 {
-            self.forget_claim(id, |_| true);
+            if origin == Origin::Any {
+                self.forget_claim(id, |_| true);
+            }
             return;
         }
         let key = match canonical_uuid(id) {
             Some(uuid) => {
-                self.store_uuid(uuid, seq);
+                self.store_uuid(uuid, seq, origin);
                 StoredKey::Uuid(uuid)
             }
             None => self.store_text(id, seq),
@@ -161,13 +199,40 @@ impl Dedupe {
         self.stored.len()
     }
 
-    fn store_uuid(&mut self, uuid: u128, seq: u64) {
-        if let Some(record) = self.uuids.get_mut(&uuid) {
+    fn store_uuid(&mut self, uuid: u128, seq: u64, origin: Origin) {
+        if origin == Origin::Any
+            && let Some(record) = self.uuids.get_mut(&uuid)
+        {
             *record = Some(seq);
-        } else if self.ascending.back().is_none_or(|(last, _)| *last < uuid) {
-            self.ascending.push_back((uuid, seq));
-        } else {
-            self.uuids.insert(uuid, Some(seq));
+            return;
+        }
+        // The run that ends just below `uuid` (patience sorting's best fit keeps runs fewest).
+        let room = self.runs.len() < self.runs_max;
+        let mut fit: Option<&mut VecDeque<(u128, u64)>> = None;
+        let mut stored_before = false;
+        for run in &mut self.runs {
+            let (Some((first, _)), Some((last, _))) = (run.front(), run.back()) else {
+                continue;
+            };
+            if *last < uuid {
+                if fit
+                    .as_ref()
+                    .is_none_or(|fit| fit.back().is_some_and(|(best, _)| best < last))
+                {
+                    fit = Some(run);
+                }
+            } else if origin == Origin::Any && *first <= uuid && find_in_run(run, uuid).is_some() {
+                stored_before = true;
+            }
+        }
+        match fit {
+            Some(run) if !stored_before => run.push_back((uuid, seq)),
+            None if !stored_before && room => {
+                self.runs.push(VecDeque::from([(uuid, seq)]));
+            }
+            _ => {
+                self.uuids.insert(uuid, Some(seq));
+            }
         }
     }
 
@@ -225,8 +290,14 @@ impl Dedupe {
         };
         match oldest.key {
             StoredKey::Uuid(uuid) => {
-                if self.ascending.front() == Some(&(uuid, oldest.seq)) {
-                    self.ascending.pop_front();
+                let record = Some(&(uuid, oldest.seq));
+                if let Some(index) = self.runs.iter().position(|run| run.front() == record) {
+                    if let Some(run) = self.runs.get_mut(index) {
+                        run.pop_front();
+                        if run.is_empty() {
+                            self.runs.swap_remove(index);
+                        }
+                    }
                 } else if self.uuids.get(&uuid) == Some(&Some(oldest.seq)) {
                     self.uuids.remove(&uuid);
                 }
@@ -244,12 +315,15 @@ impl Dedupe {
     }
 }
 
-/// The seq `uuid` was stored with, if `ascending` (sorted by UUID) holds it.
-fn find_ascending(ascending: &VecDeque<(u128, u64)>, uuid: u128) -> Option<u64> {
-    ascending
-        .binary_search_by(|(stored, _)| stored.cmp(&uuid))
+/// The seq `uuid` was stored with, if a run holds it.
+fn find_in_runs(runs: &[VecDeque<(u128, u64)>], uuid: u128) -> Option<u64> {
+    runs.iter().find_map(|run| find_in_run(run, uuid))
+}
+
+fn find_in_run(run: &VecDeque<(u128, u64)>, uuid: u128) -> Option<u64> {
+    run.binary_search_by(|(stored, _)| stored.cmp(&uuid))
         .ok()
-        .and_then(|index| ascending.get(index))
+        .and_then(|index| run.get(index))
         .map(|(_, seq)| *seq)
 }
 
@@ -353,6 +427,12 @@ mod tests {
         Store(usize),
         Release(usize),
         Tick(u64),
+        /// Herald generates an id (a UUID above every other so far) for an event not yet stored.
+        Generate,
+        /// One of the generated ids waiting is stored (they are stored in any order).
+        StoreGenerated(usize),
+        /// A publisher sends back a generated id.
+        ClaimGenerated(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -361,11 +441,16 @@ mod tests {
             (0..IDS.len()).prop_map(Op::Store),
             (0..IDS.len()).prop_map(Op::Release),
             (0..400u64).prop_map(Op::Tick),
+            Just(Op::Generate),
+            any::<usize>().prop_map(Op::StoreGenerated),
+            any::<usize>().prop_map(Op::ClaimGenerated),
         ]
     }
 
     /// UUIDs, the same in uppercase, and texts that are not UUIDs.
-    const IDS: [&str; 7] = [
+    const IDS: [&str; 9] = [
+        "01938f3e-7c2a-7b4d-9e5f-0a1b2c3d4e5c",
+        "01938f3e-7c2a-7b4d-9e5f-0a1b2c3d4e5d",
         "01938f3e-7c2a-7b4d-9e5f-0a1b2c3d4e5e",
         UUID,
         "01938f3e-7c2a-7b4d-9e5f-0a1b2c3d4e60",
@@ -377,13 +462,38 @@ mod tests {
 
     proptest! {
         #[test]
-        fn dedupe_answers_as_one_map_of_id_texts(ops in proptest::collection::vec(op(), 1..200)) {
+        fn dedupe_answers_as_one_map_of_id_texts(
+            ops in proptest::collection::vec(op(), 1..200),
+            runs_max in 1..4usize,
+        ) {
             let window_us = 1_000;
-            let mut dedupe = Dedupe::new(window_us);
+            let mut dedupe = Dedupe::with_runs_max(window_us, runs_max);
             let mut model = Model::default();
             let (mut now_us, mut seq) = (0, 0);
+            let (mut waiting, mut generated) = (Vec::new(), Vec::new());
             for op in ops {
                 match op {
+                    Op::Generate => {
+                        let n = generated.len() + waiting.len();
+                        waiting.push(format!("01938f3f-0000-7000-8000-{n:012x}"));
+                    }
+                    Op::StoreGenerated(i) if !waiting.is_empty() => {
+                        let id = waiting.remove(i % waiting.len());
+                        seq += 1;
+                        dedupe.stored_generated(&id, seq, now_us);
+                        model.ids.insert(id.clone(), Some(seq));
+                        model.stored.push_back((now_us, seq, id.clone()));
+                        generated.push(id);
+                    }
+                    Op::ClaimGenerated(i) if !generated.is_empty() => {
+                        let id = &generated[i % generated.len()];
+                        prop_assert_eq!(
+                            dedupe.check_and_claim(id, now_us),
+                            model.check_and_claim(id, now_us, window_us),
+                            "claim generated {} at {}", id, now_us
+                        );
+                    }
+                    Op::StoreGenerated(_) | Op::ClaimGenerated(_) => {}
                     Op::Claim(i) => prop_assert_eq!(
                         dedupe.check_and_claim(IDS[i], now_us),
                         model.check_and_claim(IDS[i], now_us, window_us),

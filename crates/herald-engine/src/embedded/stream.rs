@@ -274,7 +274,11 @@ impl Stream {
     fn on_stored(&self, stored: &[(usize, Arc<StoredEvent>)], timestamp_us: u64) {
         let mut dedupe = self.dedupe.lock();
         for (_, event) in stored {
-            dedupe.stored(event.event.id.as_str(), event.seq, timestamp_us);
+            let id = event.event.id.as_str();
+            match event.event.id_origin {
+                IdOrigin::Generated => dedupe.stored_generated(id, event.seq, timestamp_us),
+                IdOrigin::Publisher => dedupe.stored(id, event.seq, timestamp_us),
+            }
         }
         drop(dedupe);
         if stored.iter().any(|(_, event)| looked_up(&event.event)) {
