@@ -515,9 +515,9 @@ pub(crate) fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>
 }
 
 /// Decodes a published event where it sits inside a larger JSON document (the events of a
-/// WebSocket `pub` frame), in the pass that reads the document: reading the frame with each
-/// event as raw JSON and then each event again scanned every event twice (a tenth of a
-/// publish's instructions, docs/PERFORMANCE.md). The event is checked as [`Event::from_json`]
+/// WebSocket `pub` frame), in the pass that reads the document. Keeping each event as raw JSON
+/// and reading it again afterwards scanned every event twice (a tenth of a publish's
+/// instructions, docs/PERFORMANCE.md). The event is checked as [`Event::from_json`]
 /// checks it, except for its size, which the caller bounds by the document's. Errors come out as
 /// the deserializer's, without the precise [`EventError`]: a caller that needs the message
 /// decodes the document again with [`Event::from_json`].

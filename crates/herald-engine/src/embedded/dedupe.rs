@@ -51,10 +51,10 @@ pub struct Dedupe {
     runs: Vec<VecDeque<(u128, u64)>>,
     runs_max: usize,
     /// The other UUIDs: claims in flight, those that fit no run, and those stored again. A
-    /// record here is newer than one for the same id in a run. UUIDv7s grow with time, so records and expiries
-    /// touch the two ends of this tree, which stay in cache: the hash table touched a random
-    /// slot of several MiB twice per stored event, 14% of a publish profile, nearly all of it
-    /// cache misses. No allocation per id either.
+    /// record here is newer than one for the same id in a run. UUIDv7s grow with time, so
+    /// records and expiries touch the two ends of this tree, which stay in cache: the hash table
+    /// touched a random slot of several MiB twice per stored event, 14% of a publish profile,
+    /// nearly all of it cache misses. No allocation per id either.
     uuids: BTreeMap<u128, Option<u64>>,
     texts: HashTable<Slot>,
     /// Stored ids in the order they were stored, with their timestamps and seqs, for expiry.

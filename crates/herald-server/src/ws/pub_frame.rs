@@ -182,70 +182,46 @@ mod tests {
                 assert_eq!(comparable(&fast.events), comparable(&events), "{frame}");
             }
         };
+        // `$E` stands for a valid event, `$I` for one with an id, a timestamp and metadata.
         let event = r#"{"type":"order.created","data":{"n":1}}"#;
         let with_id = r#"{"id":"order-1","type":"order.created","timestamp":"2026-01-02T03:04:05Z","data":[1,"x"],"metadata":{"k":"v"}}"#;
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"events":[{event}]}}"#),
-            true,
-        );
-        check(
-            &format!(r#"{{"events":[{event},{with_id}],"rid":7,"op":"pub"}}"#),
-            true,
-        );
-        check(
-            &format!(r#" {{ "op" : "pub" , "rid" : 2 , "events" : [ {event} ] }} "#),
-            true,
-        );
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"events":[{event},{event},{event}]}}"#),
-            true,
-        );
-        // Refused, or not a pub: each left to the general path.
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"events":[{event},{event},{event},{event}]}}"#),
-            false,
-        );
-        check(r#"{"op":"pub","rid":1,"events":[]}"#, false);
-        check(&format!(r#"{{"op":"pub","events":[{event}]}}"#), false);
-        check(r#"{"op":"pub","rid":1}"#, false);
-        check(&format!(r#"{{"rid":1,"events":[{event}]}}"#), false);
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"sid":2,"events":[{event}]}}"#),
-            false,
-        );
-        check(
-            &format!(r#"{{"op":"pub","op":"pub","rid":1,"events":[{event}]}}"#),
-            false,
-        );
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"rid":2,"events":[{event}]}}"#),
-            false,
-        );
-        check(
-            &format!(r#"{{"op":"sub","rid":1,"events":[{event}]}}"#),
-            false,
-        );
-        check(
-            &format!(r#"{{"op":"pub","rid":-1,"events":[{event}]}}"#),
-            false,
-        );
-        check(
-            &format!(r#"{{"op":"pub","rid":1,"events":[{event}]}} x"#),
-            false,
-        );
-        check(r#"{"op":"pub","rid":1,"events":[{"data":1}]}"#, false);
-        check(r#"{"op":"pub","rid":1,"events":[{"type":"a..b"}]}"#, false);
-        check(
-            r#"{"op":"pub","rid":1,"events":[{"type":"a","type":"b"}]}"#,
-            false,
-        );
-        check(
-            r#"{"op":"pub","rid":1,"events":[{"type":"a","colour":"red"}]}"#,
-            false,
-        );
-        check(r#"{"op":"pub","rid":1,"events":["order.created"]}"#, false);
-        check(r#"{"op":"pub","rid":1,"events":{"type":"a"}}"#, false);
-        check(r#"{"op":"pub","rid":1,"events":[{"type":"a"}"#, false);
+        let cases = [
+            (r#"{"op":"pub","rid":1,"events":[$E]}"#, true),
+            (r#"{"events":[$E,$I],"rid":7,"op":"pub"}"#, true),
+            (
+                r#" { "op" : "pub" , "rid" : 2 , "events" : [ $E ] } "#,
+                true,
+            ),
+            (r#"{"op":"pub","rid":1,"events":[$E,$E,$E]}"#, true),
+            // Refused, or not a pub: each left to the general path.
+            (r#"{"op":"pub","rid":1,"events":[$E,$E,$E,$E]}"#, false),
+            (r#"{"op":"pub","rid":1,"events":[]}"#, false),
+            (r#"{"op":"pub","events":[$E]}"#, false),
+            (r#"{"op":"pub","rid":1}"#, false),
+            (r#"{"rid":1,"events":[$E]}"#, false),
+            (r#"{"op":"pub","rid":1,"sid":2,"events":[$E]}"#, false),
+            (r#"{"op":"pub","op":"pub","rid":1,"events":[$E]}"#, false),
+            (r#"{"op":"pub","rid":1,"rid":2,"events":[$E]}"#, false),
+            (r#"{"op":"sub","rid":1,"events":[$E]}"#, false),
+            (r#"{"op":"pub","rid":-1,"events":[$E]}"#, false),
+            (r#"{"op":"pub","rid":1,"events":[$E]} x"#, false),
+            (r#"{"op":"pub","rid":1,"events":[{"data":1}]}"#, false),
+            (r#"{"op":"pub","rid":1,"events":[{"type":"a..b"}]}"#, false),
+            (
+                r#"{"op":"pub","rid":1,"events":[{"type":"a","type":"b"}]}"#,
+                false,
+            ),
+            (
+                r#"{"op":"pub","rid":1,"events":[{"type":"a","colour":"red"}]}"#,
+                false,
+            ),
+            (r#"{"op":"pub","rid":1,"events":["order.created"]}"#, false),
+            (r#"{"op":"pub","rid":1,"events":{"type":"a"}}"#, false),
+            (r#"{"op":"pub","rid":1,"events":[{"type":"a"}"#, false),
+        ];
+        for (frame, accepted) in cases {
+            check(&frame.replace("$E", event).replace("$I", with_id), accepted);
+        }
     }
 
     /// Events valid and not, for frames put together at random.
