@@ -277,7 +277,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
         Ok(ReceivedEvent {
             id: event.id.as_str().to_owned(),
             event_type: event.event_type.as_str().to_owned(),
-            version: event.version,
+            version: event.version.into_owned(),
             timestamp: event.timestamp,
             source: event.source,
             correlation_id: event.correlation_id,
@@ -285,7 +285,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
             user_id: event.user_id,
             key: event.key,
             metadata: event.metadata,
-            stream,
+            stream: stream.map(|stream| stream.to_string()),
             seq,
             data,
             json: std::sync::Arc::from(json.to_owned()),

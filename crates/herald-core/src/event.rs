@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -207,8 +207,12 @@ pub enum EventIdError {
 }
 
 /// An event's id: the publisher's (dedupe relies on it being stable across retries) or a UUIDv7.
+///
+/// Shared rather than boxed: a publish answers each event with its id (`PublishOutcome`) while
+/// the stored event keeps it, and a copy per event was an allocation, a copy and a free on
+/// another thread.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId(Box<str>);
+pub struct EventId(Arc<str>);
 
 /// Shared so that ids made within one millisecond still sort in creation order.
 static ID_CONTEXT: Mutex<AssertUnwindSafe<ContextV7>> =
@@ -239,7 +243,7 @@ impl EventId {
         // Encoded into a stack buffer, then one allocation: `to_string` went through the
         // formatter and a growing `String` (one per published event without an id).
         let mut buffer = uuid::Uuid::encode_buffer();
-        EventId(Box::from(&*uuid.hyphenated().encode_lower(&mut buffer)))
+        EventId(Arc::from(&*uuid.hyphenated().encode_lower(&mut buffer)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -301,7 +305,8 @@ pub struct Event {
     /// not what it is.
     pub id_origin: IdOrigin,
     pub event_type: Subject,
-    pub version: String,
+    /// Borrowed when it is the default, which most events carry: no allocation for it.
+    pub version: Cow<'static, str>,
     pub timestamp: OffsetDateTime,
     pub source: Option<String>,
     pub correlation_id: Option<String>,
@@ -365,7 +370,7 @@ impl Event {
             id,
             id_origin: IdOrigin::Publisher,
             event_type,
-            version: VERSION_DEFAULT.to_owned(),
+            version: Cow::Borrowed(VERSION_DEFAULT),
             timestamp,
             source: None,
             correlation_id: None,
@@ -402,7 +407,7 @@ impl Event {
         let mut fields = EventFields::default();
         for (name, raw) in members {
             match &*name {
-                "id" => fields.id = Some(EventId(stored_string("id", raw)?.into_boxed_str())),
+                "id" => fields.id = Some(EventId(stored_string("id", raw)?.into())),
                 "type" => {
                     fields.event_type = Some(Subject::from_stored(stored_string("type", raw)?))
                 }
@@ -546,7 +551,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for PublishedEvent<'_> {
 /// [`StoredEvent::from_log`]; the public fields are for reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
-    pub stream: String,
+    /// Shared with the stream and every event stored in it: one allocation per stream, not per
+    /// event.
+    pub stream: Arc<str>,
     pub seq: u64,
     /// The event; read back from a log it is decoded on first use (see [`LazyEvent`]).
     pub event: LazyEvent,
@@ -632,6 +639,15 @@ impl LazyEvent {
     }
 }
 
+/// A version as an event keeps it: the default borrowed, any other owned.
+fn version(text: String) -> Cow<'static, str> {
+    if text == VERSION_DEFAULT {
+        Cow::Borrowed(VERSION_DEFAULT)
+    } else {
+        Cow::Owned(text)
+    }
+}
+
 /// Decodes JSON whose prefix [`scan_prefix`] accepted. It was written by [`Event::to_json`]
 /// and is checksummed by the log, and the round trip is property-tested, so the decode does not
 /// fail; were the bytes damaged past their checksum, the event reads as its envelope with
@@ -655,7 +671,7 @@ fn decode_stored(json: &[u8]) -> Event {
             timestamp,
         );
         if let Some(prefix) = prefix {
-            prefix.version.clone_into(&mut event.version);
+            event.version = version(prefix.version.to_owned());
         }
         event
     })
@@ -707,10 +723,10 @@ fn scan_prefix(json: &[u8]) -> Option<Prefix<'_>> {
 }
 
 impl StoredEvent {
-    pub fn new(stream: String, seq: u64, event: Event) -> StoredEvent {
+    pub fn new(stream: impl Into<Arc<str>>, seq: u64, event: Event) -> StoredEvent {
         let json = Bytes::from(event.to_json());
         StoredEvent {
-            stream,
+            stream: stream.into(),
             seq,
             event: LazyEvent::decoded(event, json),
         }
@@ -718,14 +734,19 @@ impl StoredEvent {
 
     /// An event read back from storage with the bytes it was decoded from, which must be its
     /// JSON form (`Event::to_json`): the log stores exactly that, checksummed.
-    pub fn from_stored(stream: String, seq: u64, event: Event, json: Bytes) -> StoredEvent {
+    pub fn from_stored(
+        stream: impl Into<Arc<str>>,
+        seq: u64,
+        event: Event,
+        json: Bytes,
+    ) -> StoredEvent {
         debug_assert_eq!(
             json.as_ref(),
             event.to_json().as_slice(),
             "stored bytes are the event's JSON"
         );
         StoredEvent {
-            stream,
+            stream: stream.into(),
             seq,
             event: LazyEvent::decoded(event, json),
         }
@@ -735,7 +756,11 @@ impl StoredEvent {
     /// its type and timestamp are read now, the rest when a field is first used. Bytes not in
     /// that form are decoded at once (`Event::from_stored_json`), and refused if they do not
     /// decode.
-    pub fn from_log(stream: String, seq: u64, json: Bytes) -> Result<StoredEvent, EventError> {
+    pub fn from_log(
+        stream: impl Into<Arc<str>>,
+        seq: u64,
+        json: Bytes,
+    ) -> Result<StoredEvent, EventError> {
         let event = match scan_prefix(&json) {
             Some(prefix) => LazyEvent {
                 head: Some(Head {
@@ -747,7 +772,11 @@ impl StoredEvent {
             },
             None => LazyEvent::decoded(Event::from_stored_json(&json)?, json),
         };
-        Ok(StoredEvent { stream, seq, event })
+        Ok(StoredEvent {
+            stream: stream.into(),
+            seq,
+            event,
+        })
     }
 
     /// The same event with its JSON in an allocation of its own. An event read from a log may
@@ -936,7 +965,7 @@ impl EventFields {
             id,
             id_origin,
             event_type,
-            version: self.version.unwrap_or_else(|| VERSION_DEFAULT.to_owned()),
+            version: self.version.map_or(Cow::Borrowed(VERSION_DEFAULT), version),
             timestamp: self.timestamp.unwrap_or(context.now),
             source: self.source,
             correlation_id: self.correlation_id,

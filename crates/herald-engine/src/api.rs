@@ -91,8 +91,9 @@ pub trait Engine: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishOutcome {
     pub id: EventId,
-    /// `None` for an ephemeral subject: delivered live, never stored.
-    pub stream: Option<String>,
+    /// `None` for an ephemeral subject: delivered live, never stored. Shared with the stream:
+    /// one per event was an allocation and a free.
+    pub stream: Option<std::sync::Arc<str>>,
     pub seq: Option<u64>,
     /// The stream had already stored an event with this id within its dedupe window (an id the
     /// publisher chose: generated ids are never duplicates); `seq` is the original's.

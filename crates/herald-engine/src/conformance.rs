@@ -614,7 +614,7 @@ pub async fn patterns_span_streams_including_new_ones<E: Engine>(fixture: &Fixtu
     let mut per_stream: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for event in receive(&mut everything, 4).await {
         per_stream
-            .entry(event.stream.clone())
+            .entry(event.stream.to_string())
             .or_default()
             .push(event.seq);
     }
@@ -1542,7 +1542,7 @@ pub async fn a_group_from_latest_gets_all_of_streams_created_after_it<E: Engine>
     let mut users = Vec::new();
     for _ in 0..51 {
         let delivery = next_delivery(timing, &mut member).await;
-        match delivery.event.stream.as_str() {
+        match &*delivery.event.stream {
             "order" => orders.push(delivery.event.seq),
             _ => users.push(delivery.event.event.data.get().to_owned()),
         }

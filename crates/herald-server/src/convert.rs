@@ -36,7 +36,7 @@ pub fn start_at(from: From) -> StartAt {
 pub fn publish_result(outcome: PublishOutcome) -> PublishResult {
     PublishResult {
         id: outcome.id.as_str().to_owned(),
-        stream: outcome.stream,
+        stream: outcome.stream.map(|stream| stream.to_string()),
         seq: outcome.seq,
         duplicate: outcome.duplicate,
     }

@@ -405,7 +405,7 @@ prop_compose! {
             id: EventId::parse(&id).unwrap(),
             id_origin: IdOrigin::Publisher,
             event_type,
-            version,
+            version: version.into(),
             timestamp,
             source: optionals[0].clone(),
             correlation_id: optionals[1].clone(),

@@ -333,7 +333,7 @@ impl GroupActor {
         let now = Instant::now();
         let now_ms = unix_ms(OffsetDateTime::now_utc());
         let entry = |pending: &Pending, due_ms: Option<i64>| PendingEntry {
-            stream: pending.event.stream.clone(),
+            stream: pending.event.stream.to_string(),
             seq: pending.event.seq,
             attempts: pending.attempts,
             first_delivered_ms: pending.first_delivered_at.map(unix_ms),
@@ -492,7 +492,7 @@ impl GroupActor {
             let safe = self
                 .ready
                 .iter()
-                .filter(|pending| pending.fresh && pending.event.stream == *stream)
+                .filter(|pending| pending.fresh && *pending.event.stream == **stream)
                 .map(|pending| pending.event.seq)
                 .min()
                 .unwrap_or(position);
@@ -653,7 +653,7 @@ impl GroupActor {
         });
         let due = OffsetDateTime::now_utc() + delay;
         self.journal.stage(JournalRecord::Retry {
-            stream: pending.event.stream.clone(),
+            stream: pending.event.stream.to_string(),
             seq: pending.event.seq,
             due_ms: unix_ms(due),
             error: pending.last_error.clone(),
@@ -846,7 +846,7 @@ impl GroupActor {
 /// A dead letter as the journal keeps it, the event included.
 fn dead_state(letter: &DeadLetter) -> DeadState {
     DeadState {
-        stream: letter.event.stream.clone(),
+        stream: letter.event.stream.to_string(),
         seq: letter.event.seq,
         attempts: letter.attempts,
         error: letter.last_error.clone(),

@@ -31,6 +31,9 @@ use crate::config::{
 #[derive(Debug)]
 pub(crate) struct Stream {
     pub name: String,
+    /// The name again, shared by the events read or stored here: one allocation per stream, not
+    /// one per event.
+    shared_name: Arc<str>,
     log: Log,
     dedupe: Mutex<Dedupe>,
     /// Woken whenever an in-flight id settles, for publishes waiting on a duplicate.
@@ -81,6 +84,7 @@ impl Stream {
             rate: Mutex::new(RateMeter::new()),
             duplicates: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
+            shared_name: Arc::from(name.as_str()),
             name,
             log,
         };
@@ -556,7 +560,7 @@ impl Stream {
         // Validated when published; the log's checksums vouch for the bytes since. Only the
         // type and timestamp are read here: a delivery copies the stored bytes, and the rest is
         // decoded if something reads a field.
-        StoredEvent::from_log(self.name.clone(), seq, payload).map_err(|error| {
+        StoredEvent::from_log(self.shared_name.clone(), seq, payload).map_err(|error| {
             warn!(stream = %self.name, seq, %error, "stored event does not decode");
             EngineError::Corrupt {
                 stream: self.name.clone(),
@@ -569,7 +573,7 @@ impl Stream {
     fn outcome(&self, event: &Event, seq: u64, duplicate: bool) -> PublishOutcome {
         PublishOutcome {
             id: event.id.clone(),
-            stream: Some(self.name.clone()),
+            stream: Some(self.shared_name.clone()),
             seq: Some(seq),
             duplicate,
         }
@@ -624,7 +628,8 @@ impl Claimed {
             .zip(payloads)
             .zip(ack.first_seq..)
             .map(|(((index, event), json), seq)| {
-                let stored = StoredEvent::from_stored(self.stream.name.clone(), seq, event, json);
+                let stored =
+                    StoredEvent::from_stored(self.stream.shared_name.clone(), seq, event, json);
                 (index, Arc::new(stored))
             })
             .collect();

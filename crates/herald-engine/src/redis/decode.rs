@@ -236,7 +236,7 @@ impl Walker<'_> {
 /// frame, and nothing on that path needs the rest. Decoding every event on its way out was
 /// 16% of the Herald process's consume profile (docs/PERFORMANCE.md).
 fn decode_owned_event(stream: &str, seq: u64, json: Bytes) -> Result<StoredEvent, EngineError> {
-    StoredEvent::from_log(stream.to_owned(), seq, json).map_err(|error| EngineError::Corrupt {
+    StoredEvent::from_log(stream, seq, json).map_err(|error| EngineError::Corrupt {
         stream: stream.to_owned(),
         seq,
         reason: error.to_string(),
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(events[0].event_json().as_ref(), first.as_slice());
         assert_eq!(events[1].event_json().as_ref(), second.as_slice());
         assert_eq!(events[1].event.event_type().as_str(), "c.d");
-        assert_eq!(events[0].stream, "s");
+        assert_eq!(&*events[0].stream, "s");
     }
 
     #[test]

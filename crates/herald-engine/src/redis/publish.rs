@@ -111,6 +111,7 @@ impl RedisEngine {
             .unwrap_or(0);
         let window_ms = window.as_millis().max(1) as u64;
         let mut outcomes = Vec::with_capacity(events.len());
+        let shared_name: std::sync::Arc<str> = stream.into();
         for chunk in events.chunks(PUBLISH_CHUNK_EVENTS_MAX) {
             let seqs = if chunk
                 .iter()
@@ -127,7 +128,7 @@ impl RedisEngine {
                     *index,
                     PublishOutcome {
                         id: event.id.clone(),
-                        stream: Some(stream.to_owned()),
+                        stream: Some(shared_name.clone()),
                         seq: Some(seq.unsigned_abs()),
                         duplicate: seq < 0,
                     },
