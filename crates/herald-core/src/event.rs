@@ -451,11 +451,21 @@ impl Event {
 
     /// The JSON form, camelCase, with absent optionals omitted and `data` verbatim.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.data.get().len());
-        out.push(b'{');
-        self.write_members(&mut out);
-        out.push(b'}');
+        let mut out = Vec::with_capacity(self.json_bytes_expected());
+        self.write_json(&mut out);
         out
+    }
+
+    /// [`Event::to_json`] appended to `out`: a batch of events is encoded into one buffer.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.write_members(out);
+        out.push(b'}');
+    }
+
+    /// Room to make for the JSON form: the envelope's fields rarely take more than 256 bytes.
+    pub fn json_bytes_expected(&self) -> usize {
+        256 + self.data.get().len()
     }
 
     /// Checks the limits that the field types do not enforce themselves.

@@ -248,10 +248,26 @@ impl Stream {
 
     /// Appends the claimed events; the writer thread finishes the publish and answers.
     async fn store(&self, claimed: Claimed) -> Result<Vec<(usize, Arc<StoredEvent>)>, EngineError> {
-        let payloads: Vec<Bytes> = claimed
-            .events
-            .iter()
-            .map(|(_, event)| Bytes::from(event.to_json()))
+        // One buffer for the whole batch, each event's JSON a slice of it: a buffer and a
+        // `Bytes` header per event were two allocations, freed later on another thread. Events
+        // kept for long are detached from it (`StoredEvent::detached`), as are those read back.
+        let mut buffer = Vec::with_capacity(
+            claimed
+                .events
+                .iter()
+                .map(|(_, event)| event.json_bytes_expected())
+                .sum(),
+        );
+        let mut ends = Vec::with_capacity(claimed.events.len());
+        for (_, event) in &claimed.events {
+            event.write_json(&mut buffer);
+            ends.push(buffer.len());
+        }
+        let buffer = Bytes::from(buffer);
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        let payloads: Vec<Bytes> = starts
+            .zip(ends.iter().copied())
+            .map(|(start, end)| buffer.slice(start..end))
             .collect();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let kept = payloads.clone();
