@@ -18,6 +18,8 @@ use std::sync::Arc;
 use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use herald_core::IdOrigin;
+
 use crate::config::DEDUPE_IDS_MAX;
 
 /// Ascending runs of UUIDs a stream keeps at most: as many as publishers whose batches
@@ -59,15 +61,6 @@ pub struct Dedupe {
     texts: HashTable<Slot>,
     /// Stored ids in the order they were stored, with their timestamps and seqs, for expiry.
     stored: VecDeque<Expiry>,
-}
-
-/// What a record's caller knows of the id's past.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    /// Anything: claimed, stored before, or neither.
-    Any,
-    /// Generated for this store: never seen.
-    Generated,
 }
 
 #[derive(Debug)]
@@ -153,21 +146,14 @@ impl Dedupe {
         }
     }
 
-    /// Records an id as stored, claimed or not.
-    pub fn stored(&mut self, id: &str, seq: u64, timestamp_us: u64) {
-        self.record(id, seq, timestamp_us, Origin::Any);
-    }
-
-    /// Records an id Herald generated for this store: new by construction (a UUIDv7 from this
-    /// process's clock and randomness), so neither claimed nor stored before, which spares the
-    /// look-ups `stored` makes (with concurrent publishers, most of its cost).
-    pub fn stored_generated(&mut self, id: &str, seq: u64, timestamp_us: u64) {
-        self.record(id, seq, timestamp_us, Origin::Generated);
-    }
-
-    fn record(&mut self, id: &str, seq: u64, timestamp_us: u64, origin: Origin) {
+    /// Records an id as stored, claimed or not. An id Herald generated for this store
+    /// (`IdOrigin::Generated`) is new by construction (a UUIDv7 from this process's clock and
+    /// randomness), neither claimed nor stored before, which spares the look-ups any other id
+    /// needs (with concurrent publishers, most of the cost). Ids of unknown origin, as when the
+    /// table is rebuilt from the log, count as the publisher's.
+    pub fn stored(&mut self, id: &str, origin: IdOrigin, seq: u64, timestamp_us: u64) {
         if self.window_us == 0 {
-            if origin == Origin::Any {
+            if origin == IdOrigin::Publisher {
                 self.forget_claim(id, |_| true);
             }
             return;
@@ -199,8 +185,8 @@ impl Dedupe {
         self.stored.len()
     }
 
-    fn store_uuid(&mut self, uuid: u128, seq: u64, origin: Origin) {
-        if origin == Origin::Any
+    fn store_uuid(&mut self, uuid: u128, seq: u64, origin: IdOrigin) {
+        if origin == IdOrigin::Publisher
             && let Some(record) = self.uuids.get_mut(&uuid)
         {
             *record = Some(seq);
@@ -221,7 +207,10 @@ impl Dedupe {
                 {
                     fit = Some(run);
                 }
-            } else if origin == Origin::Any && *first <= uuid && find_in_run(run, uuid).is_some() {
+            } else if origin == IdOrigin::Publisher
+                && *first <= uuid
+                && find_in_run(run, uuid).is_some()
+            {
                 stored_before = true;
             }
         }
@@ -372,7 +361,7 @@ mod tests {
     #[test]
     fn a_uuid_in_other_case_is_another_id() {
         let mut dedupe = Dedupe::new(1_000);
-        dedupe.stored(UUID, 1, 0);
+        dedupe.stored(UUID, IdOrigin::Publisher, 1, 0);
         assert_eq!(dedupe.check_and_claim(UUID, 1), Seen::Stored(1));
         assert_eq!(
             dedupe.check_and_claim(&UUID.to_uppercase(), 1),
@@ -385,8 +374,8 @@ mod tests {
     fn an_id_stored_again_keeps_its_newer_record_when_the_older_expires() {
         for id in [UUID, "order-1"] {
             let mut dedupe = Dedupe::new(1_000);
-            dedupe.stored(id, 1, 0);
-            dedupe.stored(id, 2, 500);
+            dedupe.stored(id, IdOrigin::Publisher, 1, 0);
+            dedupe.stored(id, IdOrigin::Publisher, 2, 500);
             assert_eq!(dedupe.check_and_claim(id, 1_200), Seen::Stored(2), "{id}");
             assert_eq!(dedupe.check_and_claim(id, 1_500), Seen::New, "{id}");
         }
@@ -480,7 +469,7 @@ mod tests {
                     Op::StoreGenerated(i) if !waiting.is_empty() => {
                         let id = waiting.remove(i % waiting.len());
                         seq += 1;
-                        dedupe.stored_generated(&id, seq, now_us);
+                        dedupe.stored(&id, IdOrigin::Generated, seq, now_us);
                         model.ids.insert(id.clone(), Some(seq));
                         model.stored.push_back((now_us, seq, id.clone()));
                         generated.push(id);
@@ -501,7 +490,7 @@ mod tests {
                     ),
                     Op::Store(i) => {
                         seq += 1;
-                        dedupe.stored(IDS[i], seq, now_us);
+                        dedupe.stored(IDS[i], IdOrigin::Publisher, seq, now_us);
                         model.ids.insert(IDS[i].to_owned(), Some(seq));
                         model.stored.push_back((now_us, seq, IDS[i].to_owned()));
                     }
@@ -522,7 +511,7 @@ mod tests {
         let mut dedupe = Dedupe::new(1_000);
         assert_eq!(dedupe.check_and_claim("a", 0), Seen::New);
         assert_eq!(dedupe.check_and_claim("a", 10), Seen::InFlight);
-        dedupe.stored("a", 7, 10);
+        dedupe.stored("a", IdOrigin::Publisher, 7, 10);
         assert_eq!(dedupe.check_and_claim("a", 500), Seen::Stored(7));
         assert_eq!(dedupe.check_and_claim("a", 1_009), Seen::Stored(7));
         assert_eq!(
@@ -546,7 +535,7 @@ mod tests {
         for n in 0..DEDUPE_IDS_MAX + 10 {
             let id = n.to_string();
             assert_eq!(dedupe.check_and_claim(&id, 0), Seen::New);
-            dedupe.stored(&id, n as u64, 0);
+            dedupe.stored(&id, IdOrigin::Publisher, n as u64, 0);
         }
         assert_eq!(dedupe.len(), DEDUPE_IDS_MAX);
         assert_eq!(

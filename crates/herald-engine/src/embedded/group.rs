@@ -191,7 +191,7 @@ impl GroupActor {
             let Some(stream) = self
                 .streams
                 .iter()
-                .find(|stream| &stream.name == stream_name)
+                .find(|stream| *stream.name == **stream_name)
                 .cloned()
             else {
                 warn!(group = %self.name, stream = %stream_name, events = run.len(), "pending events' stream is gone");
@@ -253,14 +253,14 @@ impl GroupActor {
         if self.streams.iter().any(|known| known.name == stream.name) {
             return;
         }
-        if !self.positions.contains_key(&stream.name) {
+        if !self.positions.contains_key(&*stream.name) {
             let start = match start {
                 StartAt::Latest => stream.head(),
                 StartAt::Earliest => 1,
                 StartAt::Seq(seq) => seq.max(1),
                 StartAt::Time(time) => stream.seq_at_time(time).unwrap_or_else(|_| stream.head()),
             };
-            self.positions.insert(stream.name.clone(), start);
+            self.positions.insert(stream.name.to_string(), start);
         }
         stream.add_waker(&self.wake);
         self.streams.push(stream);
@@ -454,7 +454,7 @@ impl GroupActor {
                     self.wake.notify_one();
                     return;
                 }
-                let position = self.positions.get(&stream.name).copied().unwrap_or(1);
+                let position = self.positions.get(&*stream.name).copied().unwrap_or(1);
                 let events = match stream.fetch(position, limit, cursor) {
                     Ok(events) => events,
                     Err(error) => {
@@ -477,7 +477,7 @@ impl GroupActor {
                         });
                     }
                 }
-                self.positions.insert(stream.name.clone(), next_seq);
+                self.positions.insert(stream.name.to_string(), next_seq);
                 if self.ready.len() == ready_before {
                     limit = FETCH_EVENTS_MAX;
                 }
@@ -822,7 +822,7 @@ impl GroupActor {
             .streams
             .iter()
             .map(|stream| {
-                let position = self.positions.get(&stream.name).copied().unwrap_or(1);
+                let position = self.positions.get(&*stream.name).copied().unwrap_or(1);
                 stream.head().saturating_sub(position)
             })
             .sum();

@@ -574,7 +574,7 @@ impl Engine for EmbeddedEngine {
                 .config
                 .streams
                 .iter()
-                .any(|declared| declared.name == stream.name);
+                .any(|declared| *declared.name == *stream.name);
             if may_match_stream(&pattern, &stream.name, declared) {
                 stream.attach(subscriber.clone());
             }

@@ -30,10 +30,9 @@ use crate::config::{
 
 #[derive(Debug)]
 pub(crate) struct Stream {
-    pub name: String,
-    /// The name again, shared by the events read or stored here: one allocation per stream, not
-    /// one per event.
-    shared_name: Arc<str>,
+    /// Shared by the events read or stored here and their publish outcomes: one allocation per
+    /// stream, not one per event.
+    pub name: Arc<str>,
     log: Log,
     dedupe: Mutex<Dedupe>,
     /// Woken whenever an in-flight id settles, for publishes waiting on a duplicate.
@@ -84,8 +83,7 @@ impl Stream {
             rate: Mutex::new(RateMeter::new()),
             duplicates: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
-            shared_name: Arc::from(name.as_str()),
-            name,
+            name: Arc::from(name),
             log,
         };
         stream.rebuild_dedupe(dedupe_window_us)?;
@@ -118,7 +116,8 @@ impl Stream {
                 // Read and dropped here: sharing the chunk costs nothing.
                 let stored = self.decode(record.seq, record.payload)?;
                 if let Seen::New = dedupe.check_and_claim(stored.event.id.as_str(), 0) {
-                    dedupe.stored(stored.event.id.as_str(), record.seq, record.timestamp_us);
+                    let id = stored.event.id.as_str();
+                    dedupe.stored(id, IdOrigin::Publisher, record.seq, record.timestamp_us);
                 }
             }
         }
@@ -258,16 +257,16 @@ impl Stream {
                 .map(|(_, event)| event.json_bytes_expected())
                 .sum(),
         );
-        let mut ends = Vec::with_capacity(claimed.events.len());
+        let mut ranges = Vec::with_capacity(claimed.events.len());
         for (_, event) in &claimed.events {
+            let start = buffer.len();
             event.write_json(&mut buffer);
-            ends.push(buffer.len());
+            ranges.push(start..buffer.len());
         }
         let buffer = Bytes::from(buffer);
-        let starts = std::iter::once(0).chain(ends.iter().copied());
-        let payloads: Vec<Bytes> = starts
-            .zip(ends.iter().copied())
-            .map(|(start, end)| buffer.slice(start..end))
+        let payloads: Vec<Bytes> = ranges
+            .into_iter()
+            .map(|range| buffer.slice(range))
             .collect();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let kept = payloads.clone();
@@ -294,11 +293,8 @@ impl Stream {
     fn on_stored(&self, stored: &[(usize, Arc<StoredEvent>)], timestamp_us: u64) {
         let mut dedupe = self.dedupe.lock();
         for (_, event) in stored {
-            let id = event.event.id.as_str();
-            match event.event.id_origin {
-                IdOrigin::Generated => dedupe.stored_generated(id, event.seq, timestamp_us),
-                IdOrigin::Publisher => dedupe.stored(id, event.seq, timestamp_us),
-            }
+            let origin = event.event.id_origin;
+            dedupe.stored(event.event.id.as_str(), origin, event.seq, timestamp_us);
         }
         drop(dedupe);
         if stored.iter().any(|(_, event)| looked_up(&event.event)) {
@@ -545,7 +541,7 @@ impl Stream {
     pub fn stats(&self) -> StreamStats {
         let log = self.log.stats();
         StreamStats {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             first_seq: log.first_seq,
             last_seq: log.last_seq,
             events: log.events,
@@ -576,10 +572,10 @@ impl Stream {
         // Validated when published; the log's checksums vouch for the bytes since. Only the
         // type and timestamp are read here: a delivery copies the stored bytes, and the rest is
         // decoded if something reads a field.
-        StoredEvent::from_log(self.shared_name.clone(), seq, payload).map_err(|error| {
+        StoredEvent::from_log(self.name.clone(), seq, payload).map_err(|error| {
             warn!(stream = %self.name, seq, %error, "stored event does not decode");
             EngineError::Corrupt {
-                stream: self.name.clone(),
+                stream: self.name.to_string(),
                 seq,
                 reason: error.to_string(),
             }
@@ -589,7 +585,7 @@ impl Stream {
     fn outcome(&self, event: &Event, seq: u64, duplicate: bool) -> PublishOutcome {
         PublishOutcome {
             id: event.id.clone(),
-            stream: Some(self.shared_name.clone()),
+            stream: Some(self.name.clone()),
             seq: Some(seq),
             duplicate,
         }
@@ -597,7 +593,7 @@ impl Stream {
 
     fn storage_error(&self, source: LogError) -> EngineError {
         EngineError::Storage {
-            stream: self.name.clone(),
+            stream: self.name.to_string(),
             source,
         }
     }
@@ -644,8 +640,7 @@ impl Claimed {
             .zip(payloads)
             .zip(ack.first_seq..)
             .map(|(((index, event), json), seq)| {
-                let stored =
-                    StoredEvent::from_stored(self.stream.shared_name.clone(), seq, event, json);
+                let stored = StoredEvent::from_stored(self.stream.name.clone(), seq, event, json);
                 (index, Arc::new(stored))
             })
             .collect();
