@@ -1,17 +1,14 @@
-//! Publish-to-delivery latency at a fixed rate. A pacing thread schedules event `i` at
-//! `start + i / rate`; each event carries its intended send time, and the subscriber measures
-//! from that time, so a stall on either side shows in the figures instead of being hidden by a
-//! publisher that waited (coordinated omission).
-
-use std::time::{Duration, Instant};
+//! Publish-to-delivery latency at a fixed rate, by the method the peer baselines share
+//! (`paced.rs`): a pacing thread makes event `i` due at its intended time, and the subscriber
+//! measures from that time, so a stall on either side shows in the figures instead of being
+//! hidden by a publisher that waited (coordinated omission).
 
 use clap::Args;
 use futures::{FutureExt, SinkExt};
-use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::sync::mpsc;
 
-use super::report::{Percentiles, Report, progress_bar};
+use super::paced::{Recorder, Schedule};
+use super::report::{Report, progress_bar};
 use super::wire::{self, next_frame};
 use super::{Target, run_id};
 
@@ -41,13 +38,8 @@ impl Default for LatencyArgs {
     }
 }
 
-const WARM_UP: Duration = Duration::from_secs(1);
-
 pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow::Result<Report> {
-    let rate = args.rate.max(1);
     let kind = format!("bench.latency.{}", run_id());
-    let total = rate * (args.seconds + WARM_UP.as_secs());
-    let warm_up_events = rate * WARM_UP.as_secs();
     let (mut sub_sink, mut sub_source) = wire::connect(target).await?;
     let mut sub = json!({"pattern": kind});
     if args.group {
@@ -56,39 +48,21 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
     }
     let sid = wire::subscribe(&mut sub_sink, &mut sub_source, sub).await?;
     let (mut pub_sink, mut pub_source) = wire::connect(target).await?;
-    let epoch = Instant::now() + Duration::from_millis(50);
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let padding = "x".repeat(args.data_bytes.saturating_sub(40));
-
-    // Pacing on a thread of its own: tokio's timer wheel has millisecond granularity. It sleeps
-    // and never spins, since a spinning pacer takes a core from the server on a small machine.
-    // Events whose time has come go out back to back; each carries its intended time, so the
-    // sleep's overshoot counts as latency rather than being hidden.
-    let (due_tx, mut due_rx) = mpsc::channel::<u64>(65_536);
-    let pacer = std::thread::spawn(move || {
-        for i in 0..total {
-            let intended = epoch + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            if due_tx.blocking_send(i).is_err() {
-                return;
-            }
-        }
-    });
+    let schedule = Schedule::new(args);
+    let total = schedule.total;
+    let (mut due, pacer) = schedule.start();
+    // Events whose time has come go out back to back, one frame each, in one flush.
     let writer_kind = kind.clone();
     let writer = tokio::spawn(async move {
-        while let Some(i) = due_rx.recv().await {
+        while let Some(i) = due.recv().await {
             let mut next = Some(i);
             while let Some(i) = next.take() {
-                let intended_ns =
-                    (interval.mul_f64(i as f64) + Duration::from_millis(50)).as_nanos();
                 let frame = format!(
-                    r#"{{"op":"pub","rid":{i},"events":[{{"type":"{writer_kind}","data":{{"t":{intended_ns},"pad":"{padding}"}}}}]}}"#
+                    r#"{{"op":"pub","rid":{i},"events":[{{"type":"{writer_kind}","data":{{"i":{i},"pad":"{padding}"}}}}]}}"#
                 );
                 pub_sink.feed(wire::text(frame)).await?;
-                next = due_rx.recv().now_or_never().flatten();
+                next = due.recv().now_or_never().flatten();
             }
             pub_sink.flush().await?;
         }
@@ -102,46 +76,35 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
     });
     let bar = progress_bar(progress, total);
     bar.set_message("latency");
-    let epoch_base = epoch - Duration::from_millis(50);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut received = 0u64;
-    while received < total {
-        let frame = next_frame(&mut sub_source).await?;
+    let mut recorder = Recorder::new(schedule)?;
+    while !recorder.done() {
+        let next = tokio::time::timeout_at(schedule.deadline().into(), next_frame(&mut sub_source));
+        let Ok(frame) = next.await else {
+            recorder.check_deadline()?;
+            continue;
+        };
+        let frame = frame?;
         if frame["op"] != "event" || frame["sid"] != sid {
             continue;
         }
-        let now_ns = epoch_base.elapsed().as_nanos() as u64;
-        let intended_ns = frame["event"]["data"]["t"].as_u64().unwrap_or(now_ns);
-        if received >= warm_up_events {
-            let micros = now_ns.saturating_sub(intended_ns) / 1000;
-            histogram.saturating_record(micros.max(1));
-        }
+        let i = frame["event"]["data"]["i"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("a delivery that is not a bench event: {frame}"))?;
+        recorder.record_index(i);
         if let Some(delivery_id) = frame.get("deliveryId") {
             let ack = json!({"op": "ack", "sid": sid, "deliveryId": delivery_id});
             sub_sink.send(wire::text(ack.to_string())).await?;
         }
-        received += 1;
         bar.inc(1);
     }
     bar.finish_and_clear();
     writer.await??;
     acks.await??;
     let _ = pacer.join();
-    let measured = total - warm_up_events;
-    let mut report = Report::new(
-        "latency",
-        format!(
-            "{rate}/s for {} s, one event per frame, {}",
-            args.seconds,
-            if args.group {
-                "group with acks"
-            } else {
-                "live"
-            }
-        ),
-        measured,
-        args.seconds as f64,
-    );
-    report.latency_us = Some(Percentiles::of(&histogram));
-    Ok(report)
+    let how = if args.group {
+        "one event per frame, group with acks"
+    } else {
+        "one event per frame, live"
+    };
+    Ok(recorder.report(args, how))
 }

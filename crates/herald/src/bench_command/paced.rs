@@ -4,6 +4,7 @@
 //! minus that intended time. A publisher or broker that stalls therefore shows its stall in
 //! full instead of hiding it by sending late (coordinated omission).
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use std::future::Future;
@@ -32,6 +33,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// Largest latency the histogram records, in microseconds (60 s).
 const HISTOGRAM_MAX_US: u64 = 60_000_000;
+
+/// How late the kernel may end the pacer's sleeps, in nanoseconds (Linux's default is 50 µs).
+const PACER_TIMER_SLACK_NS: u64 = 1_000;
 
 /// The plan of one run: which event is due when.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +74,9 @@ impl Schedule {
         let (due_tx, due_rx) = mpsc::channel::<u64>(DUE_QUEUE_EVENTS);
         let schedule = *self;
         let pacer = std::thread::spawn(move || {
+            // The default slack lets each sleep end up to 50 µs late, which would count as
+            // latency of whatever is measured.
+            let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(PACER_TIMER_SLACK_NS));
             for i in 0..schedule.total {
                 let intended = schedule.base + schedule.intended(i);
                 let now = Instant::now();
@@ -159,15 +166,20 @@ impl Recorder {
     }
 
     pub fn record(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let now = self.schedule.base.elapsed();
         let i = index_of(payload)
             .ok_or_else(|| anyhow::anyhow!("a delivery that is not a bench event"))?;
+        self.record_index(i);
+        Ok(())
+    }
+
+    /// Records the arrival of event `i`, now.
+    pub fn record_index(&mut self, i: u64) {
+        let now = self.schedule.base.elapsed();
         if i >= self.schedule.warm_up {
             let micros = now.saturating_sub(self.schedule.intended(i)).as_micros() as u64;
             self.histogram.saturating_record(micros.max(1));
         }
         self.received += 1;
-        Ok(())
     }
 
     pub fn done(&self) -> bool {
