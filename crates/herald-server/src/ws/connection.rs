@@ -208,7 +208,7 @@ impl Connection {
                 Ok(Some(Ok(message))) => message,
             };
             let next = match message {
-                Message::Text(text) => self.on_frame(text.as_bytes()).await,
+                Message::Text(text) => self.on_frame(text.as_str()).await,
                 Message::Binary(_) => {
                     self.refuse(
                         None,
@@ -243,20 +243,19 @@ impl Connection {
         self.send(Frame::error(rid, sid, error.detail)).await
     }
 
-    async fn on_frame(&mut self, bytes: &[u8]) -> Next {
-        if let Some(PubFrame { rid, events }) =
-            pub_frame::decode(bytes, &self.state.parse_context())
+    async fn on_frame(&mut self, text: &str) -> Next {
+        if let Some(PubFrame { rid, events }) = pub_frame::decode(text, &self.state.parse_context())
         {
             return match self.publish(rid, events).await {
                 Ok(()) => Next::Continue,
                 Err(error) => self.refuse(Some(rid), None, error).await,
             };
         }
-        let (op, frame) = match Frame::decode_client(bytes) {
+        let (op, frame) = match Frame::decode_client(text.as_bytes()) {
             Ok(decoded) => decoded,
             Err(error) => {
                 // A frame refused for one bad field still names its request, if it has one.
-                let rid = serde_json::from_slice::<serde_json::Value>(bytes)
+                let rid = serde_json::from_str::<serde_json::Value>(text)
                     .ok()
                     .and_then(|frame| frame.get("rid")?.as_u64());
                 return self
