@@ -665,18 +665,19 @@ fn decode_stored(json: &[u8]) -> Event {
             .and_then(|prefix| std::str::from_utf8(json.get(prefix.timestamp.clone())?).ok())
             .and_then(|text| wire::parse_stored_timestamp(text).ok())
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        fn text(bytes: &[u8]) -> &str {
+            std::str::from_utf8(bytes).unwrap_or_default()
+        }
+        let (id, event_type) = prefix.as_ref().map_or(("", ""), |prefix| {
+            (text(prefix.id), text(prefix.event_type))
+        });
         let mut event = Event::new(
-            EventId(prefix.as_ref().map_or("", |prefix| prefix.id).into()),
-            Subject::from_stored(
-                prefix
-                    .as_ref()
-                    .map_or("", |prefix| prefix.event_type)
-                    .to_owned(),
-            ),
+            EventId(id.into()),
+            Subject::from_stored(event_type.to_owned()),
             timestamp,
         );
         if let Some(prefix) = prefix {
-            event.version = version(prefix.version.to_owned());
+            event.version = version(text(prefix.version).to_owned());
         }
         event
     })
@@ -686,27 +687,27 @@ fn decode_stored(json: &[u8]) -> Event {
 /// "timestamp":…` followed by `,` or `}`.
 #[derive(Clone)]
 struct Prefix<'a> {
-    id: &'a str,
-    event_type: &'a str,
-    version: &'a str,
+    id: &'a [u8],
+    event_type: &'a [u8],
+    version: &'a [u8],
     /// Where the timestamp's text is, unparsed.
     timestamp: std::ops::Range<usize>,
 }
 
 /// Reads [`Prefix`] off Herald's own encoding without a JSON parser: strings without escapes
-/// (ids with quotes or backslashes, rare, return `None` and take the full decode).
+/// (ids with quotes or backslashes, rare, return `None` and take the full decode). A group
+/// reads every event of its streams through it, so fields stay bytes until one is used (most
+/// uses need only the type) and quotes are found with `memchr`: a byte loop and a UTF-8 check
+/// per field cost ~1 500 instructions an event (docs/PERFORMANCE.md).
 fn scan_prefix(json: &[u8]) -> Option<Prefix<'_>> {
-    fn field<'a>(rest: &mut &'a [u8], key: &[u8]) -> Option<&'a str> {
+    fn field<'a>(rest: &mut &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         let after = rest.strip_prefix(key)?;
-        let end = after
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\')?;
+        let end = memchr::memchr2(b'"', b'\\', after)?;
         if after[end] != b'"' {
             return None;
         }
-        let text = std::str::from_utf8(&after[..end]).ok()?;
         *rest = &after[end + 1..];
-        Some(text)
+        Some(&after[..end])
     }
     let mut rest = json;
     let id = field(&mut rest, b"{\"id\":\"")?;
@@ -766,11 +767,17 @@ impl StoredEvent {
         seq: u64,
         json: Bytes,
     ) -> Result<StoredEvent, EventError> {
-        let event = match scan_prefix(&json) {
-            Some(prefix) => LazyEvent {
+        let prefix = scan_prefix(&json).and_then(|prefix| {
+            Some((
+                std::str::from_utf8(prefix.event_type).ok()?,
+                prefix.timestamp,
+            ))
+        });
+        let event = match prefix {
+            Some((event_type, timestamp)) => LazyEvent {
                 head: Some(Head {
-                    event_type: Subject::from_stored(prefix.event_type.to_owned()),
-                    timestamp: prefix.timestamp,
+                    event_type: Subject::from_stored(event_type.to_owned()),
+                    timestamp,
                 }),
                 json,
                 decoded: std::sync::OnceLock::new(),
