@@ -819,8 +819,7 @@ impl StoredEvent {
         wire::write_string(out, &self.stream);
         out.push(b',');
         wire::write_key(out, "seq");
-        // Writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(out, format_args!("{}", self.seq));
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         out.push(b',');
         // The event's JSON is an object with at least `id` and `type`: its members follow.
         out.extend_from_slice(self.event.json.get(1..).unwrap_or_default());

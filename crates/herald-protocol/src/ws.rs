@@ -522,9 +522,9 @@ pub fn write_event_frame(
     delivery: Option<(u64, u32)>,
     write_event: impl FnOnce(&mut Vec<u8>),
 ) {
-    use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{{\"op\":\"event\",\"sid\":{sid},");
+    out.extend_from_slice(b"{\"op\":\"event\",\"sid\":");
+    out.extend_from_slice(itoa::Buffer::new().format(sid).as_bytes());
+    out.push(b',');
     write_event_item(out, delivery, write_event);
 }
 
@@ -540,8 +540,9 @@ pub fn encode_event_frame(sid: u64, delivery: Option<(u64, u32)>, event_json: &[
 /// Writes the start of an `events` frame; follow with [`write_events_item`] per event, then
 /// [`finish_events_frame`].
 pub fn start_events_frame(out: &mut Vec<u8>, sid: u64) {
-    use std::io::Write;
-    let _ = write!(out, "{{\"op\":\"events\",\"sid\":{sid},\"events\":[");
+    out.extend_from_slice(b"{\"op\":\"events\",\"sid\":");
+    out.extend_from_slice(itoa::Buffer::new().format(sid).as_bytes());
+    out.extend_from_slice(b",\"events\":[");
 }
 
 /// Appends one [`EventItem`] to an `events` frame begun by [`start_events_frame`].
@@ -567,9 +568,14 @@ fn write_event_item(
     delivery: Option<(u64, u32)>,
     write_event: impl FnOnce(&mut Vec<u8>),
 ) {
-    use std::io::Write;
+    // Numbers through `itoa`: `write!` took ~300 instructions an item (docs/PERFORMANCE.md).
     if let Some((delivery_id, attempt)) = delivery {
-        let _ = write!(out, "\"deliveryId\":{delivery_id},\"attempt\":{attempt},");
+        let mut digits = itoa::Buffer::new();
+        out.extend_from_slice(b"\"deliveryId\":");
+        out.extend_from_slice(digits.format(delivery_id).as_bytes());
+        out.extend_from_slice(b",\"attempt\":");
+        out.extend_from_slice(digits.format(attempt).as_bytes());
+        out.push(b',');
     }
     out.extend_from_slice(b"\"event\":");
     write_event(out);

@@ -158,6 +158,15 @@ impl Subscriptions {
     }
 }
 
+/// An `events` frame's bytes besides its items (`{"op":"events","sid":…,"events":[` … `]}`).
+const EVENTS_FRAME_OVERHEAD_BYTES: usize = 64;
+
+/// An upper bound of the bytes `stored` takes as an item of an `events` frame: its JSON, the
+/// stream and seq written into it, and the item's delivery id and attempt.
+fn item_bytes(stored: &StoredEvent) -> usize {
+    stored.event_json().len() + stored.stream.len() + 96
+}
+
 /// Appends the event as subscribers see it: stored events with `stream` and `seq`; ephemeral
 /// ones (never stored) without.
 fn write_event(out: &mut Vec<u8>, stored: &StoredEvent) {
@@ -264,14 +273,19 @@ async fn forward_group(
         if batched {
             // Several deliveries per frame: one allocation, one queue push, one WebSocket
             // frame and one client parse per burst instead of per event.
+            // Sized for what it will hold: grown from a guess, a frame was copied once more.
+            let mut bytes_left: usize = batch.iter().map(|d| item_bytes(&d.event)).sum();
             let mut deliveries = batch.drain(..).peekable();
             while deliveries.peek().is_some() {
-                let mut out = Vec::with_capacity(EVENTS_FRAME_BYTES_MAX / 4);
+                let mut out = Vec::with_capacity(
+                    EVENTS_FRAME_OVERHEAD_BYTES + bytes_left.min(EVENTS_FRAME_BYTES_MAX),
+                );
                 start_events_frame(&mut out, sid);
                 while out.len() < EVENTS_FRAME_BYTES_MAX {
                     let Some(delivery) = deliveries.next() else {
                         break;
                     };
+                    bytes_left = bytes_left.saturating_sub(item_bytes(&delivery.event));
                     write_events_item(
                         &mut out,
                         Some((delivery.delivery_id, delivery.attempt)),
