@@ -213,7 +213,11 @@ impl Subject {
 
     /// The default stream of events of this type (PRODUCT.md section 3).
     pub fn stream_name(&self) -> &str {
-        self.tokens().next().unwrap_or(&self.0)
+        // A byte search: `split('.')` cost ~170 instructions a call on the publish path.
+        match self.0.bytes().position(|byte| byte == b'.') {
+            Some(dot) => &self.0[..dot],
+            None => &self.0,
+        }
     }
 
     pub fn tokens(&self) -> std::str::Split<'_, char> {

@@ -501,28 +501,42 @@ impl Engine for EmbeddedEngine {
         }
         let now_us = (self.inner.config.clock)();
         let count = events.len();
-        // A stream's name is copied once per batch, not once per event.
-        let mut by_stream: hashbrown::HashMap<String, Vec<(usize, Event)>> =
-            hashbrown::HashMap::new();
+        // Each stream's part of the batch, in order of first appearance. Events of one type
+        // mostly come in runs, so an event of the previous event's type takes its part without
+        // being routed again (routing and finding the part cost ~400 instructions an event).
+        let mut names: Vec<String> = Vec::new();
+        let mut parts: Vec<Vec<(usize, Event)>> = Vec::new();
+        let mut previous: Option<(Subject, Option<usize>)> = None;
         let mut ephemeral = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
-            let Some(name) = self.route(&event.event_type) else {
-                ephemeral.push((index, event));
-                continue;
+            let part = match &previous {
+                Some((event_type, part)) if *event_type == event.event_type => *part,
+                _ => {
+                    let part = self.route(&event.event_type).map(|name| {
+                        names
+                            .iter()
+                            .position(|known| known == name)
+                            .unwrap_or_else(|| {
+                                names.push(name.to_owned());
+                                // Sized for the rest of the batch: most batches go to one stream,
+                                // and growing a vector of events copied each event several times.
+                                parts.push(Vec::with_capacity(count - index));
+                                names.len() - 1
+                            })
+                    });
+                    previous = Some((event.event_type.clone(), part));
+                    part
+                }
             };
-            // Sized for the whole batch: most batches go to one stream, and growing a vector of
-            // events from empty copied each event several times.
-            let part = by_stream
-                .entry_ref(name)
-                .or_insert_with(|| Vec::with_capacity(count - index));
-            part.push((index, event));
+            match part {
+                Some(part) => parts[part].push((index, event)),
+                None => ephemeral.push((index, event)),
+            }
         }
-        let mut streams = Vec::with_capacity(by_stream.len());
-        let mut parts = Vec::with_capacity(by_stream.len());
-        for (name, events) in by_stream {
-            streams.push(self.stream(&name)?);
-            parts.push(events);
-        }
+        let streams = names
+            .iter()
+            .map(|name| self.stream(name))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
         for (index, event) in ephemeral {
             outcomes[index] = Some(PublishOutcome::ephemeral(event.id.clone()));
