@@ -229,12 +229,12 @@ pub fn read_chunk(
 ) -> Result<(), LogError> {
     let available = (end - position) as usize;
     let length = available.min(READ_CHUNK_BYTES);
-    read_exact_at(file, chunk, length, position).at(path)?;
+    read_into(file, chunk, length, position).at(path)?;
     if let Some(frame_bytes) = record::peek_frame_bytes(chunk)
         && frame_bytes > length
         && frame_bytes <= available
     {
-        read_exact_at(file, chunk, frame_bytes, position).at(path)?;
+        read_into(file, chunk, frame_bytes, position).at(path)?;
     }
     Ok(())
 }
@@ -242,7 +242,7 @@ pub fn read_chunk(
 /// Replaces `chunk` with the `length` bytes at `position`, read into its spare capacity rather
 /// than over zeros: each read is a fresh chunk (its events keep slices of it), and zero-filling
 /// 256 KiB first cost as much as a memset of every byte read (docs/PERFORMANCE.md).
-fn read_exact_at(
+fn read_into(
     file: &File,
     chunk: &mut Vec<u8>,
     length: usize,

@@ -505,6 +505,7 @@ impl Engine for EmbeddedEngine {
         // mostly come in runs, so an event of the previous event's type takes its part without
         // being routed again (routing and finding the part cost ~400 instructions an event).
         let mut names: Vec<String> = Vec::new();
+        let mut part_of: hashbrown::HashMap<String, usize> = hashbrown::HashMap::new();
         let mut parts: Vec<Vec<(usize, Event)>> = Vec::new();
         let mut previous: Option<(Subject, Option<usize>)> = None;
         let mut ephemeral = Vec::new();
@@ -513,16 +514,13 @@ impl Engine for EmbeddedEngine {
                 Some((event_type, part)) if *event_type == event.event_type => *part,
                 _ => {
                     let part = self.route(&event.event_type).map(|name| {
-                        names
-                            .iter()
-                            .position(|known| known == name)
-                            .unwrap_or_else(|| {
-                                names.push(name.to_owned());
-                                // Sized for the rest of the batch: most batches go to one stream,
-                                // and growing a vector of events copied each event several times.
-                                parts.push(Vec::with_capacity(count - index));
-                                names.len() - 1
-                            })
+                        *part_of.entry_ref(name).or_insert_with(|| {
+                            names.push(name.to_owned());
+                            // Sized for the rest of the batch: most batches go to one stream,
+                            // and growing a vector of events copied each event several times.
+                            parts.push(Vec::with_capacity(count - index));
+                            parts.len() - 1
+                        })
                     });
                     previous = Some((event.event_type.clone(), part));
                     part

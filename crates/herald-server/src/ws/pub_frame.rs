@@ -29,6 +29,7 @@ pub struct PubFrame {
 ///
 /// Frames longer than the event size limit are left to the general path, which checks each
 /// event's size; a frame within the limit holds no event beyond it.
+///
 /// Takes text (which the socket has checked is UTF-8) rather than bytes: read from bytes, every
 /// string would be checked again (~380 instructions an event, docs/PERFORMANCE.md).
 pub fn decode(text: &str, context: &ParseContext) -> Option<PubFrame> {
