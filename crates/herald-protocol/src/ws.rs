@@ -523,7 +523,7 @@ pub fn write_event_frame(
     write_event: impl FnOnce(&mut Vec<u8>),
 ) {
     out.extend_from_slice(b"{\"op\":\"event\",\"sid\":");
-    out.extend_from_slice(itoa::Buffer::new().format(sid).as_bytes());
+    push_number(out, sid);
     out.push(b',');
     write_event_item(out, delivery, write_event);
 }
@@ -537,11 +537,17 @@ pub fn encode_event_frame(sid: u64, delivery: Option<(u64, u32)>, event_json: &[
     out
 }
 
+/// Appends a number: through `itoa`, as `write!` cost ~300 instructions per delivery
+/// (docs/PERFORMANCE.md).
+fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
+}
+
 /// Writes the start of an `events` frame; follow with [`write_events_item`] per event, then
 /// [`finish_events_frame`].
 pub fn start_events_frame(out: &mut Vec<u8>, sid: u64) {
     out.extend_from_slice(b"{\"op\":\"events\",\"sid\":");
-    out.extend_from_slice(itoa::Buffer::new().format(sid).as_bytes());
+    push_number(out, sid);
     out.extend_from_slice(b",\"events\":[");
 }
 
@@ -568,13 +574,11 @@ fn write_event_item(
     delivery: Option<(u64, u32)>,
     write_event: impl FnOnce(&mut Vec<u8>),
 ) {
-    // Numbers through `itoa`: `write!` took ~300 instructions an item (docs/PERFORMANCE.md).
     if let Some((delivery_id, attempt)) = delivery {
-        let mut digits = itoa::Buffer::new();
         out.extend_from_slice(b"\"deliveryId\":");
-        out.extend_from_slice(digits.format(delivery_id).as_bytes());
+        push_number(out, delivery_id);
         out.extend_from_slice(b",\"attempt\":");
-        out.extend_from_slice(digits.format(attempt).as_bytes());
+        push_number(out, attempt);
         out.push(b',');
     }
     out.extend_from_slice(b"\"event\":");

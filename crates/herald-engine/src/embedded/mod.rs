@@ -19,6 +19,7 @@ use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use hashbrown::hash_map::EntryRef;
 use herald_core::{Event, Pattern, StoredEvent, Subject, SubjectIndex, SubscriptionId};
 use herald_log::{FsyncSnapshot, Log, LogConfig, Retention};
 use parking_lot::Mutex;
@@ -494,6 +495,9 @@ impl Drop for Unsubscribe {
     }
 }
 
+/// One stream's events of a publish batch, each with its index in the batch.
+type StreamPart = (Arc<Stream>, Vec<(usize, Event)>);
+
 impl Engine for EmbeddedEngine {
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
         if events.is_empty() {
@@ -501,40 +505,40 @@ impl Engine for EmbeddedEngine {
         }
         let now_us = (self.inner.config.clock)();
         let count = events.len();
-        // Each stream's part of the batch, in order of first appearance. Events of one type
-        // mostly come in runs, so an event of the previous event's type takes its part without
-        // being routed again (routing and finding the part cost ~400 instructions an event).
-        let mut names: Vec<String> = Vec::new();
+        // Each stream's part of the batch, with the stream, in order of first appearance.
+        // Events of one type mostly come in runs, so an event of the previous event's type
+        // takes its part without being routed again (routing and finding the part cost ~400
+        // instructions an event).
         let mut part_of: hashbrown::HashMap<String, usize> = hashbrown::HashMap::new();
-        let mut parts: Vec<Vec<(usize, Event)>> = Vec::new();
+        let mut parts: Vec<StreamPart> = Vec::new();
         let mut previous: Option<(Subject, Option<usize>)> = None;
         let mut ephemeral = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
             let part = match &previous {
                 Some((event_type, part)) if *event_type == event.event_type => *part,
                 _ => {
-                    let part = self.route(&event.event_type).map(|name| {
-                        *part_of.entry_ref(name).or_insert_with(|| {
-                            names.push(name.to_owned());
-                            // Sized for the rest of the batch: most batches go to one stream,
-                            // and growing a vector of events copied each event several times.
-                            parts.push(Vec::with_capacity(count - index));
-                            parts.len() - 1
-                        })
-                    });
+                    let part = match self.route(&event.event_type) {
+                        None => None,
+                        Some(name) => Some(match part_of.entry_ref(name) {
+                            EntryRef::Occupied(entry) => *entry.get(),
+                            EntryRef::Vacant(entry) => {
+                                // Sized for the rest of the batch: most batches go to one
+                                // stream, and growing a vector of events copied each event
+                                // several times.
+                                parts.push((self.stream(name)?, Vec::with_capacity(count - index)));
+                                *entry.insert(parts.len() - 1)
+                            }
+                        }),
+                    };
                     previous = Some((event.event_type.clone(), part));
                     part
                 }
             };
             match part {
-                Some(part) => parts[part].push((index, event)),
+                Some(part) => parts[part].1.push((index, event)),
                 None => ephemeral.push((index, event)),
             }
         }
-        let streams = names
-            .iter()
-            .map(|name| self.stream(name))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
         for (index, event) in ephemeral {
             outcomes[index] = Some(PublishOutcome::ephemeral(event.id.clone()));
@@ -544,10 +548,9 @@ impl Engine for EmbeddedEngine {
         // is needed to keep a stream's fan-out whole if the caller goes away: see
         // `Stream::publish`.
         let per_stream = futures::future::join_all(
-            streams
-                .iter()
-                .zip(parts)
-                .map(|(stream, events)| stream.publish(events, now_us)),
+            parts
+                .into_iter()
+                .map(|(stream, events)| async move { stream.publish(events, now_us).await }),
         )
         .await;
         for stream_outcomes in per_stream {

@@ -161,8 +161,9 @@ impl Subscriptions {
 /// An `events` frame's bytes besides its items (`{"op":"events","sid":…,"events":[` … `]}`).
 const EVENTS_FRAME_OVERHEAD_BYTES: usize = 64;
 
-/// An upper bound of the bytes `stored` takes as an item of an `events` frame: its JSON, the
-/// stream and seq written into it, and the item's delivery id and attempt.
+/// An upper bound of the bytes `stored` takes in a delivery frame, as an `event` frame or as an
+/// item of an `events` frame: its JSON, the stream and seq written into it, and the delivery's
+/// keys and numbers.
 fn item_bytes(stored: &StoredEvent) -> usize {
     stored.event_json().len() + stored.stream.len() + 96
 }
@@ -179,7 +180,7 @@ fn write_event(out: &mut Vec<u8>, stored: &StoredEvent) {
 
 /// An `event` frame, written in one buffer.
 fn event_frame(sid: u64, delivery: Option<(u64, u32)>, stored: &StoredEvent) -> Message {
-    let mut out = Vec::with_capacity(stored.event_json().len() + stored.stream.len() + 96);
+    let mut out = Vec::with_capacity(item_bytes(stored));
     write_event_frame(&mut out, sid, delivery, |out| write_event(out, stored));
     text(out)
 }

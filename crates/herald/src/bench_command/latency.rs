@@ -4,10 +4,10 @@
 //! hidden by a publisher that waited (coordinated omission).
 
 use clap::Args;
-use futures::{FutureExt, SinkExt};
+use futures::SinkExt;
 use serde_json::json;
 
-use super::paced::{Recorder, Schedule};
+use super::paced::{Recorder, Schedule, next_due};
 use super::report::{Report, progress_bar};
 use super::wire::{self, next_frame};
 use super::{Target, run_id};
@@ -55,14 +55,12 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
     // Events whose time has come go out back to back, one frame each, in one flush.
     let writer_kind = kind.clone();
     let writer = tokio::spawn(async move {
-        while let Some(i) = due.recv().await {
-            let mut next = Some(i);
-            while let Some(i) = next.take() {
+        while let Some(burst) = next_due(&mut due).await {
+            for i in burst {
                 let frame = format!(
                     r#"{{"op":"pub","rid":{i},"events":[{{"type":"{writer_kind}","data":{{"i":{i},"pad":"{padding}"}}}}]}}"#
                 );
                 pub_sink.feed(wire::text(frame)).await?;
-                next = due.recv().now_or_never().flatten();
             }
             pub_sink.flush().await?;
         }

@@ -94,7 +94,7 @@ impl Schedule {
 
 /// The next due event and every other one already due, so that a sender that fell behind
 /// sends them back to back; `None` when the schedule is done.
-async fn next_due(due: &mut mpsc::Receiver<u64>) -> Option<Vec<u64>> {
+pub async fn next_due(due: &mut mpsc::Receiver<u64>) -> Option<Vec<u64>> {
     let first = due.recv().await?;
     let mut batch = vec![first];
     while let Some(Some(i)) = due.recv().now_or_never() {
