@@ -106,8 +106,10 @@ struct Attached {
 /// Acks of one member on one stream: delivery id, what was delivered, whom to answer.
 type AckBatch = Vec<(u64, InFlight, Option<VerbReply>)>;
 
-/// A held entry dealt to a member, with the channel slot it will be sent through.
-type Dealt = (Arc<StoredEvent>, mpsc::OwnedPermit<Delivery>);
+/// Members with room and how much, in round-robin order: `(member id, deliveries it can take)`.
+/// The task is the only sender on a member's channel, so room counted before an await is still
+/// there after it.
+type Room = [(u64, usize)];
 
 /// What one `XREADGROUP` gave: how many entries, and those the pattern matches.
 struct Read {
@@ -312,17 +314,17 @@ impl GroupTask {
     /// members with room.
     async fn hand_out(&mut self) {
         loop {
-            let mut permits = self.reserve();
-            if permits.is_empty() {
+            let mut rooms = self.reserve();
+            if rooms.is_empty() {
                 return;
             }
-            let mut delivered = self.pump_due(&mut permits).await;
-            delivered += self.pump_held(&mut permits).await;
-            delivered += self.pump_direct(&mut permits).await;
-            let room: usize = permits.iter().map(|(_, slots)| slots.len()).sum();
+            let mut delivered = self.pump_due(&mut rooms).await;
+            delivered += self.pump_held(&mut rooms).await;
+            delivered += self.pump_direct(&mut rooms).await;
+            let room: usize = rooms.iter().map(|(_, room)| room).sum();
             if room > 0 && self.held.len() < room {
                 self.fetch(room).await;
-                delivered += self.pump_held(&mut permits).await;
+                delivered += self.pump_held(&mut rooms).await;
             }
             if delivered == 0 {
                 return;
@@ -330,50 +332,41 @@ impl GroupTask {
         }
     }
 
-    /// Channel slots of every member with room, in round-robin order.
-    fn reserve(&mut self) -> Vec<(u64, Vec<mpsc::OwnedPermit<Delivery>>)> {
-        let order: Vec<u64> = self
+    /// Every member with room and how much, in round-robin order: what its credit allows and
+    /// its channel holds. Counted, not reserved: a permit per slot (reserved, then mostly
+    /// dropped at each turn) was a tenth of the consume path's CPU (docs/PERFORMANCE.md).
+    fn reserve(&mut self) -> Vec<(u64, usize)> {
+        let order = self
             .members
             .range(self.next_member..)
-            .chain(self.members.range(..self.next_member))
-            .map(|(&id, _)| id)
-            .collect();
-        let mut permits = Vec::new();
-        for member_id in order {
-            let Some(member) = self.members.get(&member_id) else {
-                continue;
-            };
-            let room = member.max_in_flight.saturating_sub(member.in_flight);
-            let mut slots = Vec::new();
-            for _ in 0..room {
-                match member.deliveries.clone().try_reserve_owned() {
-                    Ok(permit) => slots.push(permit),
-                    Err(_) => break,
-                }
-            }
-            if !slots.is_empty() {
-                permits.push((member_id, slots));
+            .chain(self.members.range(..self.next_member));
+        let mut rooms = Vec::new();
+        for (&member_id, member) in order {
+            let credit = member.max_in_flight.saturating_sub(member.in_flight) as usize;
+            let room = credit.min(member.deliveries.capacity());
+            if room > 0 {
+                rooms.push((member_id, room));
             }
         }
-        if let Some((first, _)) = permits.first() {
+        if let Some((first, _)) = rooms.first() {
             self.next_member = first + 1;
         }
-        permits
+        rooms
     }
 
-    async fn pump_due(&mut self, permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)]) -> usize {
+    async fn pump_due(&mut self, rooms: &mut Room) -> usize {
         let mut delivered = 0;
         let ready: Vec<usize> = self.due_ready.iter().copied().collect();
         for stream in ready {
             let mut exhausted = false;
-            for (member_id, slots) in permits.iter_mut() {
-                if slots.is_empty() {
+            for (member_id, room) in rooms.iter_mut() {
+                if *room == 0 {
                     continue;
                 }
                 let Some(consumer) = self.members.get(member_id).map(|m| m.consumer.clone()) else {
                     continue;
                 };
-                let wanted = slots.len();
+                let wanted = *room;
                 let keys = self.streams[stream].keys.clone();
                 let mut invocation = keys.invoke(&scripts::TAKE_DUE);
                 invocation.arg(&self.name).arg(&consumer).arg(wanted);
@@ -413,8 +406,9 @@ impl GroupTask {
                             continue;
                         }
                     };
-                    if let Some(permit) = slots.pop() {
-                        self.deliver(*member_id, permit, stream, event, as_i64(&attempt) as u32);
+                    if *room > 0 {
+                        *room -= 1;
+                        self.deliver(*member_id, stream, event, as_i64(&attempt) as u32);
                         delivered += 1;
                     }
                 }
@@ -435,10 +429,7 @@ impl GroupTask {
     /// everything. No hand-over script: each entry is delivered by the read itself. The
     /// members' reads of one stream go out together (pipelined on the shared connection), so
     /// that four members cost one round trip, not four.
-    async fn pump_direct(
-        &mut self,
-        permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
-    ) -> usize {
+    async fn pump_direct(&mut self, rooms: &mut Room) -> usize {
         let mut delivered = 0;
         for stream in 0..self.streams.len() {
             loop {
@@ -446,13 +437,13 @@ impl GroupTask {
                 if self.streams[stream].sparse || self.streams[stream].caught_up_to >= target {
                     break;
                 }
-                let wanted: Vec<(usize, String, usize)> = permits
+                let wanted: Vec<(usize, String, usize)> = rooms
                     .iter()
                     .enumerate()
-                    .filter(|(_, (_, slots))| !slots.is_empty())
-                    .filter_map(|(at, (member_id, slots))| {
+                    .filter(|(_, (_, room))| *room > 0)
+                    .filter_map(|(at, (member_id, room))| {
                         let member = self.members.get(member_id)?;
-                        Some((at, member.consumer.clone(), slots.len()))
+                        Some((at, member.consumer.clone(), *room))
                     })
                     .collect();
                 if wanted.is_empty() {
@@ -478,11 +469,12 @@ impl GroupTask {
                     };
                     let read = self.absorb(stream, entries, count, target, &mut unmatched);
                     self.streams[stream].unrecorded_deliveries += read.matched.len() as u64;
-                    let (member_id, slots) = &mut permits[at];
+                    let (member_id, room) = &mut rooms[at];
                     let mut matched = 0;
                     for event in read.matched {
-                        if let Some(permit) = slots.pop() {
-                            self.deliver(*member_id, permit, stream, event, 1);
+                        if *room > 0 {
+                            *room -= 1;
+                            self.deliver(*member_id, stream, event, 1);
                             matched += 1;
                         }
                     }
@@ -490,7 +482,7 @@ impl GroupTask {
                     if read.count > 0 && matched == 0 {
                         self.streams[stream].sparse = true;
                     }
-                    more |= read.count == count && !slots.is_empty();
+                    more |= read.count == count && *room > 0;
                 }
                 self.ack_unmatched(stream, unmatched).await;
                 if !more {
@@ -730,24 +722,24 @@ impl GroupTask {
     }
 
     /// Hands held entries to members, round robin, one script per member and stream.
-    async fn pump_held(
-        &mut self,
-        permits: &mut [(u64, Vec<mpsc::OwnedPermit<Delivery>>)],
-    ) -> usize {
-        let mut plan: BTreeMap<(usize, u64), Vec<Dealt>> = BTreeMap::new();
+    async fn pump_held(&mut self, rooms: &mut Room) -> usize {
+        let mut plan: BTreeMap<(usize, u64), Vec<Arc<StoredEvent>>> = BTreeMap::new();
         'deal: loop {
             let mut dealt = false;
-            for (member_id, slots) in permits.iter_mut() {
+            for (member_id, room) in rooms.iter_mut() {
                 if self.held.is_empty() {
                     break 'deal;
                 }
-                let Some(permit) = slots.pop() else { continue };
+                if *room == 0 {
+                    continue;
+                }
+                *room -= 1;
                 let Some(held) = self.held.pop_front() else {
                     break 'deal;
                 };
                 plan.entry((held.stream, *member_id))
                     .or_default()
-                    .push((held.event, permit));
+                    .push(held.event);
                 dealt = true;
             }
             if !dealt {
@@ -762,23 +754,23 @@ impl GroupTask {
             let keys = self.streams[stream].keys.clone();
             let mut invocation = keys.invoke(&scripts::ASSIGN);
             invocation.arg(&self.name).arg(&self.holder).arg(&consumer);
-            for (event, _) in &batch {
+            for event in &batch {
                 invocation.arg(event.seq);
             }
             let mut connection = self.inner.connection.clone();
             let reply: Result<Vec<i64>, _> = invocation.invoke_async(&mut connection).await;
             match reply {
                 Ok(assigned) => {
-                    for ((event, permit), ok) in batch.into_iter().zip(assigned) {
+                    for (event, ok) in batch.into_iter().zip(assigned) {
                         if ok == 1 {
-                            self.deliver(member_id, permit, stream, event, 1);
+                            self.deliver(member_id, stream, event, 1);
                             delivered += 1;
                         }
                     }
                 }
                 Err(error) => {
                     warn!(group = %self.name, %error, "handing out entries failed");
-                    for (event, _) in batch.into_iter().rev() {
+                    for event in batch.into_iter().rev() {
                         self.held.push_front(Held { stream, event });
                     }
                     return delivered;
@@ -788,14 +780,7 @@ impl GroupTask {
         delivered
     }
 
-    fn deliver(
-        &mut self,
-        member_id: u64,
-        permit: mpsc::OwnedPermit<Delivery>,
-        stream: usize,
-        event: Arc<StoredEvent>,
-        attempt: u32,
-    ) {
+    fn deliver(&mut self, member_id: u64, stream: usize, event: Arc<StoredEvent>, attempt: u32) {
         let Some(member) = self.members.get_mut(&member_id) else {
             return;
         };
@@ -814,11 +799,18 @@ impl GroupTask {
                 deadline,
             },
         );
-        permit.send(Delivery {
-            delivery_id,
-            attempt,
-            event,
+        // Fails only for a member that left meanwhile (its leave gives the entry back) or, never,
+        // past the room `reserve` counted.
+        let sent = self.members.get(&member_id).map(|member| {
+            member.deliveries.try_send(Delivery {
+                delivery_id,
+                attempt,
+                event,
+            })
         });
+        if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent {
+            warn!(group = %self.name, delivery_id, "a member's channel was full; the delivery will time out");
+        }
     }
 
     fn take_in_flight(&mut self, member_id: u64, delivery_id: u64) -> Result<InFlight, VerbError> {
@@ -895,7 +887,7 @@ impl GroupTask {
     fn ack_calls(
         &self,
         acks: &BTreeMap<(usize, u64), AckBatch>,
-    ) -> Vec<impl Future<Output = Result<Vec<i64>, redis::RedisError>> + use<>> {
+    ) -> Vec<impl Future<Output = Result<Value, redis::RedisError>> + use<>> {
         acks.iter()
             .map(|(&(stream, member_id), batch)| {
                 let consumer = member_consumer(&self.inner.process, member_id);
@@ -910,7 +902,7 @@ impl GroupTask {
                     }
                 }
                 let mut connection = self.inner.connection.clone();
-                async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
+                async move { invocation.invoke_async::<Value>(&mut connection).await }
             })
             .collect()
     }
@@ -920,13 +912,16 @@ impl GroupTask {
     fn settle_acks(
         &mut self,
         acks: BTreeMap<(usize, u64), AckBatch>,
-        replies: Vec<Result<Vec<i64>, redis::RedisError>>,
+        replies: Vec<Result<Value, redis::RedisError>>,
     ) {
         for (batch, reply) in acks.into_values().zip(replies) {
-            match reply {
-                Ok(results) => {
-                    for ((delivery_id, _, reply), ok) in batch.into_iter().zip(results) {
-                        let result = if ok == 1 {
+            let answers = reply
+                .map_err(|error| error.to_string())
+                .and_then(|answers| AckAnswers::of(answers, batch.len()));
+            match answers {
+                Ok(answers) => {
+                    for (at, (delivery_id, _, reply)) in batch.into_iter().enumerate() {
+                        let result = if answers.recorded(at) {
                             Ok(())
                         } else {
                             Err(VerbError::UnknownDelivery(delivery_id))
@@ -1317,6 +1312,43 @@ fn answer(reply: Option<VerbReply>, result: Result<(), VerbError>) {
     }
 }
 
+/// What the `ACK` script answered for a batch: one answer for every entry, or one each.
+#[derive(Debug, PartialEq)]
+enum AckAnswers {
+    All(bool),
+    Each(Vec<bool>),
+}
+
+impl AckAnswers {
+    /// Reads the reply for a batch of `len` acks; any other shape is an error.
+    fn of(reply: Value, len: usize) -> Result<AckAnswers, String> {
+        let flag = |value: &Value| match value {
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
+            other => Err(format!("ACK answered {other:?} for an entry, not 0 or 1")),
+        };
+        match reply {
+            Value::Array(each) if each.len() == len => each
+                .iter()
+                .map(flag)
+                .collect::<Result<_, _>>()
+                .map(AckAnswers::Each),
+            Value::Array(each) => Err(format!(
+                "ACK answered {} entries for a batch of {len}",
+                each.len()
+            )),
+            all => flag(&all).map(AckAnswers::All),
+        }
+    }
+
+    fn recorded(&self, at: usize) -> bool {
+        match self {
+            AckAnswers::All(recorded) => *recorded,
+            AckAnswers::Each(each) => each.get(at).copied().unwrap_or(false),
+        }
+    }
+}
+
 fn as_i64(value: &Value) -> i64 {
     match value {
         Value::Int(number) => *number,
@@ -1332,5 +1364,35 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_answers_are_one_for_all_or_one_each_and_nothing_else() {
+        let check = |reply: Value, len: usize, expect: Result<AckAnswers, ()>| {
+            assert_eq!(
+                AckAnswers::of(reply.clone(), len).map_err(|_| ()),
+                expect,
+                "{reply:?} for {len}"
+            );
+        };
+        check(Value::Int(1), 3, Ok(AckAnswers::All(true)));
+        check(Value::Int(0), 3, Ok(AckAnswers::All(false)));
+        check(
+            Value::Array(vec![Value::Int(1), Value::Int(0)]),
+            2,
+            Ok(AckAnswers::Each(vec![true, false])),
+        );
+        check(Value::Array(vec![Value::Int(1)]), 2, Err(()));
+        check(Value::Array(vec![Value::Int(2), Value::Int(1)]), 2, Err(()));
+        check(Value::Int(-1), 1, Err(()));
+        check(Value::Nil, 1, Err(()));
+        let each = AckAnswers::Each(vec![true, false]);
+        assert!(each.recorded(0) && !each.recorded(1) && !each.recorded(2));
+        assert!(AckAnswers::All(true).recorded(999));
     }
 }
