@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod conformance;
+mod deadlines;
 pub mod embedded;
 pub mod redis;
 

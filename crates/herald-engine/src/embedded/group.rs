@@ -20,7 +20,6 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::deadlines::Deadlines;
 use super::in_flight::InFlightTable;
 use super::journal::{DeadState, Journal, JournalRecord, PendingEntry, PendingState, Replayed};
 use super::stream::{Stream, StreamCursor};
@@ -28,6 +27,7 @@ use crate::api::{
     Closed, DeadLetter, Delivery, GroupPolicy, GroupStats, MemberCommand, MemberRequest, StartAt,
     VerbError, VerbReply,
 };
+use crate::deadlines::Deadlines;
 
 /// Events fetched from one stream per step.
 const FETCH_EVENTS_MAX: usize = 256;

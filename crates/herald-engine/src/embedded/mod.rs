@@ -5,7 +5,6 @@
 //! log callback takes it, then the fan-out's, under the log's writer lock). No lock is held
 //! across an `.await`.
 
-mod deadlines;
 mod dedupe;
 mod group;
 mod in_flight;

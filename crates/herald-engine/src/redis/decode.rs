@@ -106,7 +106,7 @@ pub(crate) fn decode_read_reply(
 }
 
 /// Decodes the reply of an `XREADGROUP` read on a [`RawConnection`](super::raw::RawConnection):
-/// `frame` is the whole RESP2 reply, complete (`raw::frame_len`). Walked header by header;
+/// `frame` is the whole RESP2 reply, complete (`raw::Framing`). Walked header by header;
 /// each event's JSON is a slice of `frame` (no copy), and bulk strings other than the `e`
 /// field are skipped by their length.
 pub(crate) fn decode_raw_read_reply(

@@ -129,8 +129,9 @@ impl RawConnection {
         self.io.write_all(&packed).await?;
         self.io.flush().await?;
         let mut replies = Vec::with_capacity(commands.len());
+        let mut framing = Framing::default();
         while replies.len() < commands.len() {
-            match frame_len(&self.buffer)? {
+            match framing.advance(&self.buffer)? {
                 Some(len) => {
                     let frame = self.buffer.split_to(len).freeze();
                     replies.push(match frame.first() {
@@ -159,43 +160,62 @@ fn line_of(frame: &[u8]) -> &[u8] {
 
 /// The length of the first whole RESP2 reply in `buffer`, `None` while it is incomplete.
 /// Bulk strings are skipped by their length, so their contents are never scanned.
+#[cfg(test)]
 pub(crate) fn frame_len(buffer: &[u8]) -> Result<Option<usize>, RawError> {
-    let mut at = 0;
-    // Elements still to be read, this one included.
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        pending -= 1;
-        let Some(Header { kind, line, next }) = header(buffer, at)? else {
-            return Ok(None);
-        };
-        at = next;
-        match kind {
-            b'+' | b'-' | b':' => {}
-            b'$' => {
-                let len = length(line)?;
-                if len >= 0 {
-                    let end = at + len as usize + 2;
-                    if end > buffer.len() {
-                        return Ok(None);
-                    }
-                    at = end;
-                }
-            }
-            b'*' => {
-                let len = length(line)?;
-                if len > 0 {
-                    pending += len as u64;
-                }
-            }
-            other => {
-                return Err(RawError::Protocol(format!(
-                    "unexpected reply type {:?}",
-                    other as char
-                )));
-            }
+    Framing::default().advance(buffer)
+}
+
+/// How far the reply at the start of a buffer has been framed: kept between reads, so that a
+/// reply arriving in many reads is scanned once, not from its start after each (a read of a
+/// thousand events comes in several; rescanning cost more than decoding it).
+#[derive(Debug, Default)]
+pub(crate) struct Framing {
+    /// Where the next element starts.
+    at: usize,
+    /// Elements still to be read, the next one included; 0 before the reply's first.
+    pending: u64,
+}
+
+impl Framing {
+    /// The length of the first whole reply in `buffer` (which holds what it held at the last
+    /// call, and maybe more), `None` while it is incomplete. Once it returns a length it starts
+    /// over, for a buffer that begins where that reply ended.
+    pub(crate) fn advance(&mut self, buffer: &[u8]) -> Result<Option<usize>, RawError> {
+        if self.pending == 0 {
+            *self = Framing { at: 0, pending: 1 };
         }
+        while self.pending > 0 {
+            let Some(Header { kind, line, next }) = header(buffer, self.at)? else {
+                return Ok(None);
+            };
+            let mut at = next;
+            let mut children = 0;
+            match kind {
+                b'+' | b'-' | b':' => {}
+                b'$' => {
+                    let len = length(line)?;
+                    if len >= 0 {
+                        let end = at + len as usize + 2;
+                        if end > buffer.len() {
+                            return Ok(None);
+                        }
+                        at = end;
+                    }
+                }
+                b'*' => children = length(line)?.max(0) as u64,
+                other => {
+                    return Err(RawError::Protocol(format!(
+                        "unexpected reply type {:?}",
+                        other as char
+                    )));
+                }
+            }
+            // The element is whole: step past it.
+            self.at = at;
+            self.pending = self.pending - 1 + children;
+        }
+        Ok(Some(std::mem::take(self).at))
     }
-    Ok(Some(at))
 }
 
 /// One header line of a RESP2 reply.
@@ -228,15 +248,26 @@ pub(crate) fn header(buffer: &[u8], at: usize) -> Result<Option<Header<'_>>, Raw
     }
 }
 
-/// A header's length (`*<n>`, `$<n>`; `-1` for nil).
+/// A header's length (`*<n>`, `$<n>`; `-1` for nil). Read digit by digit: every element of a
+/// reply has one, read twice (framing, then decoding), and `str::parse` cost ten times more.
 pub(crate) fn length(line: &[u8]) -> Result<i64, RawError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|text| text.parse::<i64>().ok())
-        .filter(|len| (-1..=REPLY_LENGTH_MAX).contains(len))
-        .ok_or_else(|| {
-            RawError::Protocol(format!("bad length {:?}", String::from_utf8_lossy(line)))
-        })
+    let bad = || RawError::Protocol(format!("bad length {:?}", String::from_utf8_lossy(line)));
+    match line {
+        b"-1" => return Ok(-1),
+        [] => return Err(bad()),
+        _ => {}
+    }
+    let mut len: i64 = 0;
+    for &byte in line {
+        if !byte.is_ascii_digit() {
+            return Err(bad());
+        }
+        len = len * 10 + i64::from(byte - b'0');
+        if len > REPLY_LENGTH_MAX {
+            return Err(bad());
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -332,12 +363,66 @@ mod tests {
         }
 
         #[test]
+        fn a_reply_read_in_pieces_is_framed_as_when_read_whole(
+            first in reply(),
+            second in reply(),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let mut bytes = Vec::new();
+            encode(&first, &mut bytes);
+            let first_len = bytes.len();
+            encode(&second, &mut bytes);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&cut| cut < bytes.len()).collect();
+            cuts.sort_unstable();
+            let mut framing = Framing::default();
+            for cut in cuts {
+                let framed = framing.advance(&bytes[..cut]).unwrap();
+                let expect = (cut >= first_len).then_some(first_len);
+                proptest::prop_assert_eq!(framed, expect);
+                if framed.is_some() {
+                    return Ok(());
+                }
+            }
+            proptest::prop_assert_eq!(framing.advance(&bytes).unwrap(), Some(first_len));
+            // Started over: the second reply, once the first is split off.
+            proptest::prop_assert_eq!(
+                framing.advance(&bytes[first_len..]).unwrap(),
+                Some(bytes.len() - first_len)
+            );
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic_nor_overrun(bytes in proptest::collection::vec(
             proptest::prelude::any::<u8>(), 0..200)) {
             if let Ok(Some(len)) = frame_len(&bytes) {
                 proptest::prop_assert!(len <= bytes.len());
             }
         }
+    }
+
+    #[test]
+    fn lengths_are_decimal_from_minus_one_to_the_maximum() {
+        let check = |line: &[u8], expect: Option<i64>| {
+            assert_eq!(
+                length(line).ok(),
+                expect,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        };
+        check(b"0", Some(0));
+        check(b"-1", Some(-1));
+        check(b"12", Some(12));
+        check(b"007", Some(7));
+        check(b"536870912", Some(REPLY_LENGTH_MAX));
+        check(b"536870913", None);
+        check(b"99999999999999999999999", None);
+        check(b"", None);
+        check(b"-", None);
+        check(b"-2", None);
+        check(b"+3", None);
+        check(b"1 ", None);
+        check(b"x", None);
     }
 
     #[test]

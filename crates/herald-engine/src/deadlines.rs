@@ -1,4 +1,4 @@
-//! A group's ack deadlines, in a queue instead of a sorted set.
+//! A group's ack deadlines, in a queue instead of a sorted set (both engines' group tasks).
 //!
 //! Every deadline a group sets is "now + its ack timeout", with one timeout per group and a
 //! clock that never goes back, so deadlines are set in the order they expire: appending keeps
