@@ -8,24 +8,38 @@
 //! [`DUE_POLL_INTERVAL`], for retries scheduled elsewhere (another process, a redrive). Due
 //! times are Redis's clock (`TIME` in the scripts), so processes agree on them.
 //!
+//! Reads: new entries are read straight into members' consumers by reads that run beside the
+//! task (up to [`DIRECT_READS_IN_FLIGHT_MAX`], each on a connection of its own), so that Redis
+//! reads the next batch while the task hands out the last and records acks; one read at a
+//! time kept Redis and the task waiting on each other (docs/PERFORMANCE.md). A member has at
+//! most one read in flight and nothing else is handed to it meanwhile, so that it sees each
+//! stream in order; reads for different members overlap.
+//!
 //! Invariants: a delivery is in `in_flight` exactly while the task believes its entry is owned
 //! by the member's consumer at that attempt (the scripts check it again in Redis);
-//! `member.in_flight` counts the member's entries in `in_flight`.
+//! `member.in_flight` counts the member's entries in `in_flight`, `member.reading` (and the
+//! stream's `reading`) the entries asked for by reads in flight; a member leaves, and the task
+//! stops, only once no read is in flight (what a read took is then in `in_flight`, to be given
+//! back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesOrdered;
 use hashbrown::HashMap as FastMap;
 use herald_core::{Pattern, StoredEvent};
 use rand::Rng;
 use redis::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::Inner;
+use super::connection::Connection;
 use super::decode::{decode_event, decode_raw_read_reply, decode_read_reply};
 use super::keys::{GroupKeys, entry_id, holder_consumer, member_consumer, process_of, seq_of};
 use super::raw::RawConnection;
@@ -48,6 +62,10 @@ pub(crate) const DUE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Entries of other processes looked at per stream per sweep.
 const SWEEP_ENTRIES_MAX: usize = 256;
+
+/// Direct reads in flight at most, each on a connection of its own: Redis reads one while the
+/// task hands out another. A member has at most one (see `reserve`).
+const DIRECT_READS_IN_FLIGHT_MAX: usize = 4;
 
 /// The wait before trying again a transition that Redis failed to record.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -81,6 +99,8 @@ struct Member {
     closed: watch::Sender<Option<Closed>>,
     max_in_flight: u32,
     in_flight: u32,
+    /// Entries reads in flight may bring it.
+    reading: usize,
 }
 
 struct InFlight {
@@ -103,6 +123,8 @@ struct Attached {
     sparse: bool,
     /// Direct reads' deliveries not yet added to the group's `delivered` counter in Redis.
     unrecorded_deliveries: u64,
+    /// Entries asked for by direct reads in flight.
+    reading: usize,
 }
 
 /// Acks of one member on one stream: delivery id, what was delivered, whom to answer.
@@ -119,13 +141,37 @@ struct Read {
     matched: Vec<Arc<StoredEvent>>,
 }
 
-/// The task's own connection for its reads (`raw.rs`).
-enum RawReads {
-    /// Not opened yet, or dropped after a failure: opened at the next read.
-    Closed,
-    Open(RawConnection),
+/// The task's own connections for its reads (`raw.rs`): one per read in flight, kept for the
+/// next. One that failed is dropped; another is opened at the next read.
+#[derive(Default)]
+struct RawPool {
+    idle: Vec<RawConnection>,
+    /// Reads in flight (on a connection of the pool or the shared one).
+    lent: usize,
     /// A Cluster (or an address `raw.rs` does not speak): reads go on the shared connection.
-    Unsupported,
+    unsupported: bool,
+}
+
+/// What a read goes on.
+enum Lent {
+    Raw(RawConnection),
+    Shared,
+}
+
+/// What one read's `XREADGROUP`s gave, per member in the order asked; the connection comes
+/// back unless it failed.
+type ReadOutcome = (
+    Option<RawConnection>,
+    Vec<Result<Vec<Arc<StoredEvent>>, String>>,
+);
+
+/// A direct read in flight: whose room it fills, on which stream.
+struct ReadPlan {
+    stream: usize,
+    /// The tail's last seq when it was sent: a short read means the group has read that far.
+    target: u64,
+    /// `(member id, count)`, in the order of the pipeline's reads.
+    wanted: Vec<(u64, usize)>,
 }
 
 /// An entry read with this process's holder consumer, not yet handed out.
@@ -159,7 +205,10 @@ pub(crate) struct GroupTask {
     /// When to look next for entries of processes taken for dead.
     next_sweep: Instant,
     next_delivery_id: u64,
-    raw: RawReads,
+    raw: RawPool,
+    /// Direct reads in flight, taken in the order sent; `read_plans` in the same order.
+    reads: FuturesOrdered<JoinHandle<ReadOutcome>>,
+    read_plans: VecDeque<ReadPlan>,
 }
 
 impl GroupTask {
@@ -183,7 +232,9 @@ impl GroupTask {
             next_poll: Instant::now() + DUE_POLL_INTERVAL,
             next_sweep: Instant::now(),
             next_delivery_id: 1,
-            raw: RawReads::Closed,
+            raw: RawPool::default(),
+            reads: FuturesOrdered::new(),
+            read_plans: VecDeque::new(),
         }
     }
 
@@ -231,6 +282,11 @@ impl GroupTask {
                         Some(control) => self.control(control).await,
                     }
                 }
+                outcome = self.reads.next(), if !self.reads.is_empty() => {
+                    if let Some(outcome) = outcome {
+                        self.finish_read(outcome).await;
+                    }
+                }
                 () = wake.notified() => {}
                 () = sleep_until(deadline) => {
                     if !self.on_timers().await {
@@ -273,6 +329,7 @@ impl GroupTask {
             caught_up_to: 0,
             sparse: false,
             unrecorded_deliveries: 0,
+            reading: 0,
         });
         self.due_ready.insert(self.streams.len() - 1);
     }
@@ -294,6 +351,7 @@ impl GroupTask {
                         closed,
                         max_in_flight: max_in_flight.max(1),
                         in_flight: 0,
+                        reading: 0,
                     },
                 );
                 self.due_ready.extend(0..self.streams.len());
@@ -301,6 +359,7 @@ impl GroupTask {
             Control::Leave { member_id } => self.leave(member_id).await,
             Control::AttachStream(stream) => self.attach(stream).await,
             Control::Flush(reply) => {
+                self.finish_reads().await;
                 self.record_deliveries().await;
                 let _ = reply.send(());
             }
@@ -347,6 +406,10 @@ impl GroupTask {
             .chain(self.members.range(..self.next_member));
         let mut rooms = Vec::new();
         for (&member_id, member) in order {
+            if member.reading > 0 {
+                // Nothing else until its read is back: a member sees each stream in order.
+                continue;
+            }
             let credit = member.max_in_flight.saturating_sub(member.in_flight) as usize;
             let room = credit.min(member.deliveries.capacity());
             if room > 0 {
@@ -429,151 +492,158 @@ impl GroupTask {
         delivered
     }
 
-    /// Reads new entries straight into members' consumers, as many as each has room for, on
-    /// streams that are not sparse: the common case, where the pattern matches (nearly)
+    /// Sends reads of new entries straight into members' consumers, as many as each has room
+    /// for, on streams that are not sparse: the common case, where the pattern matches (nearly)
     /// everything. No hand-over script: each entry is delivered by the read itself. The
-    /// members' reads of one stream go out together (pipelined on the shared connection), so
-    /// that four members cost one round trip, not four.
+    /// members' reads of one stream go out together, one pipeline; the read runs beside the
+    /// task and `finish_read` hands out what it brings. Returns 0: nothing is delivered yet.
     async fn pump_direct(&mut self, rooms: &mut Room) -> usize {
-        let mut delivered = 0;
         for stream in 0..self.streams.len() {
-            loop {
-                let target = self.streams[stream].tail.last_seq();
-                if self.streams[stream].sparse || self.streams[stream].caught_up_to >= target {
-                    break;
+            let attached = &self.streams[stream];
+            let target = attached.tail.last_seq();
+            if attached.sparse || attached.caught_up_to + attached.reading as u64 >= target {
+                continue;
+            }
+            if self.raw.lent >= DIRECT_READS_IN_FLIGHT_MAX {
+                // A read finishing pumps again.
+                return 0;
+            }
+            let mut wanted = Vec::new();
+            let mut commands = Vec::new();
+            for (member_id, room) in rooms.iter_mut() {
+                let Some(member) = self.members.get_mut(member_id) else {
+                    continue;
+                };
+                if *room == 0 {
+                    continue;
                 }
-                let wanted: Vec<(usize, String, usize)> = rooms
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, room))| *room > 0)
-                    .filter_map(|(at, (member_id, room))| {
-                        let member = self.members.get(member_id)?;
-                        Some((at, member.consumer.clone(), *room))
-                    })
-                    .collect();
-                if wanted.is_empty() {
-                    break;
+                let count = std::mem::take(room);
+                member.reading += count;
+                commands.push(self.streams[stream].read_command(
+                    &self.name,
+                    &member.consumer,
+                    count,
+                ));
+                wanted.push((*member_id, count));
+            }
+            if wanted.is_empty() {
+                return 0;
+            }
+            self.streams[stream].reading += wanted.iter().map(|(_, count)| count).sum::<usize>();
+            let lent = self.lend().await;
+            let name = self.streams[stream].name.clone();
+            let shared = self.inner.connection.clone();
+            self.reads
+                .push_back(tokio::spawn(read_pipeline(lent, shared, name, commands)));
+            self.read_plans.push_back(ReadPlan {
+                stream,
+                target,
+                wanted,
+            });
+        }
+        0
+    }
+
+    /// Hands out what the oldest read in flight brought, once it is done.
+    async fn finish_read(&mut self, outcome: Result<ReadOutcome, tokio::task::JoinError>) {
+        let Some(plan) = self.read_plans.pop_front() else {
+            return;
+        };
+        self.raw.lent = self.raw.lent.saturating_sub(1);
+        let results = match outcome {
+            Ok((connection, results)) => {
+                self.raw.idle.extend(connection);
+                results
+            }
+            Err(error) => {
+                let error = error.to_string();
+                plan.wanted.iter().map(|_| Err(error.clone())).collect()
+            }
+        };
+        let ReadPlan {
+            stream,
+            target,
+            wanted,
+        } = plan;
+        let attached = &mut self.streams[stream];
+        attached.reading = attached
+            .reading
+            .saturating_sub(wanted.iter().map(|(_, count)| count).sum());
+        let mut unmatched = Vec::new();
+        for ((member_id, count), entries) in wanted.into_iter().zip(results) {
+            if let Some(member) = self.members.get_mut(&member_id) {
+                member.reading = member.reading.saturating_sub(count);
+            }
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(error) => {
+                    // What the lost reply read stays pending in the member's consumer, as after
+                    // any lost reply.
+                    warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
+                    continue;
                 }
-                let reads = self
-                    .read_entries(
-                        stream,
-                        wanted
-                            .iter()
-                            .map(|(_, consumer, count)| (consumer.as_str(), *count)),
-                    )
-                    .await;
-                let mut unmatched = Vec::new();
-                let mut more = false;
-                for ((at, _, count), entries) in wanted.into_iter().zip(reads) {
-                    let entries = match entries {
-                        Ok(entries) => entries,
-                        Err(error) => {
-                            warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
-                            continue;
-                        }
-                    };
-                    let read = self.absorb(stream, entries, count, target, &mut unmatched);
-                    self.streams[stream].unrecorded_deliveries += read.matched.len() as u64;
-                    let (member_id, room) = &mut rooms[at];
-                    let mut matched = 0;
-                    for event in read.matched {
-                        if *room > 0 {
-                            *room -= 1;
-                            self.deliver(*member_id, stream, event, 1);
-                            matched += 1;
-                        }
-                    }
-                    delivered += matched;
-                    if read.count > 0 && matched == 0 {
-                        self.streams[stream].sparse = true;
-                    }
-                    more |= read.count == count && *room > 0;
-                }
-                self.ack_unmatched(stream, unmatched).await;
-                if !more {
-                    break;
-                }
+            };
+            let read = self.absorb(stream, entries, count, target, &mut unmatched);
+            let matched = read.matched.len();
+            self.streams[stream].unrecorded_deliveries += matched as u64;
+            for event in read.matched {
+                self.deliver(member_id, stream, event, 1);
+            }
+            if read.count > 0 && matched == 0 {
+                self.streams[stream].sparse = true;
             }
         }
-        delivered
+        self.ack_unmatched(stream, unmatched).await;
+    }
+
+    /// Waits for every read in flight and hands out what they brought: before a member leaves
+    /// or the task stops, so that what the reads took is known and given back.
+    async fn finish_reads(&mut self) {
+        while let Some(outcome) = self.reads.next().await {
+            self.finish_read(outcome).await;
+        }
+    }
+
+    /// What the next read goes on: an idle connection of the pool, a new one, or the shared
+    /// connection where there is none (a Cluster) or none can be opened now.
+    async fn lend(&mut self) -> Lent {
+        self.raw.lent += 1;
+        if let Some(connection) = self.raw.idle.pop() {
+            return Lent::Raw(connection);
+        }
+        if self.raw.unsupported {
+            return Lent::Shared;
+        }
+        match self.inner.redis.raw().await {
+            Ok(Some(connection)) => Lent::Raw(connection),
+            Ok(None) => {
+                self.raw.unsupported = true;
+                Lent::Shared
+            }
+            Err(error) => {
+                warn!(group = %self.name, %error, "cannot open a read connection");
+                Lent::Shared
+            }
+        }
     }
 
     /// One `XREADGROUP` per `(consumer, count)`: up to `count` new entries of a stream into
-    /// `consumer`'s name, decoded. They go out together: on the task's own connection
-    /// (`raw.rs`, replies walked as bytes) as one pipeline, or on the shared connection
-    /// (pipelined there) when there is none.
+    /// `consumer`'s name, decoded, read now (the sparse path's reads).
     async fn read_entries<'a>(
         &mut self,
         stream: usize,
         reads: impl Iterator<Item = (&'a str, usize)>,
     ) -> Vec<Result<Vec<Arc<StoredEvent>>, String>> {
         let commands: Vec<redis::Cmd> = reads
-            .map(|(consumer, count)| {
-                let mut command = redis::cmd("XREADGROUP");
-                command
-                    .arg("GROUP")
-                    .arg(&self.name)
-                    .arg(consumer)
-                    .arg("COUNT")
-                    .arg(count)
-                    .arg("STREAMS")
-                    .arg(&self.streams[stream].keys.events)
-                    .arg(">");
-                command
-            })
+            .map(|(consumer, count)| self.streams[stream].read_command(&self.name, consumer, count))
             .collect();
+        let lent = self.lend().await;
         let name = self.streams[stream].name.clone();
-        if let Some(connection) = self.raw_connection().await {
-            match connection.pipeline(&commands).await {
-                Ok(replies) => {
-                    return replies
-                        .into_iter()
-                        .map(|reply| {
-                            decode_raw_read_reply(&name, reply?).map_err(|error| error.to_string())
-                        })
-                        .collect();
-                }
-                Err(error) => {
-                    // What the lost replies read stays pending in the members' consumers, as
-                    // after a lost reply on the shared connection.
-                    self.raw = RawReads::Closed;
-                    let error = error.to_string();
-                    return commands.iter().map(|_| Err(error.clone())).collect();
-                }
-            }
-        }
-        let connection = self.inner.connection.clone();
-        join_all(commands.into_iter().map(|command| {
-            let mut connection = connection.clone();
-            let name = name.clone();
-            async move {
-                let reply: Value = command
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                decode_read_reply(&name, reply).map_err(|error| error.to_string())
-            }
-        }))
-        .await
-    }
-
-    /// The task's own connection for reads, opened if it is not; `None` where there is none
-    /// (a Cluster) or it cannot be opened now (the shared connection is tried instead).
-    async fn raw_connection(&mut self) -> Option<&mut RawConnection> {
-        if let RawReads::Closed = self.raw {
-            self.raw = match self.inner.redis.raw().await {
-                Ok(Some(connection)) => RawReads::Open(connection),
-                Ok(None) => RawReads::Unsupported,
-                Err(error) => {
-                    warn!(group = %self.name, %error, "cannot open the group's read connection");
-                    RawReads::Closed
-                }
-            };
-        }
-        match &mut self.raw {
-            RawReads::Open(connection) => Some(connection),
-            RawReads::Closed | RawReads::Unsupported => None,
-        }
+        let (connection, results) =
+            read_pipeline(lent, self.inner.connection.clone(), name, commands).await;
+        self.raw.lent = self.raw.lent.saturating_sub(1);
+        self.raw.idle.extend(connection);
+        results
     }
 
     /// Sorts out what a read of up to `count` entries gave: the events the pattern matches,
@@ -1241,6 +1311,7 @@ impl GroupTask {
     /// A member left: its deliveries are due again at once (each counted as an attempt), or
     /// dead-lettered when that was the last allowed.
     async fn leave(&mut self, member_id: u64) {
+        self.finish_reads().await;
         self.release_member(
             member_id,
             i64::from(self.policy.max_retries),
@@ -1304,6 +1375,7 @@ impl GroupTask {
     }
 
     async fn stop(&mut self, reason: Closed, release: bool) {
+        self.finish_reads().await;
         self.record_deliveries().await;
         if release {
             let members: Vec<u64> = self.members.keys().copied().collect();
@@ -1316,6 +1388,68 @@ impl GroupTask {
         }
         for member in self.members.values() {
             member.closed.send_replace(Some(reason.clone()));
+        }
+    }
+}
+
+impl Attached {
+    /// `XREADGROUP` of up to `count` new entries into `consumer`'s name.
+    fn read_command(&self, group: &str, consumer: &str, count: usize) -> redis::Cmd {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.keys.events)
+            .arg(">");
+        command
+    }
+}
+
+/// Sends `commands` (reads of `stream`) as one pipeline on `lent` and decodes each reply: on a
+/// connection of the task's own the replies are walked as bytes (`raw.rs`); on the shared
+/// connection, parsed by redis-rs. Borrows nothing, so that it can run beside the task.
+async fn read_pipeline(
+    lent: Lent,
+    shared: Connection,
+    stream: Arc<str>,
+    commands: Vec<redis::Cmd>,
+) -> ReadOutcome {
+    match lent {
+        Lent::Raw(mut connection) => match connection.pipeline(&commands).await {
+            Ok(replies) => {
+                let results = replies
+                    .into_iter()
+                    .map(|reply| {
+                        decode_raw_read_reply(&stream, reply?).map_err(|error| error.to_string())
+                    })
+                    .collect();
+                (Some(connection), results)
+            }
+            Err(error) => {
+                // What the lost replies read stays pending in the members' consumers, as after
+                // a lost reply on the shared connection. The connection is dropped.
+                let error = error.to_string();
+                (None, commands.iter().map(|_| Err(error.clone())).collect())
+            }
+        },
+        Lent::Shared => {
+            let results = join_all(commands.into_iter().map(|command| {
+                let mut connection = shared.clone();
+                let stream = stream.clone();
+                async move {
+                    let reply: Value = command
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    decode_read_reply(&stream, reply).map_err(|error| error.to_string())
+                }
+            }))
+            .await;
+            (None, results)
         }
     }
 }
