@@ -125,6 +125,9 @@ struct Attached {
     unrecorded_deliveries: u64,
     /// Entries asked for by direct reads in flight.
     reading: usize,
+    /// The last direct read came back full: there is likely more, whatever the tail has seen
+    /// so far (it reads a backlog far slower than members do, and must not pace them).
+    behind: bool,
 }
 
 /// Acks of one member on one stream: delivery id, what was delivered, whom to answer.
@@ -330,6 +333,7 @@ impl GroupTask {
             sparse: false,
             unrecorded_deliveries: 0,
             reading: 0,
+            behind: false,
         });
         self.due_ready.insert(self.streams.len() - 1);
     }
@@ -501,7 +505,8 @@ impl GroupTask {
         for stream in 0..self.streams.len() {
             let attached = &self.streams[stream];
             let target = attached.tail.last_seq();
-            if attached.sparse || attached.caught_up_to + attached.reading as u64 >= target {
+            let read_ahead = attached.caught_up_to + attached.reading as u64;
+            if attached.sparse || (!attached.behind && read_ahead >= target) {
                 continue;
             }
             if self.raw.lent >= DIRECT_READS_IN_FLIGHT_MAX {
@@ -570,6 +575,7 @@ impl GroupTask {
             .reading
             .saturating_sub(wanted.iter().map(|(_, count)| count).sum());
         let mut unmatched = Vec::new();
+        let mut full = false;
         for ((member_id, count), entries) in wanted.into_iter().zip(results) {
             if let Some(member) = self.members.get_mut(&member_id) {
                 member.reading = member.reading.saturating_sub(count);
@@ -584,6 +590,7 @@ impl GroupTask {
                 }
             };
             let read = self.absorb(stream, entries, count, target, &mut unmatched);
+            full |= read.count == count;
             let matched = read.matched.len();
             self.streams[stream].unrecorded_deliveries += matched as u64;
             for event in read.matched {
@@ -593,6 +600,7 @@ impl GroupTask {
                 self.streams[stream].sparse = true;
             }
         }
+        self.streams[stream].behind = full;
         self.ack_unmatched(stream, unmatched).await;
     }
 

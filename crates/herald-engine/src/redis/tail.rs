@@ -6,6 +6,11 @@
 //! Every live subscriber is in `attached` from attach to detach; it is in `live` once caught
 //! up, with the seq it wants next. The tail moves `delivered_up_to` and hands events out under
 //! one lock, so a subscriber joining `live` neither misses nor repeats an event.
+//!
+//! With no subscriber attached the tail only needs to know how far the stream goes (to wake
+//! the groups): it waits for one new entry, then jumps to the last one (`XREVRANGE … COUNT 1`)
+//! instead of reading every entry, which cost as much as consuming them (docs/PERFORMANCE.md).
+//! The jump is taken under the lock only if still nobody is attached.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -197,9 +202,10 @@ impl Tail {
                     }
                 },
             };
+            let skimming = self.state.lock().attached.is_empty();
             let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
                 .arg("COUNT")
-                .arg(TAIL_READ_EVENTS_MAX)
+                .arg(if skimming { 1 } else { TAIL_READ_EVENTS_MAX })
                 .arg("BLOCK")
                 .arg(TAIL_BLOCK_MS)
                 .arg("STREAMS")
@@ -229,8 +235,46 @@ impl Tail {
                     cursor = cursor.max(last);
                 }
             }
+            if skimming {
+                match self.last_entry(reader).await {
+                    Ok(Some(last)) if self.skip_to(last) => {
+                        cursor = cursor.max(last);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        warn!(stream = %self.stream, %error, "tail read failed; reconnecting");
+                        connection = None;
+                    }
+                }
+            }
             self.fan_out(events, cursor);
         }
+    }
+
+    /// The seq of the stream's last entry, `None` for an empty stream.
+    async fn last_entry(&self, reader: &mut Connection) -> Result<Option<u64>, redis::RedisError> {
+        let last: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.events_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(reader)
+            .await?;
+        Ok(last.ids.first().and_then(|entry| seq_of(&entry.id)))
+    }
+
+    /// Moves the tail to `last` without handing anything out, if no subscriber is attached
+    /// (then one attaching later starts from there or reads history); wakes the groups.
+    fn skip_to(&self, last: u64) -> bool {
+        let mut state = self.state.lock();
+        if !state.attached.is_empty() {
+            return false;
+        }
+        state.delivered_up_to = state.delivered_up_to.max(last);
+        state.wake_groups();
+        true
     }
 
     fn fan_out(&self, events: Vec<Arc<StoredEvent>>, cursor: u64) {
@@ -253,7 +297,13 @@ impl Tail {
             state.slow_dropped += dropped;
         }
         state.delivered_up_to = state.delivered_up_to.max(cursor);
-        state.wakers.retain(|waker| match waker.upgrade() {
+        state.wake_groups();
+    }
+}
+
+impl TailState {
+    fn wake_groups(&mut self) {
+        self.wakers.retain(|waker| match waker.upgrade() {
             Some(notify) => {
                 notify.notify_one();
                 true
