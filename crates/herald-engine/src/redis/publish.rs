@@ -23,6 +23,7 @@
 //! stream's `max_events` in the same command that adds the entry.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 
 use futures::future::join_all;
 use herald_core::{Event, IdOrigin};
@@ -36,6 +37,13 @@ use crate::api::{EngineError, PublishOutcome};
 /// Events one script or transaction stores at most; a larger batch for one stream takes
 /// several (in order), so that none holds Redis for long.
 const PUBLISH_CHUNK_EVENTS_MAX: usize = 1024;
+
+/// An `XADD`'s bytes besides the key and the JSON: its other arguments and their headers.
+const XADD_OVERHEAD_BYTES: usize = 64;
+
+/// An id and its position in a chunk as `HSET` fields, with their headers, usually at most (a
+/// UUID is 36 bytes); only a guess for the buffer's size.
+const DEDUPE_FIELD_BYTES_MAX: usize = 64;
 
 impl RedisEngine {
     /// [`crate::Engine::publish`]: each stream's events stored concurrently, ephemeral ones
@@ -156,24 +164,37 @@ impl RedisEngine {
         window_ms: u64,
         cap: u64,
     ) -> Result<Vec<i64>, EngineError> {
-        let mut transaction = redis::pipe();
+        // Each command sized before it is written: grown argument by argument, redis-rs copied
+        // an event's JSON several times over (docs/PERFORMANCE.md).
+        let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 3);
         transaction.atomic();
+        let mut json = Vec::new();
         for (_, event) in chunk {
-            let add = transaction.cmd("XADD").arg(&keys.events);
+            json.clear();
+            event.write_json(&mut json);
+            let mut add =
+                redis::Cmd::with_capacity(8, keys.events.len() + json.len() + XADD_OVERHEAD_BYTES);
+            add.arg("XADD").arg(&keys.events);
             if cap > 0 {
                 add.arg("MAXLEN").arg("~").arg(cap);
             }
-            add.arg("0-*").arg("e").arg(event.to_json());
+            add.arg("0-*").arg("e").arg(json.as_slice());
+            transaction.add_command(add);
         }
         let bucket = keys.dedupe_bucket(unix_ms_now() / window_ms);
         let chunk_tag = format!("{:x}", rand::random::<u64>());
-        let record = transaction.cmd("HSET").arg(&bucket);
+        let mut record = redis::Cmd::with_capacity(
+            2 + 2 * chunk.len(),
+            bucket.len() + chunk.len() * (DEDUPE_FIELD_BYTES_MAX + chunk_tag.len()),
+        );
+        record.arg("HSET").arg(&bucket);
+        let mut value = String::new();
         for (k, (_, event)) in chunk.iter().enumerate() {
-            record
-                .arg(event.id.as_str())
-                .arg(format!("{k}:{chunk_tag}"));
+            value.clear();
+            let _ = write!(value, "{k}:{chunk_tag}");
+            record.arg(event.id.as_str()).arg(value.as_str());
         }
-        record.ignore();
+        transaction.add_command(record).ignore();
         transaction
             .cmd("PEXPIRE")
             .arg(&bucket)
