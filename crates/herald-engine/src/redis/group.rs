@@ -388,7 +388,7 @@ impl GroupTask {
             }
             let mut delivered = self.pump_due(&mut rooms).await;
             delivered += self.pump_held(&mut rooms).await;
-            delivered += self.pump_direct(&mut rooms).await;
+            self.pump_direct(&mut rooms).await;
             let room: usize = rooms.iter().map(|(_, room)| room).sum();
             if room > 0 && self.held.len() < room {
                 self.fetch(room).await;
@@ -500,8 +500,8 @@ impl GroupTask {
     /// for, on streams that are not sparse: the common case, where the pattern matches (nearly)
     /// everything. No hand-over script: each entry is delivered by the read itself. The
     /// members' reads of one stream go out together, one pipeline; the read runs beside the
-    /// task and `finish_read` hands out what it brings. Returns 0: nothing is delivered yet.
-    async fn pump_direct(&mut self, rooms: &mut Room) -> usize {
+    /// task and `finish_read` hands out what it brings.
+    async fn pump_direct(&mut self, rooms: &mut Room) {
         for stream in 0..self.streams.len() {
             let attached = &self.streams[stream];
             let target = attached.tail.last_seq();
@@ -511,7 +511,7 @@ impl GroupTask {
             }
             if self.raw.lent >= DIRECT_READS_IN_FLIGHT_MAX {
                 // A read finishing pumps again.
-                return 0;
+                return;
             }
             let mut wanted = Vec::new();
             let mut commands = Vec::new();
@@ -532,7 +532,7 @@ impl GroupTask {
                 wanted.push((*member_id, count));
             }
             if wanted.is_empty() {
-                return 0;
+                return;
             }
             self.streams[stream].reading += wanted.iter().map(|(_, count)| count).sum::<usize>();
             let lent = self.lend().await;
@@ -546,7 +546,6 @@ impl GroupTask {
                 wanted,
             });
         }
-        0
     }
 
     /// Hands out what the oldest read in flight brought, once it is done.
