@@ -17,8 +17,8 @@
 //!
 //! Invariants: a delivery is in `in_flight` exactly while the task believes its entry is owned
 //! by the member's consumer at that attempt (the scripts check it again in Redis);
-//! `member.in_flight` counts the member's entries in `in_flight`, `member.reading` (and the
-//! stream's `reading`) the entries asked for by reads in flight; a member leaves, and the task
+//! `member.in_flight` counts the member's entries in `in_flight`; `read_plans` says what the
+//! reads in flight asked for, for which member and stream; a member leaves, and the task
 //! stops, only once no read is in flight (what a read took is then in `in_flight`, to be given
 //! back).
 
@@ -99,8 +99,6 @@ struct Member {
     closed: watch::Sender<Option<Closed>>,
     max_in_flight: u32,
     in_flight: u32,
-    /// Entries reads in flight may bring it.
-    reading: usize,
 }
 
 struct InFlight {
@@ -123,8 +121,6 @@ struct Attached {
     sparse: bool,
     /// Direct reads' deliveries not yet added to the group's `delivered` counter in Redis.
     unrecorded_deliveries: u64,
-    /// Entries asked for by direct reads in flight.
-    reading: usize,
     /// The last direct read came back full: there is likely more, whatever the tail has seen
     /// so far (it reads a backlog far slower than members do, and must not pace them).
     behind: bool,
@@ -332,7 +328,6 @@ impl GroupTask {
             caught_up_to: 0,
             sparse: false,
             unrecorded_deliveries: 0,
-            reading: 0,
             behind: false,
         });
         self.due_ready.insert(self.streams.len() - 1);
@@ -355,7 +350,6 @@ impl GroupTask {
                         closed,
                         max_in_flight: max_in_flight.max(1),
                         in_flight: 0,
-                        reading: 0,
                     },
                 );
                 self.due_ready.extend(0..self.streams.len());
@@ -410,7 +404,7 @@ impl GroupTask {
             .chain(self.members.range(..self.next_member));
         let mut rooms = Vec::new();
         for (&member_id, member) in order {
-            if member.reading > 0 {
+            if self.is_reading(member_id) {
                 // Nothing else until its read is back: a member sees each stream in order.
                 continue;
             }
@@ -505,7 +499,7 @@ impl GroupTask {
         for stream in 0..self.streams.len() {
             let attached = &self.streams[stream];
             let target = attached.tail.last_seq();
-            let read_ahead = attached.caught_up_to + attached.reading as u64;
+            let read_ahead = attached.caught_up_to + self.stream_reading(stream) as u64;
             if attached.sparse || (!attached.behind && read_ahead >= target) {
                 continue;
             }
@@ -523,7 +517,6 @@ impl GroupTask {
                     continue;
                 }
                 let count = std::mem::take(room);
-                member.reading += count;
                 commands.push(self.streams[stream].read_command(
                     &self.name,
                     &member.consumer,
@@ -534,7 +527,6 @@ impl GroupTask {
             if wanted.is_empty() {
                 return;
             }
-            self.streams[stream].reading += wanted.iter().map(|(_, count)| count).sum::<usize>();
             let lent = self.lend().await;
             let name = self.streams[stream].name.clone();
             let shared = self.inner.connection.clone();
@@ -569,16 +561,9 @@ impl GroupTask {
             target,
             wanted,
         } = plan;
-        let attached = &mut self.streams[stream];
-        attached.reading = attached
-            .reading
-            .saturating_sub(wanted.iter().map(|(_, count)| count).sum());
         let mut unmatched = Vec::new();
         let mut full = false;
         for ((member_id, count), entries) in wanted.into_iter().zip(results) {
-            if let Some(member) = self.members.get_mut(&member_id) {
-                member.reading = member.reading.saturating_sub(count);
-            }
             let entries = match entries {
                 Ok(entries) => entries,
                 Err(error) => {
@@ -601,6 +586,22 @@ impl GroupTask {
         }
         self.streams[stream].behind = full;
         self.ack_unmatched(stream, unmatched).await;
+    }
+
+    /// Whether a read in flight is for `member_id`.
+    fn is_reading(&self, member_id: u64) -> bool {
+        self.read_plans
+            .iter()
+            .any(|plan| plan.wanted.iter().any(|&(member, _)| member == member_id))
+    }
+
+    /// Entries asked of `stream` by the reads in flight.
+    fn stream_reading(&self, stream: usize) -> usize {
+        self.read_plans
+            .iter()
+            .filter(|plan| plan.stream == stream)
+            .flat_map(|plan| plan.wanted.iter().map(|&(_, count)| count))
+            .sum()
     }
 
     /// Waits for every read in flight and hands out what they brought: before a member leaves
