@@ -510,7 +510,7 @@ impl GroupTask {
             let mut wanted = Vec::new();
             let mut commands = Vec::new();
             for (member_id, room) in rooms.iter_mut() {
-                let Some(member) = self.members.get_mut(member_id) else {
+                let Some(member) = self.members.get(member_id) else {
                     continue;
                 };
                 if *room == 0 {
