@@ -234,7 +234,11 @@ impl EventId {
     /// Ids made one after the other sort in the order they were made, within one millisecond
     /// too.
     pub fn new_v7(now: OffsetDateTime) -> EventId {
-        let uuid = uuid_v7::next(now);
+        EventId::from_uuid(&uuid_v7::next(now))
+    }
+
+    /// A UUID's lowercase hyphenated text: what every id Herald makes looks like.
+    pub fn from_uuid(uuid: &uuid::Uuid) -> EventId {
         // Encoded into a stack buffer, then one allocation: `to_string` went through the
         // formatter and a growing `String` (one per published event without an id).
         let mut buffer = uuid::Uuid::encode_buffer();

@@ -254,7 +254,7 @@ pub async fn publish_assigns_gapless_seqs_per_stream<E: Engine>(fixture: &Fixtur
         event("order.created", r#"{"id":3}"#),
         event("user.updated", r#"{"id":4}"#),
     ];
-    let ids: Vec<EventId> = batch.iter().map(|event| event.id.clone()).collect();
+    let data: Vec<String> = batch.iter().map(|event| event.data.get().to_owned()).collect();
     let outcomes = engine.publish(batch).await.expect("publish");
     let got: Vec<(Option<&str>, Option<u64>, bool)> = outcomes
         .iter()
@@ -269,13 +269,15 @@ pub async fn publish_assigns_gapless_seqs_per_stream<E: Engine>(fixture: &Fixtur
             (Some("user"), Some(3), false)
         ]
     );
-    assert_eq!(
-        outcomes
-            .iter()
-            .map(|outcome| outcome.id.clone())
-            .collect::<Vec<_>>(),
-        ids
-    );
+    // Each outcome names where its event is stored, and the id it is stored under (generated
+    // ids are the engine's to make).
+    for (outcome, data) in outcomes.iter().zip(&data) {
+        let stream = outcome.stream.as_deref().expect("a stream");
+        let seq = outcome.seq.expect("a seq");
+        let stored = engine.read_stream(stream, seq, 1).await.expect("read");
+        assert_eq!(stored[0].event.id, outcome.id);
+        assert_eq!(stored[0].event.data.get(), data);
+    }
     let more = engine
         .publish(vec![event("user.deleted", "{}")])
         .await
@@ -373,7 +375,8 @@ pub async fn concurrent_duplicates_are_stored_once<E: Engine>(fixture: &Fixture<
 /// Publish dedupe holds for every stored id (PRODUCT.md section 3), whoever chose it: an id
 /// Herald generated, sent back by a publisher as its own, is a duplicate. Only chosen ids are
 /// looked up on publish (a generated one is new by construction), and a batch mixing both keeps
-/// publish order and gapless seqs.
+/// publish order and gapless seqs. A generated id is the one the outcome carries (an engine
+/// may make its own, the Redis engine does) and the one stored.
 pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixture<E>) {
     let engine = &fixture.engine;
     let generated = event("invoice.sent", r#"{"n":1}"#);
@@ -384,6 +387,7 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
     assert_eq!((first[0].seq, first[0].duplicate), (Some(1), false));
     // The same id sent back by a publisher that re-sends an id it was given.
     let mut chosen = generated.clone();
+    chosen.id = first[0].id.clone();
     chosen.id_origin = IdOrigin::Publisher;
     let second = engine.publish(vec![chosen.clone()]).await.expect("publish");
     assert_eq!(
@@ -399,9 +403,11 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
     assert_eq!(seqs, [Some(2), Some(3), Some(4)]);
     let resent: Vec<Event> = unchosen
         .iter()
+        .zip(&stored)
         .rev()
-        .map(|event| {
+        .map(|(event, outcome)| {
             let mut event = event.clone();
+            event.id = outcome.id.clone();
             event.id_origin = IdOrigin::Publisher;
             event
         })
@@ -443,6 +449,7 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
     );
     // A generated id stored by the mixed path is recorded too.
     let mut mixed_resent = mixed.clone();
+    mixed_resent.id = batch[2].id.clone();
     mixed_resent.id_origin = IdOrigin::Publisher;
     let again = engine.publish(vec![mixed_resent]).await.expect("publish");
     assert_eq!((again[0].seq, again[0].duplicate), (Some(7), true));
@@ -450,13 +457,50 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
     let seqs: Vec<u64> = replay.iter().map(|stored| stored.seq).collect();
     assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
     assert_eq!(replay[5].event.id, repeated.id);
+    let stored_ids: Vec<&str> = replay
+        .iter()
+        .map(|stored| stored.event.id.as_str())
+        .collect();
+    let answered_ids: Vec<&str> = [&first[0], &stored[0], &stored[1], &stored[2]]
+        .into_iter()
+        .chain(&batch[..3])
+        .chain([&batch[5]])
+        .map(|outcome| outcome.id.as_str())
+        .collect();
+    assert_eq!(
+        stored_ids, answered_ids,
+        "each event is stored under the id its outcome gave"
+    );
+    // Ids a digit away from a generated one (another position in its batch, another time or
+    // tag) are other ids: stored, not taken for the one they resemble.
+    let model = stored[1].id.as_str();
+    let altered: Vec<Event> = [15, 16, 17, 0, 12, 35]
+        .into_iter()
+        .map(|at| {
+            let mut text = model.to_owned();
+            let digit = if &text[at..=at] == "f" { "e" } else { "f" };
+            text.replace_range(at..=at, digit);
+            let mut event = event_with_chosen_id("invoice.sent", "{}");
+            event.id = EventId::parse(&text).expect("an id");
+            event
+        })
+        .collect();
+    let outcomes = engine.publish(altered).await.expect("publish");
+    let got: Vec<(Option<u64>, bool)> = outcomes
+        .iter()
+        .map(|outcome| (outcome.seq, outcome.duplicate))
+        .collect();
+    assert_eq!(
+        got,
+        (9..=14).map(|seq| (Some(seq), false)).collect::<Vec<_>>()
+    );
     let invoice = engine
         .streams()
         .await
         .into_iter()
         .find(|stream| stream.name == "invoice")
         .expect("invoice stream");
-    assert_eq!((invoice.events, invoice.duplicates), (8, 7));
+    assert_eq!((invoice.events, invoice.duplicates), (14, 7));
 }
 
 pub async fn live_latest_sees_new_events_in_order_per_stream<E: Engine>(fixture: &Fixture<E>) {

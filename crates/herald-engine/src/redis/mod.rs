@@ -18,6 +18,7 @@
 //! Lock order: `Inner::streams` → `Inner::live` → `Inner::groups` → `Inner::tails` → a tail's
 //! state. No lock is held across an `.await`.
 
+mod chunk_ids;
 mod connection;
 mod decode;
 mod group;

@@ -8,11 +8,12 @@
 //!
 //! - **No id chosen by a publisher** (every id was generated, [`IdOrigin::Generated`]): nothing to
 //!   look up, so a transaction `MULTI`, one `XADD` per event, the `STAMP` script, `EXEC`. The
-//!   script, which sees the events' ids but never their JSON, records the chunk's first seq in
-//!   the time index, the last in the stream's `meta`, and each id with its seq in the dedupe
-//!   bucket (a publisher may send a generated id back, as its own, and must get a duplicate).
-//!   Redis runs the transaction whole or not at all, and nothing else in between, so the chunk
-//!   is its own range of seqs and its records are written with it.
+//!   events get ids of this engine's making (`chunk_ids.rs`) that say which chunk and where in
+//!   it, and the script, which never sees an event, records the chunk's first seq in the time
+//!   index, the last in the stream's `meta`, and the chunk once in the dedupe bucket (a
+//!   publisher may send a generated id back, as its own, and must get a duplicate). Redis runs
+//!   the transaction whole or not at all, and nothing else in between, so the chunk is its own
+//!   range of seqs and its records are written with it.
 //! - **Some id chosen by a publisher**: the `PUBLISH` script, which looks those ids up in the
 //!   dedupe buckets, `XADD`s the new events and records every id, atomically (a dedupe record
 //!   never exists without its event, and a concurrent publish of the same id is stored once).
@@ -23,12 +24,12 @@
 //! stream's `max_events` in the same command that adds the entry.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 
 use futures::future::join_all;
 use herald_core::{Event, IdOrigin};
 use redis::Value;
 
+use super::chunk_ids::{self, ChunkIds};
 use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
 use super::{RedisEngine, scripts};
@@ -37,13 +38,10 @@ use crate::api::{EngineError, PublishOutcome};
 /// Events one script or transaction stores at most; a larger batch for one stream takes
 /// several (in order), so that none holds Redis for long.
 const PUBLISH_CHUNK_EVENTS_MAX: usize = 1024;
+const _: () = assert!(PUBLISH_CHUNK_EVENTS_MAX <= chunk_ids::CHUNK_EVENTS_MAX);
 
 /// An `XADD`'s bytes besides the key and the JSON: its other arguments and their headers.
 const XADD_OVERHEAD_BYTES: usize = 64;
-
-/// An id and its position in a chunk as `HSET` fields, with their headers, usually at most (a
-/// UUID is 36 bytes); only a guess for the buffer's size.
-const DEDUPE_FIELD_BYTES_MAX: usize = 64;
 
 impl RedisEngine {
     /// [`crate::Engine::publish`]: each stream's events stored concurrently, ephemeral ones
@@ -70,7 +68,7 @@ impl RedisEngine {
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
         let parts = join_all(
             by_stream
-                .iter()
+                .into_iter()
                 .map(|(stream, events)| self.publish_to_stream(stream, events)),
         )
         .await;
@@ -108,9 +106,10 @@ impl RedisEngine {
 
     async fn publish_to_stream(
         &self,
-        stream: &str,
-        events: &[(usize, Event)],
+        stream: String,
+        mut events: Vec<(usize, Event)>,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
+        let stream = stream.as_str();
         let keys = self.inner.keys.stream(stream);
         let declared = self.inner.config.streams.iter().find(|d| d.name == stream);
         let window = declared.map_or(self.inner.config.dedupe_window, |d| d.dedupe_window);
@@ -120,7 +119,7 @@ impl RedisEngine {
         let window_ms = window.as_millis().max(1) as u64;
         let mut outcomes = Vec::with_capacity(events.len());
         let shared_name: std::sync::Arc<str> = stream.into();
-        for chunk in events.chunks(PUBLISH_CHUNK_EVENTS_MAX) {
+        for chunk in events.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
             let seqs = if chunk
                 .iter()
                 .all(|(_, event)| event.id_origin == IdOrigin::Generated)
@@ -149,27 +148,26 @@ impl RedisEngine {
         Ok(outcomes)
     }
 
-    /// Stores events whose ids Herald generated (nothing to look up): `MULTI`, an
-    /// `XADD … 0-*` each, an `HSET` of their ids into the dedupe bucket, `STAMP`, `EXEC`.
-    /// Returns their seqs, in order.
-    ///
-    /// The seqs are Redis's to give, so the ids are recorded as `<k>:<chunk>` (the chunk's
-    /// `k`-th event) and `STAMP` records the chunk's first seq under `\x01<chunk>`; a look-up
-    /// (`PUBLISH`) adds the two. Recording the ids through Lua instead cost Redis's thread
-    /// about twice what the `XADD`s did (docs/PERFORMANCE.md).
+    /// Stores events whose ids Herald generated (nothing to look up), under ids of this
+    /// engine's making (`chunk_ids.rs`; their outcomes carry them): `MULTI`, an `XADD … 0-*`
+    /// each, `STAMP`, which records the chunk in the dedupe bucket, `EXEC`. Returns their seqs,
+    /// in order.
     async fn append(
         &self,
         keys: &StreamKeys,
-        chunk: &[(usize, Event)],
+        chunk: &mut [(usize, Event)],
         window_ms: u64,
         cap: u64,
     ) -> Result<Vec<i64>, EngineError> {
+        let now_ms = unix_ms_now();
+        let ids = ChunkIds::new(now_ms, rand::random());
         // Each command sized before it is written: grown argument by argument, redis-rs copied
         // an event's JSON several times over (docs/PERFORMANCE.md).
-        let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 3);
+        let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 2);
         transaction.atomic();
         let mut json = Vec::new();
-        for (_, event) in chunk {
+        for (position, (_, event)) in chunk.iter_mut().enumerate() {
+            event.id = ids.id(position);
             json.clear();
             event.write_json(&mut json);
             let mut add =
@@ -181,20 +179,7 @@ impl RedisEngine {
             add.arg("0-*").arg("e").arg(json.as_slice());
             transaction.add_command(add);
         }
-        let bucket = keys.dedupe_bucket(unix_ms_now() / window_ms);
-        let chunk_tag = format!("{:x}", rand::random::<u64>());
-        let mut record = redis::Cmd::with_capacity(
-            2 + 2 * chunk.len(),
-            bucket.len() + chunk.len() * (DEDUPE_FIELD_BYTES_MAX + chunk_tag.len()),
-        );
-        record.arg("HSET").arg(&bucket);
-        let mut value = String::new();
-        for (k, (_, event)) in chunk.iter().enumerate() {
-            value.clear();
-            let _ = write!(value, "{k}:{chunk_tag}");
-            record.arg(event.id.as_str()).arg(value.as_str());
-        }
-        transaction.add_command(record).ignore();
+        let bucket = keys.dedupe_bucket(now_ms / window_ms);
         transaction
             .cmd("PEXPIRE")
             .arg(&bucket)
@@ -212,7 +197,7 @@ impl RedisEngine {
             .arg(&keys.times)
             .arg(&bucket)
             .arg(cap)
-            .arg(&chunk_tag)
+            .arg(ids.record_field())
             .arg(chunk.len())
             .ignore();
         let mut connection = self.inner.connection.clone();

@@ -111,15 +111,15 @@ end
 /// next bucket).
 pub(crate) const DEDUPE_BUCKET_WINDOWS_KEPT: u64 = 3;
 
-/// Runs last in the transaction that `XADD`s a chunk of events whose ids Herald generated and
-/// `HSET`s each id as `<k>:<chunk>` into the current dedupe bucket: records the seqs those
-/// `XADD`s were given (everything past `meta`'s `seq` up to the stream's last entry id: the
-/// transaction ran alone) in `meta` and the time index, and the chunk's first seq in the bucket
-/// as `\x01<chunk>` (no event id holds a control character), so that a publisher sending one of
-/// those ids again gets a duplicate (PRODUCT.md section 3; `PUBLISH` resolves the records). It
-/// never sees an event.
+/// Runs last in the transaction that `XADD`s a chunk of events under ids of the engine's making
+/// (`chunk_ids.rs`): records the seqs those `XADD`s were given (everything past `meta`'s `seq`
+/// up to the stream's last entry id: the transaction ran alone) in `meta` and the time index,
+/// and the chunk as `<first seq>:<count>` in the current dedupe bucket, so that a publisher
+/// sending one of those ids again gets a duplicate (PRODUCT.md section 3; `PUBLISH` finds it).
+/// It never sees an event.
 /// KEYS: meta, events, the time index, the current dedupe bucket. ARGV: max events (0: no cap),
-/// the chunk's tag, its number of events. Returns how many events it recorded.
+/// the chunk's record field (`ChunkIds::record_field`), its number of events. Returns how many
+/// events it recorded.
 pub(crate) const STAMP: &str = concat!(
     stamp_prelude!(),
     r#"
@@ -133,7 +133,7 @@ local last = tonumber(seq_text(top))
 local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
 if last <= previous then return 0 end
 -- The chunk's entries are the stream's last ones.
-redis.call('HSET', bucket, '\1' .. ARGV[2], string.format('%d', last - tonumber(ARGV[3]) + 1))
+redis.call('HSET', bucket, ARGV[2], string.format('%d:%s', last - tonumber(ARGV[3]) + 1, ARGV[3]))
 stamp(meta, times, tonumber(ARGV[1]), previous + 1, last)
 return last - previous
 "#
@@ -176,20 +176,43 @@ for k = 1, count do
     ids[chosen] = ARGV[2 + 2 * k]
   end
 end
-local before, current, after = {{}}, {{}}, {{}}
-if chosen > 0 then
-  before = redis.call('HMGET', KEYS[4], unpack(ids))
-  current = redis.call('HMGET', KEYS[5], unpack(ids))
-  after = redis.call('HMGET', KEYS[6], unpack(ids))
+-- An id the engine made for a chunk (`chunk_ids.rs`) is found by the chunk's record, which
+-- `STAMP` wrote as `<first seq>:<count>` under the id's time and tag digits.
+local chunk_fields, chunk_of, position = {{}}, {{}}, {{}}
+for j = 1, chosen do
+  local id = ids[j]
+  if #id == 36 and string.sub(id, 15, 15) == '7' and string.sub(id, 20, 24) == '{mark:x}-' then
+    local k = tonumber(string.sub(id, 16, 18), 16)
+    if k then
+      chunk_fields[#chunk_fields + 1] = '\1' .. string.sub(id, 1, 13) .. string.sub(id, 25)
+      chunk_of[j] = #chunk_fields
+      position[j] = k
+    end
+  end
 end
--- A record is a seq, or `<k>:<chunk>` for the k-th event of a chunk `STAMP` stamped.
-local function resolve(bucket, record)
+local function lookup(bucket, fields)
+  if #fields == 0 then return {{}} end
+  return redis.call('HMGET', bucket, unpack(fields))
+end
+local before, current, after = lookup(KEYS[4], ids), lookup(KEYS[5], ids), lookup(KEYS[6], ids)
+local chunks_before = lookup(KEYS[4], chunk_fields)
+local chunks_current = lookup(KEYS[5], chunk_fields)
+local chunks_after = lookup(KEYS[6], chunk_fields)
+local function in_chunk(record, k)
   if not record then return nil end
-  local k, chunk = string.match(record, '^(%d+):(.+)$')
-  if not k then return record end
-  local first = redis.call('HGET', bucket, '\1' .. chunk)
-  if not first then return nil end
-  return string.format('%d', tonumber(first) + tonumber(k))
+  local first, count = string.match(record, '^(%d+):(%d+)$')
+  if not first or k >= tonumber(count) then return nil end
+  return string.format('%d', tonumber(first) + k)
+end
+-- The seq the j-th chosen id was stored with, or nil.
+local function recorded_seq(j)
+  local seq = before[j] or current[j] or after[j]
+  if seq then return seq end
+  local c = chunk_of[j]
+  if not c then return nil end
+  local k = position[j]
+  return in_chunk(chunks_before[c], k) or in_chunk(chunks_current[c], k)
+    or in_chunk(chunks_after[c], k)
 end
 local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
 local fresh = {{}}
@@ -205,8 +228,7 @@ for k = 1, count do
   local prior = nil
   if deduped then
     j = j + 1
-    prior = resolve(KEYS[4], before[j]) or resolve(KEYS[5], current[j])
-      or resolve(KEYS[6], after[j]) or fresh[id]
+    prior = recorded_seq(j) or fresh[id]
   end
   if prior then
     out[k] = -tonumber(prior)
@@ -237,7 +259,8 @@ redis.call('HINCRBY', meta, 'duplicates', count - stored)
 return out
 "#,
         prelude = stamp_prelude!(),
-        kept = DEDUPE_BUCKET_WINDOWS_KEPT
+        kept = DEDUPE_BUCKET_WINDOWS_KEPT,
+        mark = super::chunk_ids::MARK
     ))
 });
 
