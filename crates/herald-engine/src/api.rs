@@ -24,8 +24,10 @@ pub trait Engine: Send + Sync + 'static {
     /// stored again ([`PublishOutcome::duplicate`]), also when repeated within the batch or
     /// published concurrently. Every stored id is recorded; only ids the publisher chose
     /// ([`herald_core::IdOrigin::Publisher`]) are looked up, since a generated one
-    /// ([`herald_core::IdOrigin::Generated`]) is new by construction. Within a stream, seqs
-    /// follow the batch's order.
+    /// ([`herald_core::IdOrigin::Generated`]) is new by construction. An engine may store a
+    /// generated id's event under an id of its own making (the Redis engine does, to record a
+    /// chunk once rather than each id): the outcome carries the id stored. Within a stream,
+    /// seqs follow the batch's order.
     fn publish(
         &self,
         events: Vec<Event>,
