@@ -254,7 +254,10 @@ pub async fn publish_assigns_gapless_seqs_per_stream<E: Engine>(fixture: &Fixtur
         event("order.created", r#"{"id":3}"#),
         event("user.updated", r#"{"id":4}"#),
     ];
-    let data: Vec<String> = batch.iter().map(|event| event.data.get().to_owned()).collect();
+    let data: Vec<String> = batch
+        .iter()
+        .map(|event| event.data.get().to_owned())
+        .collect();
     let outcomes = engine.publish(batch).await.expect("publish");
     let got: Vec<(Option<&str>, Option<u64>, bool)> = outcomes
         .iter()

@@ -1,5 +1,5 @@
-//! What the Redis engine does beyond the conformance suite: retention of declared streams, and
-//! refusing what it cannot do.
+//! What the Redis engine does beyond the conformance suite: retention of declared streams,
+//! refusing what it cannot do, and publishing on after Redis closed a connection it kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod redis_support;
@@ -12,7 +12,7 @@ use herald_engine::{
     Engine, EngineError, RedisConfig, RedisEngine, StartAt, Storage, StreamConfig,
 };
 use herald_log::Retention;
-use redis_support::{isolated_prefix, reachable_redis};
+use redis_support::{engine_on, isolated_prefix, reachable_redis};
 
 fn declared(name: &str, subjects: &str, retention: Retention) -> StreamConfig {
     StreamConfig {
@@ -132,4 +132,53 @@ async fn max_bytes_is_refused_rather_than_ignored() {
         matches!(&refused, Err(EngineError::Config(message)) if message.contains("max_bytes")),
         "{refused:?}"
     );
+}
+
+/// Redis may close a publish connection while it idles in the engine's pool (its `timeout`, a
+/// restart, `CLIENT KILL`): the next publish goes on another connection instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_redis_closed_an_idle_publish_connection_is_stored() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let engine = engine_on(&url, &prefix).await;
+    let first = engine
+        .publish(vec![event("audit.login", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(first[0].seq, Some(1));
+    // This engine's publish connections are named `<prefix>:<process>:publish`.
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    let ours: Vec<&str> = clients
+        .lines()
+        .filter(|line| {
+            line.split(' ').any(|field| {
+                field.starts_with(&format!("name={prefix}:")) && field.ends_with(":publish")
+            })
+        })
+        .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+        .collect();
+    assert_eq!(ours.len(), 1, "one publish connection: {clients}");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ours[0])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Past the idle time after which a connection is checked before it is used.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let second = engine
+        .publish(vec![event("audit.login", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(second[0].seq, Some(2));
+    let third = engine
+        .publish(vec![event("audit.login", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(third[0].seq, Some(3));
 }

@@ -104,10 +104,11 @@ impl Redis {
     /// A plain connection of its own whose replies come back as bytes (`raw.rs`), for the
     /// reads that carry events; `None` for a Cluster (redis-rs routes its commands) or an
     /// address it does not speak.
-    pub async fn raw(&self) -> Result<Option<RawConnection>, EngineError> {
+    pub async fn raw(&self, name: &str) -> Result<Option<RawConnection>, EngineError> {
         match self {
             Redis::Standalone(client) => RawConnection::connect(
                 client.get_connection_info(),
+                name,
                 CONNECT_TIMEOUT,
                 RESPONSE_TIMEOUT,
             )

@@ -622,7 +622,12 @@ impl GroupTask {
         if self.raw.unsupported {
             return Lent::Shared;
         }
-        match self.inner.redis.raw().await {
+        match self
+            .inner
+            .redis
+            .raw(&self.inner.connection_name("read"))
+            .await
+        {
             Ok(Some(connection)) => Lent::Raw(connection),
             Ok(None) => {
                 self.raw.unsupported = true;

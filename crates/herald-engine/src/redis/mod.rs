@@ -154,6 +154,7 @@ pub(crate) struct Inner {
     next_subscriber_id: AtomicU64,
     next_member_id: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
+    publish_connections: Mutex<publish::PublishConnections>,
 }
 
 #[derive(Debug)]
@@ -265,6 +266,7 @@ impl RedisEngine {
             next_subscriber_id: AtomicU64::new(1),
             next_member_id: AtomicU64::new(1),
             background: Mutex::new(Vec::new()),
+            publish_connections: Mutex::default(),
         });
         if inner.config.process_ttl < PROCESS_TTL_MIN {
             return Err(EngineError::Config(format!(
@@ -602,6 +604,16 @@ impl RedisEngine {
 }
 
 impl Inner {
+    /// The name a connection of this process's own goes by in `CLIENT LIST`:
+    /// `<key prefix>:<process>:<role>`, with what Redis refuses in a name (spaces, control
+    /// characters) as `_`.
+    fn connection_name(&self, role: &str) -> String {
+        format!("{}:{}:{role}", self.config.key_prefix, self.process)
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect()
+    }
+
     fn is_declared(&self, stream: &str) -> bool {
         self.config
             .streams

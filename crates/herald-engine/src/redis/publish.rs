@@ -24,14 +24,17 @@
 //! stream's `max_events` in the same command that adds the entry.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use herald_core::{Event, IdOrigin};
 use redis::Value;
+use tracing::warn;
 
 use super::chunk_ids::{self, ChunkIds};
 use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
+use super::raw::{RawConnection, RawError, header, length};
 use super::{RedisEngine, scripts};
 use crate::api::{EngineError, PublishOutcome};
 
@@ -39,6 +42,20 @@ use crate::api::{EngineError, PublishOutcome};
 /// several (in order), so that none holds Redis for long.
 const PUBLISH_CHUNK_EVENTS_MAX: usize = 1024;
 const _: () = assert!(PUBLISH_CHUNK_EVENTS_MAX <= chunk_ids::CHUNK_EVENTS_MAX);
+
+/// Events per transaction when a stream's events go on a publish connection of their own
+/// (`append`): small enough that Redis starts on the first while the next are encoded, large
+/// enough that `MULTI`, `EXEC` and `STAMP` stay a small part of each.
+const PIPELINED_CHUNK_EVENTS: usize = 256;
+
+/// Idle publish connections kept for the next publishes, at most (one is lent per stream
+/// being published to at the moment).
+const PUBLISH_CONNECTIONS_IDLE_MAX: usize = 16;
+
+/// How long a publish connection may have been idle and still be used without a `PING` first:
+/// one Redis closed meanwhile (its `timeout`, a restart, `CLIENT KILL`) would fail the publish
+/// it was lent to. Busy connections are never idle that long, so the `PING` is rare.
+const PUBLISH_CONNECTION_TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// An `XADD`'s bytes besides the key and the JSON: its other arguments and their headers.
 const XADD_OVERHEAD_BYTES: usize = 64;
@@ -119,17 +136,22 @@ impl RedisEngine {
         let window_ms = window.as_millis().max(1) as u64;
         let mut outcomes = Vec::with_capacity(events.len());
         let shared_name: std::sync::Arc<str> = stream.into();
-        for chunk in events.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
-            let seqs = if chunk
-                .iter()
-                .all(|(_, event)| event.id_origin == IdOrigin::Generated)
-            {
-                self.append(&keys, chunk, window_ms, cap).await?
+        // Events without chosen ids go as one run (pipelined in transactions of their own
+        // size, see `append`); a batch mixing both goes in chunks, each stored the way its
+        // events need.
+        let piece_events = if events.iter().all(is_generated) {
+            events.len()
+        } else {
+            PUBLISH_CHUNK_EVENTS_MAX
+        };
+        for piece in events.chunks_mut(piece_events.max(1)) {
+            let seqs = if piece.iter().all(is_generated) {
+                self.append(&keys, piece, window_ms, cap).await?
             } else {
-                self.append_deduped(&keys, chunk, window_ms, cap).await?
+                self.append_deduped(&keys, piece, window_ms, cap).await?
             };
             let mut stored = 0;
-            for ((index, event), seq) in chunk.iter().zip(seqs) {
+            for ((index, event), seq) in piece.iter().zip(seqs) {
                 stored += u64::from(seq > 0);
                 outcomes.push((
                     *index,
@@ -149,57 +171,111 @@ impl RedisEngine {
     }
 
     /// Stores events whose ids Herald generated (nothing to look up), under ids of this
-    /// engine's making (`chunk_ids.rs`; their outcomes carry them): `MULTI`, an `XADD … 0-*`
-    /// each, `STAMP`, which records the chunk in the dedupe bucket, `EXEC`. Returns their seqs,
-    /// in order.
+    /// engine's making (`chunk_ids.rs`; their outcomes carry them), a transaction per chunk:
+    /// `MULTI`, an `XADD … 0-*` each, `STAMP`, which records the chunk in the dedupe bucket,
+    /// `EXEC`. Returns their seqs, in order.
+    ///
+    /// On a connection of its own ([`RawConnection`]) the transactions are
+    /// [`PIPELINED_CHUNK_EVENTS`] long and each is written as soon as it is encoded: Redis runs
+    /// one while the next is encoded and the replies of those before are read. On the shared
+    /// connection (a Cluster) they go one after the other.
     async fn append(
+        &self,
+        keys: &StreamKeys,
+        events: &mut [(usize, Event)],
+        window_ms: u64,
+        cap: u64,
+    ) -> Result<Vec<i64>, EngineError> {
+        if let Some(connection) = self.lend_publish_connection().await {
+            return self
+                .append_pipelined(connection, keys, events, window_ms, cap)
+                .await;
+        }
+        let mut seqs = Vec::with_capacity(events.len());
+        for chunk in events.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
+            seqs.extend(self.append_shared(keys, chunk, window_ms, cap).await?);
+        }
+        Ok(seqs)
+    }
+
+    async fn append_pipelined(
+        &self,
+        mut connection: RawConnection,
+        keys: &StreamKeys,
+        events: &mut [(usize, Event)],
+        window_ms: u64,
+        cap: u64,
+    ) -> Result<Vec<i64>, EngineError> {
+        // An error of the connection drops it (returning early): where it stands is unknown.
+        let lost = |error: RawError| EngineError::Backend {
+            operation: "publishing",
+            reason: error.to_string(),
+        };
+        let mut packed = Vec::new();
+        let mut sent = Vec::new();
+        for chunk in events.chunks_mut(PIPELINED_CHUNK_EVENTS) {
+            packed.clear();
+            redis::cmd("MULTI").write_packed_command(&mut packed);
+            for command in self.append_commands(keys, chunk, window_ms, cap) {
+                command.write_packed_command(&mut packed);
+            }
+            redis::cmd("EXEC").write_packed_command(&mut packed);
+            connection.send(&packed).await.map_err(lost)?;
+            sent.push(chunk.len());
+        }
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut refused = None;
+        for count in sent {
+            // `MULTI`'s OK and a QUEUED per command (an error there aborts the transaction),
+            // then what `EXEC` gives.
+            for _ in 0..count + 3 {
+                if let Err(error) = connection.reply().await.map_err(lost)? {
+                    refused.get_or_insert(error);
+                }
+            }
+            let outcome = connection
+                .reply()
+                .await
+                .map_err(lost)?
+                .and_then(|frame| transaction_seqs(&frame, count));
+            match outcome {
+                Ok(chunk_seqs) => seqs.extend(chunk_seqs),
+                Err(error) => {
+                    refused.get_or_insert(error);
+                }
+            }
+        }
+        // Every reply was read: the connection is in step for the next publish.
+        self.give_back_publish_connection(connection);
+        match refused {
+            Some(reason) => Err(EngineError::Backend {
+                operation: "publishing",
+                reason,
+            }),
+            None => Ok(seqs),
+        }
+    }
+
+    async fn append_shared(
         &self,
         keys: &StreamKeys,
         chunk: &mut [(usize, Event)],
         window_ms: u64,
         cap: u64,
     ) -> Result<Vec<i64>, EngineError> {
-        let now_ms = unix_ms_now();
-        let ids = ChunkIds::new(now_ms, rand::random());
-        // Each command sized before it is written: grown argument by argument, redis-rs copied
-        // an event's JSON several times over (docs/PERFORMANCE.md).
         let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 2);
         transaction.atomic();
-        let mut json = Vec::new();
-        for (position, (_, event)) in chunk.iter_mut().enumerate() {
-            event.id = ids.id(position);
-            json.clear();
-            event.write_json(&mut json);
-            let mut add =
-                redis::Cmd::with_capacity(8, keys.events.len() + json.len() + XADD_OVERHEAD_BYTES);
-            add.arg("XADD").arg(&keys.events);
-            if cap > 0 {
-                add.arg("MAXLEN").arg("~").arg(cap);
+        for (at, command) in self
+            .append_commands(keys, chunk, window_ms, cap)
+            .into_iter()
+            .enumerate()
+        {
+            transaction.add_command(command);
+            // `PEXPIRE` and `STAMP` answer nothing the caller needs.
+            if at >= chunk.len() {
+                transaction.ignore();
             }
-            add.arg("0-*").arg("e").arg(json.as_slice());
-            transaction.add_command(add);
         }
-        let bucket = keys.dedupe_bucket(now_ms / window_ms);
-        transaction
-            .cmd("PEXPIRE")
-            .arg(&bucket)
-            .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms)
-            .ignore();
-        // EVAL with the script's text rather than EVALSHA: inside a transaction a script that
-        // Redis does not have (a restarted or failed-over node) would fail alone, after the
-        // `XADD`s were applied.
-        transaction
-            .cmd("EVAL")
-            .arg(scripts::STAMP)
-            .arg(4)
-            .arg(&keys.meta)
-            .arg(&keys.events)
-            .arg(&keys.times)
-            .arg(&bucket)
-            .arg(cap)
-            .arg(ids.record_field())
-            .arg(chunk.len())
-            .ignore();
         let mut connection = self.inner.connection.clone();
         let ids: Vec<Value> = transaction
             .query_async(&mut connection)
@@ -229,6 +305,107 @@ impl RedisEngine {
                     })
             })
             .collect()
+    }
+
+    /// A chunk's transaction without its `MULTI` and `EXEC`: an `XADD` per event, under the
+    /// ids given here, the dedupe bucket's expiry, and `STAMP`.
+    fn append_commands(
+        &self,
+        keys: &StreamKeys,
+        chunk: &mut [(usize, Event)],
+        window_ms: u64,
+        cap: u64,
+    ) -> Vec<redis::Cmd> {
+        let now_ms = unix_ms_now();
+        let ids = ChunkIds::new(now_ms, rand::random());
+        let mut commands = Vec::with_capacity(chunk.len() + 2);
+        // Each command sized before it is written: grown argument by argument, redis-rs copied
+        // an event's JSON several times over (docs/PERFORMANCE.md).
+        let mut json = Vec::new();
+        for (position, (_, event)) in chunk.iter_mut().enumerate() {
+            event.id = ids.id(position);
+            json.clear();
+            event.write_json(&mut json);
+            let mut add =
+                redis::Cmd::with_capacity(8, keys.events.len() + json.len() + XADD_OVERHEAD_BYTES);
+            add.arg("XADD").arg(&keys.events);
+            if cap > 0 {
+                add.arg("MAXLEN").arg("~").arg(cap);
+            }
+            add.arg("0-*").arg("e").arg(json.as_slice());
+            commands.push(add);
+        }
+        let bucket = keys.dedupe_bucket(now_ms / window_ms);
+        let mut expire = redis::cmd("PEXPIRE");
+        expire
+            .arg(&bucket)
+            .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms);
+        commands.push(expire);
+        // EVAL with the script's text rather than EVALSHA: inside a transaction a script that
+        // Redis does not have (a restarted or failed-over node) would fail alone, after the
+        // `XADD`s were applied.
+        let mut stamp = redis::cmd("EVAL");
+        stamp
+            .arg(scripts::STAMP)
+            .arg(4)
+            .arg(&keys.meta)
+            .arg(&keys.events)
+            .arg(&keys.times)
+            .arg(&bucket)
+            .arg(cap)
+            .arg(ids.record_field())
+            .arg(chunk.len());
+        commands.push(stamp);
+        commands
+    }
+
+    /// An idle publish connection that answers, or a new one; `None` where there are none (a
+    /// Cluster, an address `raw.rs` does not speak) or none can be opened now (the shared
+    /// connection then says what is wrong).
+    async fn lend_publish_connection(&self) -> Option<RawConnection> {
+        loop {
+            let (mut connection, idle_since) = {
+                let mut pool = self.inner.publish_connections.lock();
+                if pool.unsupported {
+                    return None;
+                }
+                match pool.idle.pop() {
+                    Some(idle) => idle,
+                    None => break,
+                }
+            };
+            if idle_since.elapsed() < PUBLISH_CONNECTION_TRUSTED_IDLE {
+                return Some(connection);
+            }
+            if let Ok(replies) = connection.pipeline(&[redis::cmd("PING")]).await
+                && replies.iter().all(Result::is_ok)
+            {
+                return Some(connection);
+            }
+        }
+        match self
+            .inner
+            .redis
+            .raw(&self.inner.connection_name("publish"))
+            .await
+        {
+            Ok(Some(connection)) => Some(connection),
+            Ok(None) => {
+                self.inner.publish_connections.lock().unsupported = true;
+                None
+            }
+            Err(error) => {
+                warn!(%error, "cannot open a publish connection");
+                None
+            }
+        }
+    }
+
+    fn give_back_publish_connection(&self, connection: RawConnection) {
+        let mut pool = self.inner.publish_connections.lock();
+        if pool.idle.len() < PUBLISH_CONNECTIONS_IDLE_MAX {
+            pool.idle.push((connection, Instant::now()));
+        }
     }
 
     /// Stores events of which some carry an id their publisher chose, through the `PUBLISH`
@@ -287,10 +464,133 @@ impl RedisEngine {
     }
 }
 
+/// Connections of the publish path's own (`raw.rs`), kept for the next publishes.
+#[derive(Debug, Default)]
+pub(super) struct PublishConnections {
+    /// With when each was given back.
+    idle: Vec<(RawConnection, Instant)>,
+    /// A Cluster (or an address `raw.rs` does not speak): publishes go on the shared connection.
+    unsupported: bool,
+}
+
+fn is_generated((_, event): &(usize, Event)) -> bool {
+    event.id_origin == IdOrigin::Generated
+}
+
+/// The seqs of a chunk's `count` events from what its `EXEC` gave: an entry id per `XADD`,
+/// then `PEXPIRE`'s and `STAMP`'s integers. An error in any of them is the chunk's.
+fn transaction_seqs(frame: &[u8], count: usize) -> Result<Vec<i64>, String> {
+    let protocol = |error: RawError| error.to_string();
+    let incomplete = || "an incomplete EXEC reply".to_owned();
+    let top = header(frame, 0).map_err(protocol)?.ok_or_else(incomplete)?;
+    let elements = match top.kind {
+        b'*' => length(top.line).map_err(protocol)?,
+        _ => -2,
+    };
+    if elements != count as i64 + 2 {
+        return Err(format!(
+            "EXEC gave {:?} for a transaction of {} commands",
+            String::from_utf8_lossy(&frame[..top.next]).trim_end(),
+            count + 2
+        ));
+    }
+    let mut seqs = Vec::with_capacity(count);
+    let mut at = top.next;
+    for element in 0..count + 2 {
+        let item = header(frame, at)
+            .map_err(protocol)?
+            .ok_or_else(incomplete)?;
+        at = item.next;
+        match (item.kind, element < count) {
+            (b'-', _) => return Err(String::from_utf8_lossy(item.line).into_owned()),
+            (b'$', true) => {
+                let len = usize::try_from(length(item.line).map_err(protocol)?)
+                    .map_err(|_| "XADD gave nil".to_owned())?;
+                let id = frame.get(at..at + len).ok_or_else(incomplete)?;
+                at += len + 2;
+                let seq = std::str::from_utf8(id)
+                    .ok()
+                    .and_then(seq_of)
+                    .and_then(|seq| i64::try_from(seq).ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "XADD gave {:?}, not an entry id 0-<seq>",
+                            String::from_utf8_lossy(id)
+                        )
+                    })?;
+                seqs.push(seq);
+            }
+            (b':', false) => {}
+            (kind, _) => {
+                return Err(format!(
+                    "command {} of the transaction gave a reply of type {:?}",
+                    element + 1,
+                    kind as char
+                ));
+            }
+        }
+    }
+    Ok(seqs)
+}
+
 /// Milliseconds since the Unix epoch, by this machine's clock (dedupe buckets tolerate clocks
 /// that differ by less than a window).
 fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_gives_its_seqs_or_the_first_error() {
+        let check = |frame: &str, count: usize, expect: Result<Vec<i64>, &str>| {
+            let got = transaction_seqs(frame.as_bytes(), count);
+            match expect {
+                Ok(seqs) => assert_eq!(got, Ok(seqs), "{frame:?}"),
+                Err(part) => {
+                    let error = got.expect_err(frame);
+                    assert!(error.contains(part), "{frame:?}: {error}");
+                }
+            }
+        };
+        check(
+            "*4\r\n$3\r\n0-7\r\n$3\r\n0-8\r\n:1\r\n:2\r\n",
+            2,
+            Ok(vec![7, 8]),
+        );
+        check("*2\r\n:1\r\n:0\r\n", 0, Ok(vec![]));
+        // An error in place of an entry id, or of `STAMP`'s answer.
+        check(
+            "*3\r\n-WRONGTYPE Operation against a key\r\n:1\r\n:1\r\n",
+            1,
+            Err("WRONGTYPE"),
+        );
+        check(
+            "*3\r\n$3\r\n0-1\r\n:1\r\n-ERR entry id is not 0-<seq>\r\n",
+            1,
+            Err("not 0-<seq>"),
+        );
+        // Not what the transaction sent.
+        check(
+            "*3\r\n$3\r\n0-1\r\n:1\r\n:1\r\n",
+            2,
+            Err("a transaction of 4"),
+        );
+        check("*-1\r\n", 1, Err("a transaction of 3"));
+        check(":1\r\n", 1, Err("a transaction of 3"));
+        check(
+            "*3\r\n$5\r\n17-33\r\n:1\r\n:1\r\n",
+            1,
+            Err("not an entry id"),
+        );
+        check("*3\r\n$-1\r\n:1\r\n:1\r\n", 1, Err("nil"));
+        check("*3\r\n:5\r\n:1\r\n:1\r\n", 1, Err("command 1"));
+        check("*3\r\n$3\r\n0-1\r\n$2\r\nok\r\n:1\r\n", 1, Err("command 2"));
+        check("*3\r\n$3\r\n0-1\r\n:1\r\n", 1, Err("incomplete"));
+        check("*3\r\n$30\r\n0-1\r\n:1\r\n:1\r\n", 1, Err("incomplete"));
+    }
 }

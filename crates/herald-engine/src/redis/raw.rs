@@ -1,5 +1,7 @@
 //! A plain RESP2 connection of a group task's own, for the reads that carry events
-//! (`XREADGROUP`): replies come back as their bytes, not as redis-rs `Value` trees.
+//! (`XREADGROUP`), or of the publish path's (`publish.rs`): replies come back as their bytes,
+//! not as redis-rs `Value` trees, and a publish writes each transaction as soon as it is
+//! encoded ([`RawConnection::send`]) rather than handing it to redis-rs's connection task.
 //!
 //! Why: on the consume path redis-rs's parser (built on `combine`) and the tree it builds — a
 //! `Vec` per entry and per field list, a `Vec<u8>` per id, name and event — were about a third
@@ -59,9 +61,11 @@ impl std::fmt::Debug for RawConnection {
 pub(crate) type RawReply = Result<Bytes, String>;
 
 impl RawConnection {
-    /// Connects as `info` says; `None` for an address this connection does not speak (TLS).
+    /// Connects as `info` says, under `name` (`CLIENT SETNAME`: what `CLIENT LIST` shows
+    /// operators); `None` for an address this connection does not speak (TLS).
     pub async fn connect(
         info: &ConnectionInfo,
+        name: &str,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Option<RawConnection>, RawError> {
@@ -104,6 +108,9 @@ impl RawConnection {
             select.arg(settings.db());
             handshake.push(select);
         }
+        let mut set_name = redis::cmd("CLIENT");
+        set_name.arg("SETNAME").arg(name);
+        handshake.push(set_name);
         for reply in connection.pipeline(&handshake).await? {
             reply.map_err(RawError::Handshake)?;
         }
@@ -126,28 +133,53 @@ impl RawConnection {
         for command in commands {
             command.write_packed_command(&mut packed);
         }
-        self.io.write_all(&packed).await?;
-        self.io.flush().await?;
+        self.write(&packed).await?;
         let mut replies = Vec::with_capacity(commands.len());
-        let mut framing = Framing::default();
         while replies.len() < commands.len() {
-            match framing.advance(&self.buffer)? {
-                Some(len) => {
-                    let frame = self.buffer.split_to(len).freeze();
-                    replies.push(match frame.first() {
-                        Some(b'-') => Err(String::from_utf8_lossy(line_of(&frame)).into_owned()),
-                        _ => Ok(frame),
-                    });
-                }
-                None => {
-                    self.buffer.reserve(READ_CHUNK_BYTES);
-                    if self.io.read_buf(&mut self.buffer).await? == 0 {
-                        return Err(RawError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                }
-            }
+            replies.push(self.read_reply().await?);
         }
         Ok(replies)
+    }
+
+    /// Writes packed commands and returns without waiting for their replies, so that Redis
+    /// runs them while the caller prepares the next ([`RawConnection::reply`] reads them, in
+    /// order). A caller that gets an error drops the connection.
+    pub async fn send(&mut self, packed: &[u8]) -> Result<(), RawError> {
+        let timeout = self.response_timeout;
+        tokio::time::timeout(timeout, self.write(packed))
+            .await
+            .map_err(|_| RawError::Timeout(timeout))?
+    }
+
+    /// The next reply to what was sent. A caller that gets an error drops the connection.
+    pub async fn reply(&mut self) -> Result<RawReply, RawError> {
+        let timeout = self.response_timeout;
+        tokio::time::timeout(timeout, self.read_reply())
+            .await
+            .map_err(|_| RawError::Timeout(timeout))?
+    }
+
+    async fn write(&mut self, packed: &[u8]) -> Result<(), RawError> {
+        self.io.write_all(packed).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    async fn read_reply(&mut self) -> Result<RawReply, RawError> {
+        let mut framing = Framing::default();
+        loop {
+            if let Some(len) = framing.advance(&self.buffer)? {
+                let frame = self.buffer.split_to(len).freeze();
+                return Ok(match frame.first() {
+                    Some(b'-') => Err(String::from_utf8_lossy(line_of(&frame)).into_owned()),
+                    _ => Ok(frame),
+                });
+            }
+            self.buffer.reserve(READ_CHUNK_BYTES);
+            if self.io.read_buf(&mut self.buffer).await? == 0 {
+                return Err(RawError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
     }
 }
 
