@@ -211,15 +211,23 @@ impl RedisEngine {
             operation: "publishing",
             reason: error.to_string(),
         };
+        // Written here rather than through redis-rs's `Cmd`, which copied each event's JSON
+        // once more and cost a tenth of the server's instructions (docs/PERFORMANCE.md).
+        let head = xadd_head(&keys.events, cap);
         let mut packed = Vec::new();
         let mut sent = Vec::new();
         for chunk in events.chunks_mut(PIPELINED_CHUNK_EVENTS) {
             packed.clear();
-            redis::cmd("MULTI").write_packed_command(&mut packed);
-            for command in self.append_commands(keys, chunk, window_ms, cap) {
+            packed.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+            let (now_ms, ids) = chunk_ids_now();
+            with_ids_as_json(chunk, &ids, |json| {
+                packed.extend_from_slice(&head);
+                write_bulk(&mut packed, json);
+            });
+            for command in chunk_commands(keys, &ids, chunk.len(), now_ms, window_ms, cap) {
                 command.write_packed_command(&mut packed);
             }
-            redis::cmd("EXEC").write_packed_command(&mut packed);
+            packed.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
             connection.send(&packed).await.map_err(lost)?;
             sent.push(chunk.len());
         }
@@ -228,15 +236,14 @@ impl RedisEngine {
         for count in sent {
             // `MULTI`'s OK and a QUEUED per command (an error there aborts the transaction),
             // then what `EXEC` gives.
-            for _ in 0..count + 3 {
-                if let Err(error) = connection.reply().await.map_err(lost)? {
-                    refused.get_or_insert(error);
-                }
-            }
-            let outcome = connection
-                .reply()
-                .await
-                .map_err(lost)?
+            let mut replies = connection.replies(count + 4).await.map_err(lost)?;
+            let exec = replies
+                .pop()
+                .unwrap_or_else(|| Err("no EXEC reply".to_owned()));
+            let outcome = replies
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(exec, Err)
                 .and_then(|frame| transaction_seqs(&frame, count));
             match outcome {
                 Ok(chunk_seqs) => seqs.extend(chunk_seqs),
@@ -265,16 +272,22 @@ impl RedisEngine {
     ) -> Result<Vec<i64>, EngineError> {
         let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 2);
         transaction.atomic();
-        for (at, command) in self
-            .append_commands(keys, chunk, window_ms, cap)
-            .into_iter()
-            .enumerate()
-        {
-            transaction.add_command(command);
-            // `PEXPIRE` and `STAMP` answer nothing the caller needs.
-            if at >= chunk.len() {
-                transaction.ignore();
+        let (now_ms, ids) = chunk_ids_now();
+        with_ids_as_json(chunk, &ids, |json| {
+            // Sized before it is written: grown argument by argument, redis-rs copied an
+            // event's JSON several times over (docs/PERFORMANCE.md).
+            let mut add =
+                redis::Cmd::with_capacity(8, keys.events.len() + json.len() + XADD_OVERHEAD_BYTES);
+            add.arg("XADD").arg(&keys.events);
+            if cap > 0 {
+                add.arg("MAXLEN").arg("~").arg(cap);
             }
+            add.arg("0-*").arg("e").arg(json);
+            transaction.add_command(add);
+        });
+        for command in chunk_commands(keys, &ids, chunk.len(), now_ms, window_ms, cap) {
+            // `PEXPIRE` and `STAMP` answer nothing the caller needs.
+            transaction.add_command(command).ignore();
         }
         let mut connection = self.inner.connection.clone();
         let ids: Vec<Value> = transaction
@@ -305,58 +318,6 @@ impl RedisEngine {
                     })
             })
             .collect()
-    }
-
-    /// A chunk's transaction without its `MULTI` and `EXEC`: an `XADD` per event, under the
-    /// ids given here, the dedupe bucket's expiry, and `STAMP`.
-    fn append_commands(
-        &self,
-        keys: &StreamKeys,
-        chunk: &mut [(usize, Event)],
-        window_ms: u64,
-        cap: u64,
-    ) -> Vec<redis::Cmd> {
-        let now_ms = unix_ms_now();
-        let ids = ChunkIds::new(now_ms, rand::random());
-        let mut commands = Vec::with_capacity(chunk.len() + 2);
-        // Each command sized before it is written: grown argument by argument, redis-rs copied
-        // an event's JSON several times over (docs/PERFORMANCE.md).
-        let mut json = Vec::new();
-        for (position, (_, event)) in chunk.iter_mut().enumerate() {
-            event.id = ids.id(position);
-            json.clear();
-            event.write_json(&mut json);
-            let mut add =
-                redis::Cmd::with_capacity(8, keys.events.len() + json.len() + XADD_OVERHEAD_BYTES);
-            add.arg("XADD").arg(&keys.events);
-            if cap > 0 {
-                add.arg("MAXLEN").arg("~").arg(cap);
-            }
-            add.arg("0-*").arg("e").arg(json.as_slice());
-            commands.push(add);
-        }
-        let bucket = keys.dedupe_bucket(now_ms / window_ms);
-        let mut expire = redis::cmd("PEXPIRE");
-        expire
-            .arg(&bucket)
-            .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms);
-        commands.push(expire);
-        // EVAL with the script's text rather than EVALSHA: inside a transaction a script that
-        // Redis does not have (a restarted or failed-over node) would fail alone, after the
-        // `XADD`s were applied.
-        let mut stamp = redis::cmd("EVAL");
-        stamp
-            .arg(scripts::STAMP)
-            .arg(4)
-            .arg(&keys.meta)
-            .arg(&keys.events)
-            .arg(&keys.times)
-            .arg(&bucket)
-            .arg(cap)
-            .arg(ids.record_field())
-            .arg(chunk.len());
-        commands.push(stamp);
-        commands
     }
 
     /// An idle publish connection that answers, or a new one; `None` where there are none (a
@@ -464,6 +425,80 @@ impl RedisEngine {
     }
 }
 
+/// A new chunk's ids, made now, and now in milliseconds (the dedupe bucket's clock).
+fn chunk_ids_now() -> (u64, ChunkIds) {
+    let now_ms = unix_ms_now();
+    (now_ms, ChunkIds::new(now_ms, rand::random()))
+}
+
+/// Gives each event of a chunk its id, then hands its JSON to `add`, in order.
+fn with_ids_as_json(chunk: &mut [(usize, Event)], ids: &ChunkIds, mut add: impl FnMut(&[u8])) {
+    let mut json = Vec::new();
+    for (position, (_, event)) in chunk.iter_mut().enumerate() {
+        event.id = ids.id(position);
+        json.clear();
+        event.write_json(&mut json);
+        add(&json);
+    }
+}
+
+/// What a chunk's transaction holds after its `XADD`s: the dedupe bucket's expiry, and
+/// `STAMP`, which records the chunk.
+fn chunk_commands(
+    keys: &StreamKeys,
+    ids: &ChunkIds,
+    count: usize,
+    now_ms: u64,
+    window_ms: u64,
+    cap: u64,
+) -> [redis::Cmd; 2] {
+    let bucket = keys.dedupe_bucket(now_ms / window_ms);
+    let mut expire = redis::cmd("PEXPIRE");
+    expire
+        .arg(&bucket)
+        .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms);
+    // EVAL with the script's text rather than EVALSHA: inside a transaction a script that
+    // Redis does not have (a restarted or failed-over node) would fail alone, after the
+    // `XADD`s were applied.
+    let mut stamp = redis::cmd("EVAL");
+    stamp
+        .arg(scripts::STAMP)
+        .arg(4)
+        .arg(&keys.meta)
+        .arg(&keys.events)
+        .arg(&keys.times)
+        .arg(&bucket)
+        .arg(cap)
+        .arg(ids.record_field())
+        .arg(count);
+    [expire, stamp]
+}
+
+/// `XADD <events> [MAXLEN ~ <cap>] 0-* e` in RESP, with the array header counting the JSON
+/// that follows it (`write_bulk`): the same for every event of a stream.
+fn xadd_head(events: &str, cap: u64) -> Vec<u8> {
+    let cap = cap.to_string();
+    let mut arguments: Vec<&[u8]> = vec![b"XADD", events.as_bytes()];
+    if cap != "0" {
+        arguments.extend([&b"MAXLEN"[..], b"~", cap.as_bytes()]);
+    }
+    arguments.extend([&b"0-*"[..], b"e"]);
+    let mut head = format!("*{}\r\n", arguments.len() + 1).into_bytes();
+    for argument in arguments {
+        write_bulk(&mut head, argument);
+    }
+    head
+}
+
+/// A RESP bulk string.
+fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Connections of the publish path's own (`raw.rs`), kept for the next publishes.
 #[derive(Debug, Default)]
 pub(super) struct PublishConnections {
@@ -544,6 +579,25 @@ fn unix_ms_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_xadd_is_written_as_redis_rs_packs_it() {
+        for cap in [0, 1000] {
+            let json = br#"{"id":"x","type":"a.b"}"#;
+            let mut ours = xadd_head("P:{orders}:events", cap);
+            write_bulk(&mut ours, json);
+            let mut theirs = redis::cmd("XADD");
+            theirs.arg("P:{orders}:events");
+            if cap > 0 {
+                theirs.arg("MAXLEN").arg("~").arg(cap);
+            }
+            theirs.arg("0-*").arg("e").arg(&json[..]);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs.get_packed_command())
+            );
+        }
+    }
 
     #[test]
     fn a_transaction_gives_its_seqs_or_the_first_error() {

@@ -142,7 +142,7 @@ impl RawConnection {
     }
 
     /// Writes packed commands and returns without waiting for their replies, so that Redis
-    /// runs them while the caller prepares the next ([`RawConnection::reply`] reads them, in
+    /// runs them while the caller prepares the next ([`RawConnection::replies`] reads them, in
     /// order). A caller that gets an error drops the connection.
     pub async fn send(&mut self, packed: &[u8]) -> Result<(), RawError> {
         let timeout = self.response_timeout;
@@ -151,10 +151,18 @@ impl RawConnection {
             .map_err(|_| RawError::Timeout(timeout))?
     }
 
-    /// The next reply to what was sent. A caller that gets an error drops the connection.
-    pub async fn reply(&mut self) -> Result<RawReply, RawError> {
+    /// The next `count` replies to what was sent. A caller that gets an error drops the
+    /// connection.
+    pub async fn replies(&mut self, count: usize) -> Result<Vec<RawReply>, RawError> {
         let timeout = self.response_timeout;
-        tokio::time::timeout(timeout, self.read_reply())
+        let reading = async {
+            let mut replies = Vec::with_capacity(count);
+            while replies.len() < count {
+                replies.push(self.read_reply().await?);
+            }
+            Ok(replies)
+        };
+        tokio::time::timeout(timeout, reading)
             .await
             .map_err(|_| RawError::Timeout(timeout))?
     }
