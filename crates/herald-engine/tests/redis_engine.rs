@@ -1,5 +1,6 @@
 //! What the Redis engine does beyond the conformance suite: retention of declared streams,
-//! refusing what it cannot do, and publishing on after Redis closed a connection it kept.
+//! refusing what it cannot do, and publishing on when Redis closed a connection it kept or
+//! refuses a new one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod redis_support;
@@ -12,7 +13,7 @@ use herald_engine::{
     Engine, EngineError, RedisConfig, RedisEngine, StartAt, Storage, StreamConfig,
 };
 use herald_log::Retention;
-use redis_support::{engine_on, isolated_prefix, reachable_redis};
+use redis_support::{OwnRedis, engine_on, isolated_prefix, reachable_redis, unique_prefix};
 
 fn declared(name: &str, subjects: &str, retention: Retention) -> StreamConfig {
     StreamConfig {
@@ -181,4 +182,53 @@ async fn a_publish_after_redis_closed_an_idle_publish_connection_is_stored() {
         .await
         .unwrap();
     assert_eq!(third[0].seq, Some(3));
+}
+
+/// The count in `INFO <section>`'s line `<field>:<count>`.
+fn info_count(connection: &mut redis::Connection, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg(section).query(connection).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+}
+
+/// Where no publish connection can be opened (Redis at `maxclients`), publishes go on the
+/// shared connection, and the engine does not try to open one again at every publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_go_on_the_shared_connection_while_no_publish_connection_opens() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let engine = engine_on(&redis.url, &unique_prefix()).await;
+    let mut admin = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let connected = info_count(&mut admin, "clients", "connected_clients");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected)
+        .query(&mut admin)
+        .unwrap();
+    let first = engine
+        .publish(vec![event("audit.login", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(first[0].seq, Some(1));
+    let refused = info_count(&mut admin, "stats", "rejected_connections");
+    assert!(refused >= 1, "the publish tried a connection of its own");
+    for seq in 2..=4 {
+        let next = engine
+            .publish(vec![event("audit.login", "{}")])
+            .await
+            .unwrap();
+        assert_eq!(next[0].seq, Some(seq));
+    }
+    assert_eq!(
+        info_count(&mut admin, "stats", "rejected_connections"),
+        refused,
+        "no new attempt within the pause"
+    );
 }

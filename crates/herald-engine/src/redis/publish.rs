@@ -57,6 +57,10 @@ const PUBLISH_CONNECTIONS_IDLE_MAX: usize = 16;
 /// it was lent to. Busy connections are never idle that long, so the `PING` is rare.
 const PUBLISH_CONNECTION_TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
+/// How long publishes stay on the shared connection after a publish connection could not be
+/// opened (Redis at `maxclients`, say), rather than each trying again and logging why.
+const PUBLISH_CONNECTION_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
 /// An `XADD`'s bytes besides the key and the JSON: its other arguments and their headers.
 const XADD_OVERHEAD_BYTES: usize = 64;
 
@@ -332,6 +336,12 @@ impl RedisEngine {
                 }
                 match pool.idle.pop() {
                     Some(idle) => idle,
+                    None if pool
+                        .paused_until
+                        .is_some_and(|until| Instant::now() < until) =>
+                    {
+                        return None;
+                    }
                     None => break,
                 }
             };
@@ -356,7 +366,13 @@ impl RedisEngine {
                 None
             }
             Err(error) => {
-                warn!(%error, "cannot open a publish connection");
+                warn!(
+                    %error,
+                    "cannot open a publish connection; publishing on the shared connection for {:?}",
+                    PUBLISH_CONNECTION_RETRY_PAUSE
+                );
+                self.inner.publish_connections.lock().paused_until =
+                    Some(Instant::now() + PUBLISH_CONNECTION_RETRY_PAUSE);
                 None
             }
         }
@@ -506,6 +522,8 @@ pub(super) struct PublishConnections {
     idle: Vec<(RawConnection, Instant)>,
     /// A Cluster (or an address `raw.rs` does not speak): publishes go on the shared connection.
     unsupported: bool,
+    /// Until when publishes go on the shared connection, one having failed to open.
+    paused_until: Option<Instant>,
 }
 
 fn is_generated((_, event): &(usize, Event)) -> bool {

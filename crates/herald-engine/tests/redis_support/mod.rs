@@ -274,3 +274,65 @@ pub async fn cluster_fixture() -> Option<Fixture<RedisEngine>> {
         keep_alive: Box::new(cluster),
     })
 }
+
+/// A standalone redis-server of a test's own, on a free loopback port, for what would disturb
+/// the machine's (its configuration changed, say). Killed when dropped.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub url: String,
+    server: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    /// Starts one, or `None` after saying loudly why not — a panic under
+    /// `HERALD_REQUIRE_ENGINES=1`.
+    pub fn start() -> Option<OwnRedis> {
+        match OwnRedis::try_start() {
+            Ok(redis) => Some(redis),
+            Err(reason) if engines_required() => {
+                panic!("HERALD_REQUIRE_ENGINES=1 but no redis-server could be started: {reason}")
+            }
+            Err(reason) => {
+                eprintln!(
+                    "\n********\nSKIPPED: no redis-server could be started: {reason}\n********\n"
+                );
+                None
+            }
+        }
+    }
+
+    fn try_start() -> Result<OwnRedis, String> {
+        let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let port = free_cluster_port()?;
+        let server = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| format!("redis-server: {error}"))?;
+        let redis = OwnRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            server,
+            _dir: dir,
+        };
+        wait_until(|| {
+            redis::Client::open(redis.url.as_str())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+                .is_ok()
+        })
+        .map_err(|_| format!("{} did not answer", redis.url))?;
+        Ok(redis)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
