@@ -2,8 +2,7 @@
 //!
 //! Per connection: the reader (this connection's task) decodes frames and acts on them; one
 //! writer task owns the socket's sending half and drains a bounded queue of outbound frames; one
-//! publisher task stores `pub` frames in arrival order, several at a time (and one task of its
-//! own answers them); one forwarding task
+//! publisher task stores `pub` frames in arrival order, several at a time; one forwarding task
 //! per subscription moves events from the engine to the outbound queue. Every queue is
 //! bounded, so a slow socket slows only its own connection: its live subscriptions are dropped
 //! by the engine as slow consumers and its group deliveries stop at `maxInFlight`.

@@ -1,9 +1,6 @@
 //! A connection's publisher: stores its `pub` frames in arrival order and answers each with a
 //! `puback`. Frames that queue while a store is in progress are merged into the next engine
-//! call, so a pipelining client shares one write (and one fsync) among many frames. The
-//! `puback`s are encoded by a task of their own, in order, while the next call is stored: for
-//! one pipelining connection, encoding a call's answers (~800 instructions an event) kept the
-//! engine waiting for the next call (docs/PERFORMANCE.md).
+//! call, so a pipelining client shares one write (and one fsync) among many frames.
 
 use axum::extract::ws::Message;
 use herald_core::Event;
@@ -34,46 +31,19 @@ pub struct PubRequest {
 /// The sending side; dropping it lets the task finish what is queued and stop.
 pub type PublishQueue = mpsc::Sender<PubRequest>;
 
-/// Engine calls whose answers may wait to be encoded: one is encoded while the next is stored.
-const CALLS_UNANSWERED_MAX: usize = 2;
-
-/// A call's answers, per request in the order read.
-type Answers = Vec<(u64, Result<Vec<PublishOutcome>, ApiError>)>;
-
-/// The publisher task; its handle finishes once every request queued is stored and answered.
 pub fn spawn(
     state: AppState,
     outbound: mpsc::Sender<Message>,
     pending_max: usize,
 ) -> (PublishQueue, JoinHandle<()>) {
     let (queue, requests) = mpsc::channel(pending_max);
-    let task = tokio::spawn(async move {
-        let (answers, to_answer) = mpsc::channel(CALLS_UNANSWERED_MAX);
-        let answering = tokio::spawn(answer(to_answer, outbound));
-        run(state, answers, requests).await;
-        let _ = answering.await;
-    });
+    let task = tokio::spawn(run(state, outbound, requests));
     (queue, task)
-}
-
-/// Encodes and sends each call's `puback`s (or errors), in the order the calls were made.
-async fn answer(mut calls: mpsc::Receiver<Answers>, outbound: mpsc::Sender<Message>) {
-    while let Some(answers) = calls.recv().await {
-        for (rid, answer) in answers {
-            let frame = match answer {
-                Ok(outcomes) => Frame::encode_puback(rid, outcomes.iter().map(result_ref)),
-                Err(error) => Frame::error(Some(rid), None, error.detail).encode(),
-            };
-            if outbound.send(Message::Text(frame.into())).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 async fn run(
     state: AppState,
-    answers: mpsc::Sender<Answers>,
+    outbound: mpsc::Sender<Message>,
     mut requests: mpsc::Receiver<PubRequest>,
 ) {
     while let Some(first) = requests.recv().await {
@@ -89,12 +59,14 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if answers
-            .send(store_batch(&state, batch).await)
-            .await
-            .is_err()
-        {
-            return;
+        for (rid, answer) in store_batch(&state, batch).await {
+            let frame = match answer {
+                Ok(outcomes) => Frame::encode_puback(rid, outcomes.iter().map(result_ref)),
+                Err(error) => Frame::error(Some(rid), None, error.detail).encode(),
+            };
+            if outbound.send(Message::Text(frame.into())).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -115,7 +87,10 @@ fn merges_more(merged_events: usize, merged_frames: usize, queued: usize) -> boo
 /// happened when each frame was read), so on failure every request of the batch gets the error;
 /// part of the batch may be stored, and a client that retries with the same ids gets those back
 /// as duplicates with their seqs, never stored twice.
-async fn store_batch(state: &AppState, batch: Vec<PubRequest>) -> Answers {
+async fn store_batch(
+    state: &AppState,
+    batch: Vec<PubRequest>,
+) -> Vec<(u64, Result<Vec<PublishOutcome>, ApiError>)> {
     let sizes: Vec<(u64, usize)> = batch
         .iter()
         .map(|request| (request.rid, request.events.len()))
