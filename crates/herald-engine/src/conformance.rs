@@ -474,14 +474,20 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
         stored_ids, answered_ids,
         "each event is stored under the id its outcome gave"
     );
-    // Ids a digit away from a generated one (another position in its batch, another time or
-    // tag) are other ids: stored, not taken for the one they resemble.
+    // Ids a character away from a generated one (another position in its batch, another time
+    // or tag, a space where a digit was) are other ids: stored, not taken for the one they
+    // resemble.
     let model = stored[1].id.as_str();
-    let altered: Vec<Event> = [15, 16, 17, 0, 12, 35]
+    let altered: Vec<Event> = [15, 16, 17, 0, 12, 35, 15]
         .into_iter()
-        .map(|at| {
+        .enumerate()
+        .map(|(n, at)| {
             let mut text = model.to_owned();
-            let digit = if &text[at..=at] == "f" { "e" } else { "f" };
+            let digit = match &text[at..=at] {
+                _ if n == 6 => " ",
+                "f" => "e",
+                _ => "f",
+            };
             text.replace_range(at..=at, digit);
             let mut event = event_with_chosen_id("invoice.sent", "{}");
             event.id = EventId::parse(&text).expect("an id");
@@ -495,7 +501,7 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
         .collect();
     assert_eq!(
         got,
-        (9..=14).map(|seq| (Some(seq), false)).collect::<Vec<_>>()
+        (9..=15).map(|seq| (Some(seq), false)).collect::<Vec<_>>()
     );
     let invoice = engine
         .streams()
@@ -503,7 +509,7 @@ pub async fn generated_ids_are_deduped_when_sent_again<E: Engine>(fixture: &Fixt
         .into_iter()
         .find(|stream| stream.name == "invoice")
         .expect("invoice stream");
-    assert_eq!((invoice.events, invoice.duplicates), (14, 7));
+    assert_eq!((invoice.events, invoice.duplicates), (15, 7));
 }
 
 pub async fn live_latest_sees_new_events_in_order_per_stream<E: Engine>(fixture: &Fixture<E>) {

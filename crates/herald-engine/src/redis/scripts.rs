@@ -181,13 +181,14 @@ end
 local chunk_fields, chunk_of, position = {{}}, {{}}, {{}}
 for j = 1, chosen do
   local id = ids[j]
-  if #id == 36 and string.sub(id, 15, 15) == '7' and string.sub(id, 20, 24) == '{mark:x}-' then
-    local k = tonumber(string.sub(id, 16, 18), 16)
-    if k then
-      chunk_fields[#chunk_fields + 1] = '\1' .. string.sub(id, 1, 13) .. string.sub(id, 25)
-      chunk_of[j] = #chunk_fields
-      position[j] = k
-    end
+  -- The position as the engine writes it, three lowercase hex digits: `tonumber` alone would
+  -- also read ' 1a' or '01A', other ids.
+  local digits = string.sub(id, 16, 18)
+  if #id == 36 and string.sub(id, 15, 15) == '7' and string.sub(id, 20, 24) == '{mark:x}-'
+    and string.find(digits, '^[0-9a-f][0-9a-f][0-9a-f]$') then
+    chunk_fields[#chunk_fields + 1] = '\1' .. string.sub(id, 1, 13) .. string.sub(id, 25)
+    chunk_of[j] = #chunk_fields
+    position[j] = tonumber(digits, 16)
   end
 end
 local function lookup(bucket, fields)
