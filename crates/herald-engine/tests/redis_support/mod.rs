@@ -145,18 +145,7 @@ impl Cluster {
     /// Starts a cluster, or `None` after saying loudly why not (no redis-server here) — a
     /// panic under `HERALD_REQUIRE_ENGINES=1`.
     pub fn start() -> Option<Cluster> {
-        match Cluster::try_start() {
-            Ok(cluster) => Some(cluster),
-            Err(reason) if engines_required() => {
-                panic!("HERALD_REQUIRE_ENGINES=1 but no Redis Cluster could be started: {reason}")
-            }
-            Err(reason) => {
-                eprintln!(
-                    "\n********\nSKIPPED: no Redis Cluster could be started: {reason}\n********\n"
-                );
-                None
-            }
-        }
+        started_or_skipped("Redis Cluster", Cluster::try_start())
     }
 
     fn try_start() -> Result<Cluster, String> {
@@ -185,13 +174,7 @@ impl Cluster {
             cluster.urls.push(format!("redis://127.0.0.1:{port}"));
         }
         for url in &cluster.urls {
-            wait_until(|| {
-                redis::Client::open(url.as_str())
-                    .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
-                    .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
-                    .is_ok()
-            })
-            .map_err(|_| format!("{url} did not answer"))?;
+            wait_until(|| answers_ping(url)).map_err(|_| format!("{url} did not answer"))?;
         }
         let created = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -288,18 +271,7 @@ impl OwnRedis {
     /// Starts one, or `None` after saying loudly why not — a panic under
     /// `HERALD_REQUIRE_ENGINES=1`.
     pub fn start() -> Option<OwnRedis> {
-        match OwnRedis::try_start() {
-            Ok(redis) => Some(redis),
-            Err(reason) if engines_required() => {
-                panic!("HERALD_REQUIRE_ENGINES=1 but no redis-server could be started: {reason}")
-            }
-            Err(reason) => {
-                eprintln!(
-                    "\n********\nSKIPPED: no redis-server could be started: {reason}\n********\n"
-                );
-                None
-            }
-        }
+        started_or_skipped("redis-server", OwnRedis::try_start())
     }
 
     fn try_start() -> Result<OwnRedis, String> {
@@ -319,13 +291,8 @@ impl OwnRedis {
             server,
             _dir: dir,
         };
-        wait_until(|| {
-            redis::Client::open(redis.url.as_str())
-                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
-                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
-                .is_ok()
-        })
-        .map_err(|_| format!("{} did not answer", redis.url))?;
+        wait_until(|| answers_ping(&redis.url))
+            .map_err(|_| format!("{} did not answer", redis.url))?;
         Ok(redis)
     }
 }
@@ -335,4 +302,27 @@ impl Drop for OwnRedis {
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// A Redis the test starts itself, or `None` after saying loudly why not — a panic under
+/// `HERALD_REQUIRE_ENGINES=1`.
+fn started_or_skipped<T>(what: &str, started: Result<T, String>) -> Option<T> {
+    match started {
+        Ok(redis) => Some(redis),
+        Err(reason) if engines_required() => {
+            panic!("HERALD_REQUIRE_ENGINES=1 but no {what} could be started: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("\n********\nSKIPPED: no {what} could be started: {reason}\n********\n");
+            None
+        }
+    }
+}
+
+/// Whether the Redis at `url` answers a `PING` within a second.
+fn answers_ping(url: &str) -> bool {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+        .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+        .is_ok()
 }
