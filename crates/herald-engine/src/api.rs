@@ -28,10 +28,23 @@ pub trait Engine: Send + Sync + 'static {
     /// generated id's event under an id of its own making (the Redis engine does, to record a
     /// chunk once rather than each id): the outcome carries the id stored. Within a stream,
     /// seqs follow the batch's order.
+    ///
+    /// The future owns what it needs (`'static`): a caller can run it as a task of its own, so
+    /// that a call in progress never waits on its caller being polled.
     fn publish(
         &self,
         events: Vec<Event>,
-    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send;
+    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send + 'static;
+
+    /// How many [`Engine::publish`] calls one caller may keep in flight and still have each
+    /// stream's events stored in the order the calls were made (the method called, whether or
+    /// not its future has run yet). A caller whose events must keep their order (a `/v1/ws`
+    /// connection's frames) makes its next call only while fewer are in flight. An engine that
+    /// waits on a server between calls gains most from a second: the server is given the next
+    /// call while the last one's replies come back.
+    fn ordered_publishes_in_flight(&self) -> usize {
+        1
+    }
 
     /// A live subscription: at-most-once, every matching event from `start` on, in order within
     /// each stream. A subscriber that falls `live_buffer_events` behind is dropped, with

@@ -143,6 +143,7 @@ macro_rules! conformance_tests {
     (@streams $make:expr) => {
         $crate::conformance_tests!(@each $make;
             publish_assigns_gapless_seqs_per_stream,
+            calls_in_flight_keep_their_order,
             duplicate_ids_are_stored_once,
             concurrent_duplicates_are_stored_once,
             generated_ids_are_deduped_when_sent_again,
@@ -297,6 +298,53 @@ pub async fn publish_assigns_gapless_seqs_per_stream<E: Engine>(fixture: &Fixtur
         .find(|stream| stream.name == "user")
         .expect("user stream");
     assert_eq!((user.first_seq, user.last_seq, user.events), (1, 4, 4));
+}
+
+/// Calls made one after the other, up to [`Engine::ordered_publishes_in_flight`] of them in
+/// flight at once (as a `/v1/ws` connection makes them), store each stream's events in call
+/// order: a pipelining client's frames keep their order. Calls span two streams, and some carry
+/// ids their publisher chose (an engine may store those another way).
+pub async fn calls_in_flight_keep_their_order<E: Engine>(fixture: &Fixture<E>) {
+    use futures::StreamExt;
+    let engine = &fixture.engine;
+    let in_flight_max = engine.ordered_publishes_in_flight().max(1);
+    let calls = 8;
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut outcomes = Vec::new();
+    for call in 0..calls {
+        // Large enough that a call cannot be handed over in one go.
+        let batch: Vec<Event> = (0..9_000)
+            .map(|i| {
+                let event_type = if i % 7 == 0 {
+                    "payment.made"
+                } else {
+                    "order.placed"
+                };
+                let data = format!(r#"{{"call":{call},"i":{i}}}"#);
+                if call == 5 && i % 2 == 0 {
+                    event_with_chosen_id(event_type, &data)
+                } else {
+                    event(event_type, &data)
+                }
+            })
+            .collect();
+        in_flight.push_back(engine.publish(batch));
+        if in_flight.len() == in_flight_max {
+            outcomes.extend(in_flight.next().await.expect("a call").expect("publish"));
+        }
+    }
+    while let Some(answered) = in_flight.next().await {
+        outcomes.extend(answered.expect("publish"));
+    }
+    for stream in ["order", "payment"] {
+        let seqs: Vec<u64> = outcomes
+            .iter()
+            .filter(|outcome| outcome.stream.as_deref() == Some(stream))
+            .map(|outcome| outcome.seq.expect("a seq"))
+            .collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{stream}: seqs in the order of the calls");
+    }
 }
 
 pub async fn duplicate_ids_are_stored_once<E: Engine>(fixture: &Fixture<E>) {

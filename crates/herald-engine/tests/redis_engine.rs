@@ -232,3 +232,53 @@ async fn publishes_go_on_the_shared_connection_while_no_publish_connection_opens
         "no new attempt within the pause"
     );
 }
+
+/// A call dropped at any point (before it ran, waiting for its turn, halfway through handing
+/// its transactions over, or waiting for replies) leaves the stream and its publish connection
+/// in step: calls made around it are stored, in the order they were made, and read back as
+/// published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_publish_leaves_the_others_in_order() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let engine = engine_on(&url, &prefix).await;
+    let batch = |call: usize, size: usize| -> Vec<herald_core::Event> {
+        (0..size)
+            .map(|i| event("audit.login", &format!(r#"{{"call":{call},"i":{i}}}"#)))
+            .collect()
+    };
+    for polls in 0..12 {
+        // Made in this order: a large call, the one dropped after `polls` polls, a small one.
+        let before = engine.publish(batch(0, 9_000));
+        let mut dropped = Box::pin(engine.publish(batch(1, 9_000)));
+        let after = engine.publish(batch(2, 50));
+        let before = tokio::spawn(before);
+        for _ in 0..polls {
+            let _ = futures::poll!(&mut dropped);
+            tokio::task::yield_now().await;
+        }
+        drop(dropped);
+        let after = after.await.expect("the call after the dropped one");
+        let before = before
+            .await
+            .unwrap()
+            .expect("the call before the dropped one");
+        let last_before = before.last().unwrap().seq.unwrap();
+        let first_after = after[0].seq.unwrap();
+        assert!(
+            first_after > last_before,
+            "polls={polls}: stored after the call made before it ({first_after} <= {last_before})"
+        );
+        let seqs: Vec<u64> = after.iter().map(|outcome| outcome.seq.unwrap()).collect();
+        let expected: Vec<u64> = (first_after..first_after + 50).collect();
+        assert_eq!(seqs, expected, "polls={polls}: one run of seqs");
+        let stored = engine.read_stream("audit", first_after, 50).await.unwrap();
+        for (read, outcome) in stored.iter().zip(&after) {
+            assert_eq!(read.event.id, outcome.id, "polls={polls}");
+        }
+        // Whole transactions only: the stream's count is its last seq.
+        let stats = stats_of(&engine, "audit").await;
+        assert_eq!(stats.last_seq, stats.events, "polls={polls}");
+        assert_eq!(stats.last_seq, seqs[49], "polls={polls}");
+    }
+}

@@ -2,7 +2,10 @@
 //! an enum that delegates every [`Engine`] method, so the rest of the server is written once
 //! against the trait.
 
+use std::future::Future;
 use std::sync::Arc;
+
+use futures::future::Either;
 
 use herald_core::{Event, Pattern, StoredEvent};
 use herald_engine::{
@@ -46,8 +49,23 @@ macro_rules! delegate {
 }
 
 impl Engine for ServerEngine {
-    async fn publish(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
-        delegate!(self, engine => engine.publish(events))
+    /// Calls the engine's `publish` now, not when the future first runs: the order of calls
+    /// is what an engine keeps ([`Engine::ordered_publishes_in_flight`]).
+    fn publish(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send + 'static {
+        match self {
+            ServerEngine::Embedded(engine) => Either::Left(engine.publish(events)),
+            ServerEngine::Redis(engine) => Either::Right(engine.publish(events)),
+        }
+    }
+
+    fn ordered_publishes_in_flight(&self) -> usize {
+        match self {
+            ServerEngine::Embedded(engine) => engine.ordered_publishes_in_flight(),
+            ServerEngine::Redis(engine) => engine.ordered_publishes_in_flight(),
+        }
     }
 
     async fn subscribe(

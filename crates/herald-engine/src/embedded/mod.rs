@@ -497,8 +497,9 @@ impl Drop for Unsubscribe {
 /// One stream's events of a publish batch, each with its index in the batch.
 type StreamPart = (Arc<Stream>, Vec<(usize, Event)>);
 
-impl Engine for EmbeddedEngine {
-    async fn publish(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
+impl EmbeddedEngine {
+    /// [`Engine::publish`].
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
         if events.is_empty() {
             return Err(EngineError::EmptyBatch);
         }
@@ -558,6 +559,16 @@ impl Engine for EmbeddedEngine {
             }
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+}
+
+impl Engine for EmbeddedEngine {
+    fn publish(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send + 'static {
+        let engine = self.clone();
+        async move { engine.publish_batch(events).await }
     }
 
     async fn subscribe(

@@ -24,6 +24,8 @@ mod decode;
 mod group;
 mod keys;
 mod publish;
+mod publish_connection;
+mod publish_lanes;
 mod raw;
 mod relay;
 mod scripts;
@@ -154,7 +156,8 @@ pub(crate) struct Inner {
     next_subscriber_id: AtomicU64,
     next_member_id: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
-    publish_connections: Mutex<publish::PublishConnections>,
+    publish_connections: Mutex<publish_connection::PublishConnections>,
+    publish_lanes: Mutex<publish_lanes::Lanes>,
 }
 
 #[derive(Debug)]
@@ -267,6 +270,7 @@ impl RedisEngine {
             next_member_id: AtomicU64::new(1),
             background: Mutex::new(Vec::new()),
             publish_connections: Mutex::default(),
+            publish_lanes: Mutex::default(),
         });
         if inner.config.process_ttl < PROCESS_TTL_MIN {
             return Err(EngineError::Config(format!(
@@ -1071,8 +1075,15 @@ impl Drop for Unsubscribe {
 }
 
 impl Engine for RedisEngine {
-    async fn publish(&self, events: Vec<Event>) -> Result<Vec<PublishOutcome>, EngineError> {
-        self.publish_events(events).await
+    fn publish(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send + 'static {
+        self.publish_events(events)
+    }
+
+    fn ordered_publishes_in_flight(&self) -> usize {
+        2
     }
 
     async fn subscribe(

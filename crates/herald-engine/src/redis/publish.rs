@@ -24,17 +24,17 @@
 //! stream's `max_events` in the same command that adds the entry.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use herald_core::{Event, IdOrigin};
 use redis::Value;
-use tracing::warn;
 
 use super::chunk_ids::{self, ChunkIds};
 use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
-use super::raw::{RawConnection, RawError, header, length};
+use super::publish_connection::{Pending, PublishConnection};
+use super::publish_lanes::Turn;
+use super::raw::{RawError, header, length};
 use super::{RedisEngine, scripts};
 use crate::api::{EngineError, PublishOutcome};
 
@@ -43,34 +43,28 @@ use crate::api::{EngineError, PublishOutcome};
 const PUBLISH_CHUNK_EVENTS_MAX: usize = 1024;
 const _: () = assert!(PUBLISH_CHUNK_EVENTS_MAX <= chunk_ids::CHUNK_EVENTS_MAX);
 
-/// Events per transaction when a stream's events go on a publish connection of their own
-/// (`append`): small enough that Redis starts on the first while the next are encoded, large
-/// enough that `MULTI`, `EXEC` and `STAMP` stay a small part of each.
+/// Events per transaction when a stream's events go on a publish connection
+/// (`publish_connection.rs`): small enough that Redis starts on the first while the next are
+/// encoded, large enough that `MULTI`, `EXEC` and `STAMP` stay a small part of each.
 const PIPELINED_CHUNK_EVENTS: usize = 256;
-
-/// Idle publish connections kept for the next publishes, at most (one is lent per stream
-/// being published to at the moment).
-const PUBLISH_CONNECTIONS_IDLE_MAX: usize = 16;
-
-/// How long a publish connection may have been idle and still be used without a `PING` first:
-/// one Redis closed meanwhile (its `timeout`, a restart, `CLIENT KILL`) would fail the publish
-/// it was lent to. Busy connections are never idle that long, so the `PING` is rare.
-const PUBLISH_CONNECTION_TRUSTED_IDLE: Duration = Duration::from_secs(1);
-
-/// How long publishes stay on the shared connection after a publish connection could not be
-/// opened (Redis at `maxclients`, say), rather than each trying again and logging why.
-const PUBLISH_CONNECTION_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// An `XADD`'s bytes besides the key and the JSON: its other arguments and their headers.
 const XADD_OVERHEAD_BYTES: usize = 64;
 
 impl RedisEngine {
-    /// [`crate::Engine::publish`]: each stream's events stored concurrently, ephemeral ones
-    /// delivered here and relayed to the other processes.
-    pub(super) async fn publish_events(
+    /// [`crate::Engine::publish`]: routes the batch and takes its turn on each stream now,
+    /// when called (`publish_lanes.rs`), then stores each stream's events concurrently;
+    /// ephemeral ones are delivered here and relayed to the other processes.
+    pub(super) fn publish_events(
         &self,
         events: Vec<Event>,
-    ) -> Result<Vec<PublishOutcome>, EngineError> {
+    ) -> impl Future<Output = Result<Vec<PublishOutcome>, EngineError>> + Send + 'static {
+        let engine = self.clone();
+        let routed = self.route_batch(events);
+        async move { engine.store_routed(routed?).await }
+    }
+
+    fn route_batch(&self, events: Vec<Event>) -> Result<Routed, EngineError> {
         if events.is_empty() {
             return Err(EngineError::EmptyBatch);
         }
@@ -83,14 +77,36 @@ impl RedisEngine {
                 None => ephemeral.push((index, event)),
             }
         }
-        for stream in by_stream.keys() {
-            self.register_stream(stream).await?;
+        let turns = self.take_turns(by_stream.keys().map(String::as_str));
+        Ok(Routed {
+            count,
+            parts: by_stream
+                .into_iter()
+                .zip(turns)
+                .map(|((stream, events), turn)| StreamPart {
+                    stream,
+                    events,
+                    turn,
+                })
+                .collect(),
+            ephemeral,
+        })
+    }
+
+    async fn store_routed(&self, routed: Routed) -> Result<Vec<PublishOutcome>, EngineError> {
+        let Routed {
+            count,
+            parts,
+            ephemeral,
+        } = routed;
+        for part in &parts {
+            self.register_stream(&part.stream).await?;
         }
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; count];
         let parts = join_all(
-            by_stream
+            parts
                 .into_iter()
-                .map(|(stream, events)| self.publish_to_stream(stream, events)),
+                .map(|part| self.publish_to_stream(part.stream, part.events, part.turn)),
         )
         .await;
         let mut relayed = Vec::with_capacity(ephemeral.len());
@@ -129,6 +145,7 @@ impl RedisEngine {
         &self,
         stream: String,
         mut events: Vec<(usize, Event)>,
+        mut turn: Turn,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
         let stream = stream.as_str();
         let keys = self.inner.keys.stream(stream);
@@ -138,29 +155,53 @@ impl RedisEngine {
             .and_then(|declared| declared.retention.events_max)
             .unwrap_or(0);
         let window_ms = window.as_millis().max(1) as u64;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let shared_name: std::sync::Arc<str> = stream.into();
         // Events without chosen ids go as one run (pipelined in transactions of their own
-        // size, see `append`); a batch mixing both goes in chunks, each stored the way its
+        // size, see `hand_over`); a batch mixing both goes in chunks, each stored the way its
         // events need.
         let piece_events = if events.iter().all(is_generated) {
             events.len()
         } else {
             PUBLISH_CHUNK_EVENTS_MAX
         };
+        turn.wait().await;
+        let mut pieces = Vec::new();
         for piece in events.chunks_mut(piece_events.max(1)) {
-            let seqs = if piece.iter().all(is_generated) {
-                self.append(&keys, piece, window_ms, cap).await?
+            let seqs = if !piece.iter().all(is_generated) {
+                turn.wait_for_replies()
+                    .await
+                    .map_err(|reason| EngineError::Backend {
+                        operation: "publishing",
+                        reason,
+                    })?;
+                Seqs::Stored(self.append_deduped(&keys, piece, window_ms, cap).await?)
+            } else if let Some(connection) = turn.connection().await {
+                Seqs::Pending(hand_over(&connection, &keys, piece, window_ms, cap).await?)
             } else {
-                self.append_deduped(&keys, piece, window_ms, cap).await?
+                let mut seqs = Vec::with_capacity(piece.len());
+                for chunk in piece.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
+                    seqs.extend(self.append_shared(&keys, chunk, window_ms, cap).await?);
+                }
+                Seqs::Stored(seqs)
+            };
+            pieces.push((piece.len(), seqs));
+        }
+        // Written: the next call's part of this stream may be (replies come back in order).
+        turn.done_writing();
+        let shared_name: std::sync::Arc<str> = stream.into();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut events = events.into_iter();
+        for (count, seqs) in pieces {
+            let seqs = match seqs {
+                Seqs::Stored(seqs) => seqs,
+                Seqs::Pending(pending) => answered_seqs(pending).await?,
             };
             let mut stored = 0;
-            for ((index, event), seq) in piece.iter().zip(seqs) {
+            for ((index, event), seq) in events.by_ref().take(count).zip(seqs) {
                 stored += u64::from(seq > 0);
                 outcomes.push((
-                    *index,
+                    index,
                     PublishOutcome {
-                        id: event.id.clone(),
+                        id: event.id,
                         stream: Some(shared_name.clone()),
                         seq: Some(seq.unsigned_abs()),
                         duplicate: seq < 0,
@@ -171,100 +212,8 @@ impl RedisEngine {
                 known.rate.lock().record(stored);
             }
         }
+        drop(turn);
         Ok(outcomes)
-    }
-
-    /// Stores events whose ids Herald generated (nothing to look up), under ids of this
-    /// engine's making (`chunk_ids.rs`; their outcomes carry them), a transaction per chunk:
-    /// `MULTI`, an `XADD … 0-*` each, `STAMP`, which records the chunk in the dedupe bucket,
-    /// `EXEC`. Returns their seqs, in order.
-    ///
-    /// On a connection of its own ([`RawConnection`]) the transactions are
-    /// [`PIPELINED_CHUNK_EVENTS`] long and each is written as soon as it is encoded: Redis runs
-    /// one while the next is encoded and the replies of those before are read. On the shared
-    /// connection (a Cluster) they go one after the other.
-    async fn append(
-        &self,
-        keys: &StreamKeys,
-        events: &mut [(usize, Event)],
-        window_ms: u64,
-        cap: u64,
-    ) -> Result<Vec<i64>, EngineError> {
-        if let Some(connection) = self.lend_publish_connection().await {
-            return self
-                .append_pipelined(connection, keys, events, window_ms, cap)
-                .await;
-        }
-        let mut seqs = Vec::with_capacity(events.len());
-        for chunk in events.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
-            seqs.extend(self.append_shared(keys, chunk, window_ms, cap).await?);
-        }
-        Ok(seqs)
-    }
-
-    async fn append_pipelined(
-        &self,
-        mut connection: RawConnection,
-        keys: &StreamKeys,
-        events: &mut [(usize, Event)],
-        window_ms: u64,
-        cap: u64,
-    ) -> Result<Vec<i64>, EngineError> {
-        // An error of the connection drops it (returning early): where it stands is unknown.
-        let lost = |error: RawError| EngineError::Backend {
-            operation: "publishing",
-            reason: error.to_string(),
-        };
-        // Written here rather than through redis-rs's `Cmd`, which copied each event's JSON
-        // once more and cost a tenth of the server's instructions (docs/PERFORMANCE.md).
-        let head = xadd_head(&keys.events, cap);
-        let mut packed = Vec::new();
-        let mut sent = Vec::new();
-        for chunk in events.chunks_mut(PIPELINED_CHUNK_EVENTS) {
-            packed.clear();
-            packed.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-            let (now_ms, ids) = chunk_ids_now();
-            with_ids_as_json(chunk, &ids, |json| {
-                packed.extend_from_slice(&head);
-                write_bulk(&mut packed, json);
-            });
-            for command in chunk_commands(keys, &ids, chunk.len(), now_ms, window_ms, cap) {
-                command.write_packed_command(&mut packed);
-            }
-            packed.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-            connection.send(&packed).await.map_err(lost)?;
-            sent.push(chunk.len());
-        }
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut refused = None;
-        for count in sent {
-            // `MULTI`'s OK and a QUEUED per command (an error there aborts the transaction),
-            // then what `EXEC` gives.
-            let mut replies = connection.replies(count + 4).await.map_err(lost)?;
-            let exec = replies
-                .pop()
-                .unwrap_or_else(|| Err("no EXEC reply".to_owned()));
-            let outcome = replies
-                .into_iter()
-                .find_map(Result::err)
-                .map_or(exec, Err)
-                .and_then(|frame| transaction_seqs(&frame, count));
-            match outcome {
-                Ok(chunk_seqs) => seqs.extend(chunk_seqs),
-                Err(error) => {
-                    refused.get_or_insert(error);
-                }
-            }
-        }
-        // Every reply was read: the connection is in step for the next publish.
-        self.give_back_publish_connection(connection);
-        match refused {
-            Some(reason) => Err(EngineError::Backend {
-                operation: "publishing",
-                reason,
-            }),
-            None => Ok(seqs),
-        }
     }
 
     async fn append_shared(
@@ -324,67 +273,6 @@ impl RedisEngine {
             .collect()
     }
 
-    /// An idle publish connection that answers, or a new one; `None` where there are none (a
-    /// Cluster, an address `raw.rs` does not speak) or none can be opened now (the shared
-    /// connection then says what is wrong).
-    async fn lend_publish_connection(&self) -> Option<RawConnection> {
-        loop {
-            let (mut connection, idle_since) = {
-                let mut pool = self.inner.publish_connections.lock();
-                if pool.unsupported {
-                    return None;
-                }
-                match pool.idle.pop() {
-                    Some(idle) => idle,
-                    None if pool
-                        .paused_until
-                        .is_some_and(|until| Instant::now() < until) =>
-                    {
-                        return None;
-                    }
-                    None => break,
-                }
-            };
-            if idle_since.elapsed() < PUBLISH_CONNECTION_TRUSTED_IDLE {
-                return Some(connection);
-            }
-            if let Ok(replies) = connection.pipeline(&[redis::cmd("PING")]).await
-                && replies.iter().all(Result::is_ok)
-            {
-                return Some(connection);
-            }
-        }
-        match self
-            .inner
-            .redis
-            .raw(&self.inner.connection_name("publish"))
-            .await
-        {
-            Ok(Some(connection)) => Some(connection),
-            Ok(None) => {
-                self.inner.publish_connections.lock().unsupported = true;
-                None
-            }
-            Err(error) => {
-                warn!(
-                    %error,
-                    "cannot open a publish connection; publishing on the shared connection for {:?}",
-                    PUBLISH_CONNECTION_RETRY_PAUSE
-                );
-                self.inner.publish_connections.lock().paused_until =
-                    Some(Instant::now() + PUBLISH_CONNECTION_RETRY_PAUSE);
-                None
-            }
-        }
-    }
-
-    fn give_back_publish_connection(&self, connection: RawConnection) {
-        let mut pool = self.inner.publish_connections.lock();
-        if pool.idle.len() < PUBLISH_CONNECTIONS_IDLE_MAX {
-            pool.idle.push((connection, Instant::now()));
-        }
-    }
-
     /// Stores events of which some carry an id their publisher chose, through the `PUBLISH`
     /// script. Returns per event its seq, or minus the seq of the event it duplicates.
     async fn append_deduped(
@@ -438,6 +326,102 @@ impl RedisEngine {
                 .map_err(|error| backend("relaying an ephemeral event", &error))?;
         }
         Ok(())
+    }
+}
+
+/// A batch routed.
+struct Routed {
+    count: usize,
+    parts: Vec<StreamPart>,
+    ephemeral: Vec<(usize, Event)>,
+}
+
+/// One stream's events of a batch, each with its index in the batch, and the call's turn on
+/// the stream (`publish_lanes.rs`).
+struct StreamPart {
+    stream: String,
+    events: Vec<(usize, Event)>,
+    turn: Turn,
+}
+
+/// A piece's seqs: known, or in the replies of transactions handed to a publish connection
+/// (with each one's number of events).
+enum Seqs {
+    Stored(Vec<i64>),
+    Pending(Vec<(Pending, usize)>),
+}
+
+/// Hands events whose ids Herald generated (nothing to look up) to a publish connection, a
+/// transaction of [`PIPELINED_CHUNK_EVENTS`] at a time, each as soon as it is encoded:
+/// `MULTI`, an `XADD … 0-*` each, the dedupe bucket's expiry, `STAMP` (which records the chunk
+/// in the bucket), `EXEC`. The events get ids of this engine's making (`chunk_ids.rs`).
+async fn hand_over(
+    connection: &PublishConnection,
+    keys: &StreamKeys,
+    events: &mut [(usize, Event)],
+    window_ms: u64,
+    cap: u64,
+) -> Result<Vec<(Pending, usize)>, EngineError> {
+    // Written here rather than through redis-rs's `Cmd`, which copied each event's JSON
+    // once more and cost a tenth of the server's instructions (docs/PERFORMANCE.md).
+    let head = xadd_head(&keys.events, cap);
+    let mut pending = Vec::new();
+    let mut size_hint = 0;
+    for chunk in events.chunks_mut(PIPELINED_CHUNK_EVENTS) {
+        let mut packed = Vec::with_capacity(size_hint);
+        packed.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        let (now_ms, ids) = chunk_ids_now();
+        with_ids_as_json(chunk, &ids, |json| {
+            packed.extend_from_slice(&head);
+            write_bulk(&mut packed, json);
+        });
+        for command in chunk_commands(keys, &ids, chunk.len(), now_ms, window_ms, cap) {
+            command.write_packed_command(&mut packed);
+        }
+        packed.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        size_hint = packed.len();
+        // `MULTI`'s OK and a QUEUED per command (an error there aborts the transaction),
+        // then what `EXEC` gives.
+        let answer = connection
+            .hand_over(packed, chunk.len() + 4)
+            .await
+            .map_err(|reason| EngineError::Backend {
+                operation: "publishing",
+                reason,
+            })?;
+        pending.push((answer, chunk.len()));
+    }
+    Ok(pending)
+}
+
+/// The seqs of transactions handed over ([`hand_over`]), in order, once all are answered.
+async fn answered_seqs(pending: Vec<(Pending, usize)>) -> Result<Vec<i64>, EngineError> {
+    let mut seqs = Vec::with_capacity(pending.iter().map(|(_, count)| count).sum());
+    let mut refused = None;
+    for (answer, count) in pending {
+        let outcome = answer.answer().await.and_then(|mut replies| {
+            let exec = replies
+                .pop()
+                .unwrap_or_else(|| Err("no EXEC reply".to_owned()));
+            replies
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(exec, Err)
+                .and_then(|frame| transaction_seqs(&frame, count))
+        });
+        match outcome {
+            Ok(chunk_seqs) => seqs.extend(chunk_seqs),
+            Err(error) => {
+                refused.get_or_insert(error);
+            }
+        }
+    }
+    match refused {
+        Some(reason) => Err(EngineError::Backend {
+            operation: "publishing",
+            reason,
+        }),
+        None => Ok(seqs),
     }
 }
 
@@ -513,17 +497,6 @@ fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Connections of the publish path's own (`raw.rs`), kept for the next publishes.
-#[derive(Debug, Default)]
-pub(super) struct PublishConnections {
-    /// With when each was given back.
-    idle: Vec<(RawConnection, Instant)>,
-    /// A Cluster (or an address `raw.rs` does not speak): publishes go on the shared connection.
-    unsupported: bool,
-    /// Until when publishes go on the shared connection, one having failed to open.
-    paused_until: Option<Instant>,
 }
 
 fn is_generated((_, event): &(usize, Event)) -> bool {

@@ -1,7 +1,7 @@
 //! A plain RESP2 connection of a group task's own, for the reads that carry events
 //! (`XREADGROUP`), or of the publish path's (`publish.rs`): replies come back as their bytes,
 //! not as redis-rs `Value` trees, and a publish writes each transaction as soon as it is
-//! encoded ([`RawConnection::send`]) rather than handing it to redis-rs's connection task.
+//! encoded ([`RawWriter::send`]) rather than handing it to redis-rs's connection task.
 //!
 //! Why: on the consume path redis-rs's parser (built on `combine`) and the tree it builds — a
 //! `Vec` per entry and per field list, a `Vec<u8>` per id, name and event — were about a third
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 /// How many bytes a read from the socket asks for at least: a read of 1,000 events is about
 /// 300 KiB, so a few reads bring it in.
@@ -141,32 +141,6 @@ impl RawConnection {
         Ok(replies)
     }
 
-    /// Writes packed commands and returns without waiting for their replies, so that Redis
-    /// runs them while the caller prepares the next ([`RawConnection::replies`] reads them, in
-    /// order). A caller that gets an error drops the connection.
-    pub async fn send(&mut self, packed: &[u8]) -> Result<(), RawError> {
-        let timeout = self.response_timeout;
-        tokio::time::timeout(timeout, self.write(packed))
-            .await
-            .map_err(|_| RawError::Timeout(timeout))?
-    }
-
-    /// The next `count` replies to what was sent. A caller that gets an error drops the
-    /// connection.
-    pub async fn replies(&mut self, count: usize) -> Result<Vec<RawReply>, RawError> {
-        let timeout = self.response_timeout;
-        let reading = async {
-            let mut replies = Vec::with_capacity(count);
-            while replies.len() < count {
-                replies.push(self.read_reply().await?);
-            }
-            Ok(replies)
-        };
-        tokio::time::timeout(timeout, reading)
-            .await
-            .map_err(|_| RawError::Timeout(timeout))?
-    }
-
     async fn write(&mut self, packed: &[u8]) -> Result<(), RawError> {
         self.io.write_all(packed).await?;
         self.io.flush().await?;
@@ -174,19 +148,92 @@ impl RawConnection {
     }
 
     async fn read_reply(&mut self) -> Result<RawReply, RawError> {
-        let mut framing = Framing::default();
-        loop {
-            if let Some(len) = framing.advance(&self.buffer)? {
-                let frame = self.buffer.split_to(len).freeze();
-                return Ok(match frame.first() {
-                    Some(b'-') => Err(String::from_utf8_lossy(line_of(&frame)).into_owned()),
-                    _ => Ok(frame),
-                });
+        read_reply(&mut self.io, &mut self.buffer).await
+    }
+
+    /// The connection as a side that writes and a side that reads, for a task of each
+    /// (`publish_connection.rs`): one writes the next transaction while the other waits for
+    /// the replies to those before.
+    pub fn into_split(self) -> (RawWriter, RawReader) {
+        let (read, write) = tokio::io::split(self.io);
+        (
+            RawWriter {
+                io: write,
+                response_timeout: self.response_timeout,
+            },
+            RawReader {
+                io: read,
+                buffer: self.buffer,
+                response_timeout: self.response_timeout,
+            },
+        )
+    }
+}
+
+/// The writing side of a [`RawConnection`] ([`RawConnection::into_split`]).
+pub(crate) struct RawWriter {
+    io: WriteHalf<Box<dyn Io>>,
+    response_timeout: Duration,
+}
+
+impl RawWriter {
+    /// Writes packed commands and returns without waiting for their replies, so that Redis
+    /// runs them while the next are prepared ([`RawReader::replies`] reads them, in order). An
+    /// error leaves the connection unusable.
+    pub async fn send(&mut self, packed: &[u8]) -> Result<(), RawError> {
+        let timeout = self.response_timeout;
+        let writing = async {
+            self.io.write_all(packed).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(timeout, writing)
+            .await
+            .map_err(|_| RawError::Timeout(timeout))?
+            .map_err(RawError::Io)
+    }
+}
+
+/// The reading side of a [`RawConnection`] ([`RawConnection::into_split`]).
+pub(crate) struct RawReader {
+    io: ReadHalf<Box<dyn Io>>,
+    buffer: BytesMut,
+    response_timeout: Duration,
+}
+
+impl RawReader {
+    /// The next `count` replies to what was sent. An error leaves the connection unusable.
+    pub async fn replies(&mut self, count: usize) -> Result<Vec<RawReply>, RawError> {
+        let timeout = self.response_timeout;
+        let reading = async {
+            let mut replies = Vec::with_capacity(count);
+            while replies.len() < count {
+                replies.push(read_reply(&mut self.io, &mut self.buffer).await?);
             }
-            self.buffer.reserve(READ_CHUNK_BYTES);
-            if self.io.read_buf(&mut self.buffer).await? == 0 {
-                return Err(RawError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
+            Ok(replies)
+        };
+        tokio::time::timeout(timeout, reading)
+            .await
+            .map_err(|_| RawError::Timeout(timeout))?
+    }
+}
+
+/// The next reply from `io`, `buffer` holding what was read past the last.
+async fn read_reply(
+    io: &mut (impl AsyncRead + Unpin),
+    buffer: &mut BytesMut,
+) -> Result<RawReply, RawError> {
+    let mut framing = Framing::default();
+    loop {
+        if let Some(len) = framing.advance(buffer)? {
+            let frame = buffer.split_to(len).freeze();
+            return Ok(match frame.first() {
+                Some(b'-') => Err(String::from_utf8_lossy(line_of(&frame)).into_owned()),
+                _ => Ok(frame),
+            });
+        }
+        buffer.reserve(READ_CHUNK_BYTES);
+        if io.read_buf(buffer).await? == 0 {
+            return Err(RawError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
 }

@@ -2,15 +2,22 @@
 //! `puback`. Frames that queue while a store is in progress are merged into the next engine
 //! call, so a pipelining client shares one write (and one fsync) among many frames.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::extract::ws::Message;
+use futures::StreamExt;
+use futures::future::Either;
+use futures::stream::FuturesOrdered;
 use herald_core::Event;
-use herald_engine::PublishOutcome;
+use herald_engine::{Engine, EngineError, PublishOutcome};
 use herald_protocol::ws::{Frame, PublishResultRef};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::http::events::store_outcomes;
 use crate::state::AppState;
 
 /// Events merged into one engine call at most.
@@ -29,46 +36,128 @@ pub struct PubRequest {
 }
 
 /// The sending side; dropping it lets the task finish what is queued and stop.
-pub type PublishQueue = mpsc::Sender<PubRequest>;
+#[derive(Debug)]
+pub struct PublishQueue {
+    requests: mpsc::Sender<PubRequest>,
+    /// A permit per frame that may be unanswered (queued, waiting for a call, or in one).
+    unanswered: Arc<Semaphore>,
+}
+
+/// The publisher task is gone (it stops only when the connection's outbound queue is).
+#[derive(Debug)]
+pub struct PublisherStopped;
+
+impl PublishQueue {
+    /// Queues a frame once fewer than `pending_max` are unanswered: a connection that sends
+    /// more is read no further until answers go out.
+    pub async fn send(&self, request: PubRequest) -> Result<(), PublisherStopped> {
+        let permit = self
+            .unanswered
+            .acquire()
+            .await
+            .map_err(|_| PublisherStopped)?;
+        permit.forget();
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| PublisherStopped)
+    }
+}
 
 pub fn spawn(
     state: AppState,
     outbound: mpsc::Sender<Message>,
     pending_max: usize,
 ) -> (PublishQueue, JoinHandle<()>) {
-    let (queue, requests) = mpsc::channel(pending_max);
-    let task = tokio::spawn(run(state, outbound, requests));
-    (queue, task)
+    // Never full: a frame is queued only with a permit, of which there are as many.
+    let (requests, queued) = mpsc::channel(pending_max.max(1));
+    let unanswered = Arc::new(Semaphore::new(pending_max.max(1)));
+    let task = tokio::spawn(run(state, outbound, queued, unanswered.clone()));
+    (
+        PublishQueue {
+            requests,
+            unanswered,
+        },
+        task,
+    )
 }
 
+/// Takes frames in arrival order into engine calls and answers them in that order. Keeps up
+/// to [`Engine::ordered_publishes_in_flight`] calls going (the engine keeps their order); a
+/// second one starts once [`MERGED_EVENTS_MIN`] events wait, so that calls stay large.
 async fn run(
     state: AppState,
     outbound: mpsc::Sender<Message>,
     mut requests: mpsc::Receiver<PubRequest>,
+    unanswered: Arc<Semaphore>,
 ) {
-    while let Some(first) = requests.recv().await {
-        let queued = requests.len();
-        let mut merged_events = first.events.len();
-        let mut batch = vec![first];
-        while merges_more(merged_events, batch.len() - 1, queued) {
-            match requests.try_recv() {
-                Ok(next) => {
-                    merged_events += next.events.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
+    let calls_max = state.engine.ordered_publishes_in_flight().max(1);
+    let mut calls = FuturesOrdered::new();
+    let mut waiting: VecDeque<PubRequest> = VecDeque::new();
+    let mut waiting_events = 0;
+    let mut open = true;
+    loop {
+        while let Ok(request) = requests.try_recv() {
+            waiting_events += request.events.len();
+            waiting.push_back(request);
         }
-        for (rid, answer) in store_batch(&state, batch).await {
-            let frame = match answer {
-                Ok(outcomes) => Frame::encode_puback(rid, outcomes.iter().map(result_ref)),
-                Err(error) => Frame::error(Some(rid), None, error.detail).encode(),
-            };
-            if outbound.send(Message::Text(frame.into())).await.is_err() {
-                return;
+        if calls.len() < calls_max
+            && !waiting.is_empty()
+            && (calls.is_empty() || waiting_events >= MERGED_EVENTS_MIN)
+        {
+            let batch = take_batch(&mut waiting);
+            waiting_events -= batch
+                .iter()
+                .map(|request| request.events.len())
+                .sum::<usize>();
+            calls.push_back(store_batch(&state, batch, calls_max > 1));
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some(answers) = calls.next(), if !calls.is_empty() => {
+                let frames = answers.len();
+                for (rid, answer) in answers {
+                    let frame = match answer {
+                        Ok(outcomes) => Frame::encode_puback(rid, outcomes.iter().map(result_ref)),
+                        Err(error) => Frame::error(Some(rid), None, error.detail).encode(),
+                    };
+                    if outbound.send(Message::Text(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                unanswered.add_permits(frames);
             }
+            request = requests.recv(), if open => match request {
+                Some(request) => {
+                    waiting_events += request.events.len();
+                    waiting.push_back(request);
+                }
+                None => open = false,
+            },
+            else => return,
         }
     }
+}
+
+/// The frames of the next engine call, from the front of those waiting ([`merges_more`]).
+fn take_batch(waiting: &mut VecDeque<PubRequest>) -> Vec<PubRequest> {
+    let Some(first) = waiting.pop_front() else {
+        return Vec::new();
+    };
+    let queued = waiting.len();
+    let mut merged_events = first.events.len();
+    let mut batch = vec![first];
+    while merges_more(merged_events, batch.len() - 1, queued) {
+        match waiting.pop_front() {
+            Some(next) => {
+                merged_events += next.events.len();
+                batch.push(next);
+            }
+            None => break,
+        }
+    }
+    batch
 }
 
 /// Whether a call that holds `merged_events` so far takes another of the `queued` frames
@@ -83,14 +172,23 @@ fn merges_more(merged_events: usize, merged_frames: usize, queued: usize) -> boo
         && (merged_events < MERGED_EVENTS_MIN || merged_frames < queued / 2)
 }
 
-/// One engine call for the whole batch. Engine errors are not tied to one event (validation
-/// happened when each frame was read), so on failure every request of the batch gets the error;
-/// part of the batch may be stored, and a client that retries with the same ids gets those back
-/// as duplicates with their seqs, never stored twice.
-async fn store_batch(
+/// Answers to the frames of one engine call, by `rid`.
+type Answers = Vec<(u64, Result<Vec<PublishOutcome>, ApiError>)>;
+
+/// One engine call for the whole batch, made now (the engine keeps the order of calls, not of
+/// futures polled). Engine errors are not tied to one event (validation happened when each
+/// frame was read), so on failure every request of the batch gets the error; part of the
+/// batch may be stored, and a client that retries with the same ids gets those back as
+/// duplicates with their seqs, never stored twice.
+///
+/// With more than one call in flight the call runs as a task of its own: it may hold the
+/// stream's turn, which must not wait on this connection's answers going out (a client that
+/// reads slowly would hold up every publisher of the stream).
+fn store_batch(
     state: &AppState,
     batch: Vec<PubRequest>,
-) -> Vec<(u64, Result<Vec<PublishOutcome>, ApiError>)> {
+    own_task: bool,
+) -> impl Future<Output = Answers> + Send + 'static {
     let sizes: Vec<(u64, usize)> = batch
         .iter()
         .map(|request| (request.rid, request.events.len()))
@@ -101,18 +199,44 @@ async fn store_batch(
     for request in batch {
         all.extend(request.events);
     }
-    match store_outcomes(state, all).await {
-        Ok(results) => {
-            let mut results = results.into_iter();
-            sizes
-                .into_iter()
-                .map(|(rid, size)| (rid, Ok(results.by_ref().take(size).collect())))
-                .collect()
+    let stored = state.engine.publish(all);
+    let state = state.clone();
+    let started = Instant::now();
+    let stored = async move {
+        let stored = stored.await;
+        state.metrics.observe_publish(started.elapsed());
+        stored
+    };
+    let stored = if own_task {
+        let task = tokio::spawn(stored);
+        Either::Left(async move {
+            task.await.unwrap_or_else(|_| {
+                Err(EngineError::Backend {
+                    operation: "publishing",
+                    reason: "the publish task failed".to_owned(),
+                })
+            })
+        })
+    } else {
+        Either::Right(stored)
+    };
+    async move {
+        match stored.await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                sizes
+                    .into_iter()
+                    .map(|(rid, size)| (rid, Ok(results.by_ref().take(size).collect())))
+                    .collect()
+            }
+            Err(error) => {
+                let error = ApiError::from(error);
+                sizes
+                    .into_iter()
+                    .map(|(rid, _)| (rid, Err(error.clone())))
+                    .collect()
+            }
         }
-        Err(error) => sizes
-            .into_iter()
-            .map(|(rid, _)| (rid, Err(error.clone())))
-            .collect(),
     }
 }
 
