@@ -23,12 +23,13 @@
 //! back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use hashbrown::HashMap as FastMap;
 use herald_core::{Pattern, StoredEvent};
 use rand::Rng;
@@ -208,7 +209,16 @@ pub(crate) struct GroupTask {
     /// Direct reads in flight, taken in the order sent; `read_plans` in the same order.
     reads: FuturesOrdered<JoinHandle<ReadOutcome>>,
     read_plans: VecDeque<ReadPlan>,
+    /// Acks being recorded by Redis, settled as their replies come back: the task goes on
+    /// handing out and taking verbs meanwhile.
+    recording: FuturesUnordered<JoinHandle<AcksRecorded>>,
 }
+
+/// Acks sent to Redis, with what it replied to each batch's script.
+type AcksRecorded = (
+    BTreeMap<(usize, u64), AckBatch>,
+    Vec<Result<Value, redis::RedisError>>,
+);
 
 impl GroupTask {
     pub fn new(inner: Arc<Inner>, name: String, pattern: Pattern, policy: GroupPolicy) -> Self {
@@ -234,6 +244,7 @@ impl GroupTask {
             raw: RawPool::default(),
             reads: FuturesOrdered::new(),
             read_plans: VecDeque::new(),
+            recording: FuturesUnordered::new(),
         }
     }
 
@@ -262,6 +273,7 @@ impl GroupTask {
                 control = control.recv() => {
                     // Verbs a member sent before leaving were queued first: apply them before a
                     // `Leave` (or a stop) so that its last acks are not taken for unacked.
+                    self.settle_recording().await;
                     let mut batch = Vec::new();
                     while let Ok(request) = commands.try_recv() {
                         batch.push(request);
@@ -279,6 +291,11 @@ impl GroupTask {
                             return;
                         }
                         Some(control) => self.control(control).await,
+                    }
+                }
+                recorded = self.recording.next(), if !self.recording.is_empty() => {
+                    if let Some(recorded) = recorded {
+                        self.settle_recorded(recorded);
                     }
                 }
                 outcome = self.reads.next(), if !self.reads.is_empty() => {
@@ -952,17 +969,38 @@ impl GroupTask {
             }
         }
         if hand_out {
-            // The members' room the acks free is handed out while Redis records them: one
-            // round trip for both rather than one after the other.
-            let calls = self.ack_calls(&acks);
-            let (replies, ()) = futures::join!(join_all(calls), self.hand_out());
-            self.settle_acks(acks, replies);
+            // The members' room the acks free is handed out while Redis records them, and the
+            // task goes on (reads, other members' verbs) until Redis replied: waiting here for
+            // each batch's round trip kept four members' reads and acks in single file.
+            if !acks.is_empty() {
+                let calls = self.ack_calls(&acks);
+                self.recording.push(tokio::spawn(async move {
+                    let replies = join_all(calls).await;
+                    (acks, replies)
+                }));
+            }
+            self.hand_out().await;
         } else {
             self.ack_batches(acks).await;
         }
         for request in others {
             let result = self.verb(request.member_id, request.command).await;
             answer(request.reply, result);
+        }
+    }
+
+    /// Waits for the acks being recorded and settles them.
+    async fn settle_recording(&mut self) {
+        while let Some(recorded) = self.recording.next().await {
+            self.settle_recorded(recorded);
+        }
+    }
+
+    fn settle_recorded(&mut self, recorded: Result<AcksRecorded, tokio::task::JoinError>) {
+        match recorded {
+            Ok((acks, replies)) => self.settle_acks(acks, replies),
+            // Only a panic gets here; the batch's deliveries stay pending in Redis.
+            Err(error) => warn!(group = %self.name, %error, "recording acks failed"),
         }
     }
 
@@ -1388,6 +1426,7 @@ impl GroupTask {
     }
 
     async fn stop(&mut self, reason: Closed, release: bool) {
+        self.settle_recording().await;
         self.finish_reads().await;
         self.record_deliveries().await;
         if release {
