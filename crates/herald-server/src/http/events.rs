@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use herald_core::{Event, ParseContext};
-use herald_engine::{Engine, PublishOutcome};
+use herald_engine::Engine;
 use herald_protocol::ErrorCode;
 use herald_protocol::http::PublishResult;
 
@@ -127,20 +127,10 @@ pub fn authorize_events(
 /// `/v1/ws` connection stores every `pub` it has read (docs/PROTOCOL.md); new HTTP requests are
 /// refused by [`publish`] instead. Once the engine is closed its `Stopped` is `unavailable`.
 pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<PublishResult>, ApiError> {
-    let outcomes = store_outcomes(state, events).await?;
-    Ok(outcomes.into_iter().map(publish_result).collect())
-}
-
-/// [`store`], answering with the engine's outcomes, which the `/v1/ws` publisher encodes
-/// into `puback` frames as they are.
-pub async fn store_outcomes(
-    state: &AppState,
-    events: Vec<Event>,
-) -> Result<Vec<PublishOutcome>, ApiError> {
     let started = Instant::now();
     let outcomes = state.engine.publish(events).await?;
     state.metrics.observe_publish(started.elapsed());
-    Ok(outcomes)
+    Ok(outcomes.into_iter().map(publish_result).collect())
 }
 
 /// Publish one event, an array of events, or CloudEvents.
