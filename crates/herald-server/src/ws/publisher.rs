@@ -91,6 +91,8 @@ async fn run(
     mut requests: mpsc::Receiver<PubRequest>,
     unanswered: Arc<Semaphore>,
 ) {
+    // However the task ends, a reader waiting for a permit is told it stopped.
+    let _stopped = ClosesOnDrop(unanswered.clone());
     let calls_max = state.engine.ordered_publishes_in_flight().max(1);
     let mut calls = FuturesOrdered::new();
     let mut waiting: VecDeque<PubRequest> = VecDeque::new();
@@ -140,6 +142,15 @@ async fn run(
             },
             else => return,
         }
+    }
+}
+
+/// Closes the semaphore when dropped: `acquire` then fails instead of waiting for ever.
+struct ClosesOnDrop(Arc<Semaphore>);
+
+impl Drop for ClosesOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -257,6 +268,28 @@ fn result_ref(outcome: &PublishOutcome) -> PublishResultRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader waiting for room is let go once the publisher is gone (it stops when the
+    /// connection's outbound queue does), rather than waiting for a permit for ever.
+    #[tokio::test]
+    async fn a_frame_waiting_for_room_fails_once_the_publisher_stops() {
+        let (requests, _queued) = mpsc::channel(1);
+        let unanswered = Arc::new(Semaphore::new(1));
+        let queue = PublishQueue {
+            requests,
+            unanswered: unanswered.clone(),
+        };
+        let request = |rid| PubRequest {
+            rid,
+            events: Vec::new(),
+        };
+        queue.send(request(1)).await.expect("room for one frame");
+        let waiting = tokio::spawn(async move { queue.send(request(2)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no room: the second frame waits");
+        drop(ClosesOnDrop(unanswered));
+        assert!(waiting.await.unwrap().is_err());
+    }
 
     #[test]
     fn a_call_takes_half_the_queue_past_the_minimum_and_never_more_than_the_maximum() {
