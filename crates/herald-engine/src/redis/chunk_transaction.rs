@@ -17,7 +17,7 @@ use crate::api::EngineError;
 /// Events per transaction when a stream's events go on a publish connection
 /// (`publish_connection.rs`): small enough that Redis starts on the first while the next are
 /// encoded, large enough that `MULTI`, `EXEC` and `STAMP` stay a small part of each.
-pub(super) const PIPELINED_CHUNK_EVENTS: usize = 256;
+const PIPELINED_CHUNK_EVENTS: usize = 256;
 
 /// Hands events whose ids Herald generated (nothing to look up) to a publish connection, a
 /// transaction of [`PIPELINED_CHUNK_EVENTS`] at a time, each as soon as it is encoded:

@@ -107,11 +107,8 @@ async fn run(
             && !waiting.is_empty()
             && (calls.is_empty() || waiting_events >= MERGED_EVENTS_MIN)
         {
-            let batch = take_batch(&mut waiting);
-            waiting_events -= batch
-                .iter()
-                .map(|request| request.events.len())
-                .sum::<usize>();
+            let (batch, batch_events) = take_batch(&mut waiting);
+            waiting_events -= batch_events;
             calls.push_back(store_batch(&state, batch, calls_max > 1));
             continue;
         }
@@ -154,10 +151,11 @@ impl Drop for ClosesOnDrop {
     }
 }
 
-/// The frames of the next engine call, from the front of those waiting ([`merges_more`]).
-fn take_batch(waiting: &mut VecDeque<PubRequest>) -> Vec<PubRequest> {
+/// The frames of the next engine call, from the front of those waiting ([`merges_more`]),
+/// and their number of events.
+fn take_batch(waiting: &mut VecDeque<PubRequest>) -> (Vec<PubRequest>, usize) {
     let Some(first) = waiting.pop_front() else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let queued = waiting.len();
     let mut merged_events = first.events.len();
@@ -171,7 +169,7 @@ fn take_batch(waiting: &mut VecDeque<PubRequest>) -> Vec<PubRequest> {
             None => break,
         }
     }
-    batch
+    (batch, merged_events)
 }
 
 /// Whether a call that holds `merged_events` so far takes another of the `queued` frames
