@@ -282,3 +282,81 @@ async fn a_dropped_publish_leaves_the_others_in_order() {
         assert_eq!(stats.last_seq, seqs[49], "polls={polls}");
     }
 }
+
+/// Two processes publishing to one stream at once: their pipelines' `XADD`s fall between each
+/// other's, so a chunk's events are not one run of seqs and `STAMP`'s record of it is wrong.
+/// Every id a publish answered with must still be found as a duplicate of its own seq, and the
+/// stream must count each event once, gapless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_ids_are_deduped_when_two_processes_interleave_on_a_stream() {
+    let Some(url) = reachable_redis() else { return };
+    let (prefix, _cleanup) = isolated_prefix(&url);
+    let one = engine_on(&url, &prefix).await;
+    let other = engine_on(&url, &prefix).await;
+    let batch = |process: usize, call: usize| -> Vec<herald_core::Event> {
+        (0..3_000)
+            .map(|i| {
+                event(
+                    "audit.login",
+                    &format!(r#"{{"p":{process},"c":{call},"i":{i}}}"#),
+                )
+            })
+            .collect()
+    };
+    let mut outcomes = Vec::new();
+    let mut interleaved = false;
+    for round in 0..20 {
+        let (mine, theirs) =
+            tokio::join!(one.publish(batch(0, round)), other.publish(batch(1, round)));
+        for call in [mine.unwrap(), theirs.unwrap()] {
+            interleaved |= call
+                .windows(2)
+                .any(|pair| pair[1].seq.unwrap() != pair[0].seq.unwrap() + 1);
+            outcomes.extend(call);
+        }
+        if interleaved && round >= 2 {
+            break;
+        }
+    }
+    assert!(
+        interleaved,
+        "the two processes' publishes never interleaved"
+    );
+    let mut seqs: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| outcome.seq.unwrap())
+        .collect();
+    seqs.sort_unstable();
+    let count = seqs.len() as u64;
+    assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "gapless, each once");
+    let stats = stats_of(&one, "audit").await;
+    assert_eq!((stats.last_seq, stats.events), (count, count));
+    // Every id sent back, as its publisher's own, through either process.
+    for (part, resending) in outcomes
+        .chunks(1_000)
+        .zip([&one, &other].into_iter().cycle())
+    {
+        let resent: Vec<herald_core::Event> = part
+            .iter()
+            .map(|outcome| {
+                let mut again = event_with_chosen_id("audit.login", "{}");
+                again.id = outcome.id.clone();
+                again
+            })
+            .collect();
+        let answers = resending.publish(resent).await.unwrap();
+        for (answer, outcome) in answers.iter().zip(part) {
+            assert_eq!(
+                (answer.seq, answer.duplicate),
+                (outcome.seq, true),
+                "id {} sent again",
+                outcome.id
+            );
+        }
+    }
+    assert_eq!(
+        stats_of(&one, "audit").await.last_seq,
+        count,
+        "nothing stored twice"
+    );
+}

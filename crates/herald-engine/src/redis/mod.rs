@@ -19,7 +19,7 @@
 //! state. No lock is held across an `.await`.
 
 mod chunk_ids;
-mod chunk_transaction;
+mod chunk_pipeline;
 mod connection;
 mod decode;
 mod group;

@@ -7,13 +7,14 @@
 //! plain argument of `XADD`. Two ways to store a chunk of a stream's events:
 //!
 //! - **No id chosen by a publisher** (every id was generated, [`IdOrigin::Generated`]): nothing to
-//!   look up, so a transaction `MULTI`, one `XADD` per event, the `STAMP` script, `EXEC`. The
-//!   events get ids of this engine's making (`chunk_ids.rs`) that say which chunk and where in
-//!   it, and the script, which never sees an event, records the chunk's first seq in the time
-//!   index, the last in the stream's `meta`, and the chunk once in the dedupe bucket (a
-//!   publisher may send a generated id back, as its own, and must get a duplicate). Redis runs
-//!   the transaction whole or not at all, and nothing else in between, so the chunk is its own
-//!   range of seqs and its records are written with it.
+//!   look up, so one `XADD` per event, then the `STAMP` script, pipelined on a publish
+//!   connection (`chunk_pipeline.rs`; on a Cluster's shared connection, in `MULTI`/`EXEC`).
+//!   The events get ids of this engine's making (`chunk_ids.rs`) that say which chunk and
+//!   where in it, and the script, which never sees an event, records the chunk's first seq in
+//!   the time index, the last in the stream's `meta`, and the chunk once in the dedupe bucket
+//!   (a publisher may send a generated id back, as its own, and must get a duplicate). Where
+//!   another connection's `XADD`s fell between a chunk's, the chunk's ids are recorded one by
+//!   one instead, before the publish is answered.
 //! - **Some id chosen by a publisher**: the `PUBLISH` script, which looks those ids up in the
 //!   dedupe buckets, `XADD`s the new events and records every id, atomically (a dedupe record
 //!   never exists without its event, and a concurrent publish of the same id is stored once).
@@ -30,12 +31,12 @@ use herald_core::{Event, IdOrigin};
 use redis::Value;
 
 use super::chunk_ids;
-use super::chunk_transaction::{
-    answered_seqs, chunk_commands, chunk_ids_now, hand_over, with_ids_as_json,
+use super::chunk_pipeline::{
+    AnsweredChunk, HandedChunk, answered_chunks, chunk_commands, chunk_ids_now, hand_over,
+    with_ids_as_json,
 };
 use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
-use super::publish_connection::Pending;
 use super::publish_lanes::Turn;
 use super::{RedisEngine, scripts};
 use crate::api::{EngineError, PublishOutcome};
@@ -190,7 +191,7 @@ impl RedisEngine {
         for (count, seqs) in pieces {
             let seqs = match seqs {
                 Seqs::Stored(seqs) => seqs,
-                Seqs::Pending(pending) => answered_seqs(pending).await?,
+                Seqs::Pending(chunks) => self.seqs_recorded(chunks, window_ms).await?,
             };
             let mut stored = 0;
             for ((index, event), seq) in events.by_ref().take(count).zip(seqs) {
@@ -213,6 +214,46 @@ impl RedisEngine {
         Ok(outcomes)
     }
 
+    /// The seqs of chunks handed to a publish connection, once each chunk's ids are recorded
+    /// for dedupe: where another connection's `XADD`s fell between a chunk's, `STAMP`'s record
+    /// of it is wrong, and its ids are recorded one by one here, before anyone learns them
+    /// (`chunk_pipeline.rs`).
+    async fn seqs_recorded(
+        &self,
+        chunks: Vec<HandedChunk>,
+        window_ms: u64,
+    ) -> Result<Vec<i64>, EngineError> {
+        let mut seqs = Vec::new();
+        for chunk in answered_chunks(chunks).await? {
+            let AnsweredChunk {
+                seqs: chunk_seqs,
+                ids,
+                bucket,
+                recorded_whole,
+            } = chunk;
+            if !recorded_whole {
+                let mut record = redis::pipe();
+                let set = record.cmd("HSET").arg(&bucket);
+                for (position, seq) in chunk_seqs.iter().enumerate() {
+                    set.arg(ids.id(position).as_str()).arg(seq);
+                }
+                record
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&bucket)
+                    .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms)
+                    .ignore();
+                let mut connection = self.inner.connection.clone();
+                let () = record
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|error| backend("recording published ids", &error))?;
+            }
+            seqs.extend(chunk_seqs);
+        }
+        Ok(seqs)
+    }
+
     async fn append_shared(
         &self,
         keys: &StreamKeys,
@@ -223,7 +264,7 @@ impl RedisEngine {
         let mut transaction = redis::Pipeline::with_capacity(chunk.len() + 2);
         transaction.atomic();
         let (now_ms, ids) = chunk_ids_now();
-        with_ids_as_json(chunk, &ids, |json| {
+        with_ids_as_json(chunk, &ids, 0, |json| {
             // Sized before it is written: grown argument by argument, redis-rs copied an
             // event's JSON several times over (docs/PERFORMANCE.md).
             let mut add =
@@ -341,11 +382,10 @@ struct StreamPart {
     turn: Turn,
 }
 
-/// A piece's seqs: known, or in the replies of transactions handed to a publish connection
-/// (with each one's number of events).
+/// A piece's seqs: known, or in the replies to chunks handed to a publish connection.
 enum Seqs {
     Stored(Vec<i64>),
-    Pending(Vec<(Pending, usize)>),
+    Pending(Vec<HandedChunk>),
 }
 
 fn is_generated((_, event): &(usize, Event)) -> bool {

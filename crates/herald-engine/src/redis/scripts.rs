@@ -111,31 +111,42 @@ end
 /// next bucket).
 pub(crate) const DEDUPE_BUCKET_WINDOWS_KEPT: u64 = 3;
 
-/// Runs last in the transaction that `XADD`s a chunk of events under ids of the engine's making
-/// (`chunk_ids.rs`): records the seqs those `XADD`s were given (everything past `meta`'s `seq`
-/// up to the stream's last entry id: the transaction ran alone) in `meta` and the time index,
-/// and the chunk as `<first seq>:<count>` in the current dedupe bucket, so that a publisher
-/// sending one of those ids again gets a duplicate (PRODUCT.md section 3; `PUBLISH` finds it).
-/// It never sees an event.
+/// Runs right after the `XADD`s of a chunk of events under ids of the engine's making
+/// (`chunk_ids.rs`), on the connection that sent them: records the chunk as `<first seq>:<count>`
+/// in the current dedupe bucket, taking its entries for the stream's last ones, so that a
+/// publisher sending one of those ids again gets a duplicate (PRODUCT.md section 3; `PUBLISH`
+/// finds it); and records every seq past `meta`'s `seq` up to the stream's last entry (entries
+/// of other connections included) in `meta` and the time index. It never sees an event.
+///
+/// Another connection's `XADD`s may have come between the chunk's (a pipeline is not a
+/// transaction): the record is then wrong, which the caller sees from the `XADD`s' own replies
+/// and mends before it answers anyone (`chunk_pipeline.rs`).
 /// KEYS: meta, events, the time index, the current dedupe bucket. ARGV: max events (0: no cap),
-/// the chunk's record field (`ChunkIds::record_field`), its number of events. Returns how many
-/// events it recorded.
+/// the chunk's record field (`ChunkIds::record_field`), its number of events. Returns the first
+/// seq it recorded for the chunk.
 pub(crate) const STAMP: &str = concat!(
     stamp_prelude!(),
     r#"
 local meta, events, times, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local info = redis.call('XINFO', 'STREAM', events)
-local top = nil
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then top = info[i + 1] end
+-- The last entry's id, rather than `XINFO STREAM`'s `last-generated-id`: that reply carries
+-- the first and last entries and more, and was a third of this script's cost.
+local top = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+local last
+if top then
+  last = tonumber(seq_text(top[1]))
+else
+  -- Trimmed empty meanwhile: the stream still knows the last id it gave.
+  local info = redis.call('XINFO', 'STREAM', events)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = tonumber(seq_text(info[i + 1])) end
+  end
 end
-local last = tonumber(seq_text(top))
+local count = tonumber(ARGV[3])
+local first = last - count + 1
+redis.call('HSET', bucket, ARGV[2], string.format('%d:%d', first, count))
 local previous = tonumber(redis.call('HGET', meta, 'seq') or '0')
-if last <= previous then return 0 end
--- The chunk's entries are the stream's last ones.
-redis.call('HSET', bucket, ARGV[2], string.format('%d:%s', last - tonumber(ARGV[3]) + 1, ARGV[3]))
-stamp(meta, times, tonumber(ARGV[1]), previous + 1, last)
-return last - previous
+if last > previous then stamp(meta, times, tonumber(ARGV[1]), previous + 1, last) end
+return first
 "#
 );
 
@@ -220,7 +231,7 @@ local fresh = {{}}
 local remembered = {{}}
 local recorded = 0
 local stored = 0
-local first, last = nil, previous
+local last = previous
 local out = {{}}
 local j = 0
 for k = 1, count do
@@ -242,7 +253,6 @@ for k = 1, count do
     end
     local text = seq_text(entry)
     last = tonumber(text)
-    if not first then first = last end
     fresh[id] = text
     remembered[2 * recorded + 1] = id
     remembered[2 * recorded + 2] = text
@@ -255,7 +265,8 @@ if recorded > 0 then
   redis.call('HSET', KEYS[5], unpack(remembered))
   redis.call('PEXPIRE', KEYS[5], {kept} * tonumber(ARGV[1]))
 end
-if stored > 0 then stamp(meta, times, cap, first, last) end
+-- From past `meta`'s `seq`: entries a pipeline added and has not stamped yet are recorded too.
+if stored > 0 then stamp(meta, times, cap, previous + 1, last) end
 redis.call('HINCRBY', meta, 'duplicates', count - stored)
 return out
 "#,
