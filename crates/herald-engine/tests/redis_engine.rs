@@ -234,7 +234,7 @@ async fn publishes_go_on_the_shared_connection_while_no_publish_connection_opens
 }
 
 /// A call dropped at any point (before it ran, waiting for its turn, halfway through handing
-/// its transactions over, or waiting for replies) leaves the stream and its publish connection
+/// its writes over, or waiting for replies) leaves the stream and its publish connection
 /// in step: calls made around it are stored, in the order they were made, and read back as
 /// published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +276,7 @@ async fn a_dropped_publish_leaves_the_others_in_order() {
         for (read, outcome) in stored.iter().zip(&after) {
             assert_eq!(read.event.id, outcome.id, "polls={polls}");
         }
-        // Whole transactions only: the stream's count is its last seq.
+        // Whole writes only, every one stamped: the stream's count is its last seq.
         let stats = stats_of(&engine, "audit").await;
         assert_eq!(stats.last_seq, stats.events, "polls={polls}");
         assert_eq!(stats.last_seq, seqs[49], "polls={polls}");

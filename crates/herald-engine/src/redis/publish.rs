@@ -153,7 +153,7 @@ impl RedisEngine {
             .and_then(|declared| declared.retention.events_max)
             .unwrap_or(0);
         let window_ms = window.as_millis().max(1) as u64;
-        // Events without chosen ids go as one run (pipelined in transactions of their own
+        // Events without chosen ids go as one run (pipelined in writes of their own
         // size, see `hand_over`); a batch mixing both goes in chunks, each stored the way its
         // events need.
         let piece_events = if events.iter().all(is_generated) {

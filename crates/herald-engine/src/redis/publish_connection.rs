@@ -1,13 +1,13 @@
 //! Publish connections: a raw connection (`raw.rs`) run by two tasks, one writing the
-//! transactions handed to it in the order they were handed, the other reading their replies
-//! and answering each transaction with its own. A publish hands a transaction over as soon as
+//! writes handed to it in the order they were handed, the other reading their replies
+//! and answering each write with its own. A publish hands a write over as soon as
 //! it is encoded and waits for its answer later, so Redis runs one while the next is encoded,
 //! and two publishes of one stream, one after the other, keep Redis busy between them
 //! (`publish_lanes.rs`).
 //!
 //! A caller that goes away leaves nothing half-written: what it handed over is whole, and its
 //! answer is read and dropped. The connection is given up at its first error (what Redis
-//! applied of the transactions in flight is unknown, and each caller is told so).
+//! applied of the writes in flight is unknown, and each caller is told so).
 //!
 //! Also here, the pool of idle publish connections that the publish path borrows from.
 
@@ -19,12 +19,12 @@ use tracing::warn;
 use super::RedisEngine;
 use super::raw::{RawConnection, RawError, RawReader, RawReply, RawWriter};
 
-/// Transactions handed over and not yet written, at most, per connection: the callers wait
+/// Writes handed over and not yet written, at most, per connection: the callers wait
 /// beyond (each is up to `PIPELINED_CHUNK_EVENTS` events, so this is memory, not speed).
-const QUEUED_TRANSACTIONS_MAX: usize = 32;
+const QUEUED_WRITES_MAX: usize = 32;
 
-/// Transactions written whose replies are still to come, at most, per connection.
-const UNANSWERED_TRANSACTIONS_MAX: usize = 64;
+/// Writes written whose replies are still to come, at most, per connection.
+const UNANSWERED_WRITES_MAX: usize = 64;
 
 /// Idle publish connections kept for the next publishes, at most (one is lent per stream
 /// being published to at the moment).
@@ -39,10 +39,10 @@ const PUBLISH_CONNECTION_TRUSTED_IDLE: Duration = Duration::from_secs(1);
 /// opened (Redis at `maxclients`, say), rather than each trying again and logging why.
 const PUBLISH_CONNECTION_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// What a transaction's replies came to: the replies, or why they never will.
+/// What a write's replies came to: the replies, or why they never will.
 pub(super) type Answer = Result<Vec<RawReply>, String>;
 
-/// A transaction handed over, answered once its replies are read.
+/// A write handed over, answered once its replies are read.
 #[derive(Debug)]
 pub(super) struct Pending(oneshot::Receiver<Answer>);
 
@@ -54,7 +54,7 @@ impl Pending {
     }
 }
 
-struct Transaction {
+struct Write {
     packed: Vec<u8>,
     replies: usize,
     answer: oneshot::Sender<Answer>,
@@ -64,25 +64,25 @@ struct Transaction {
 /// handle is gone and what was handed over is answered.
 #[derive(Clone, Debug)]
 pub(super) struct PublishConnection {
-    transactions: mpsc::Sender<Transaction>,
+    writes: mpsc::Sender<Write>,
 }
 
 impl PublishConnection {
     pub fn start(connection: RawConnection) -> PublishConnection {
         let (writer, reader) = connection.into_split();
-        let (transactions, queued) = mpsc::channel(QUEUED_TRANSACTIONS_MAX);
-        let (written, unanswered) = mpsc::channel(UNANSWERED_TRANSACTIONS_MAX);
+        let (writes, queued) = mpsc::channel(QUEUED_WRITES_MAX);
+        let (written, unanswered) = mpsc::channel(UNANSWERED_WRITES_MAX);
         tokio::spawn(write_in_order(writer, queued, written));
         tokio::spawn(answer_in_order(reader, unanswered));
-        PublishConnection { transactions }
+        PublishConnection { writes }
     }
 
     /// Hands over packed commands that give `replies` replies; they are written after
     /// everything handed over before, through any handle.
     pub async fn hand_over(&self, packed: Vec<u8>, replies: usize) -> Result<Pending, String> {
         let (answer, pending) = oneshot::channel();
-        self.transactions
-            .send(Transaction {
+        self.writes
+            .send(Write {
                 packed,
                 replies,
                 answer,
@@ -94,7 +94,7 @@ impl PublishConnection {
 
     /// Whether the connection was given up (an error): it takes nothing more.
     pub fn is_lost(&self) -> bool {
-        self.transactions.is_closed()
+        self.writes.is_closed()
     }
 
     /// Waits until everything handed over before is answered (a `PING` after it); an error
@@ -111,19 +111,15 @@ impl PublishConnection {
 
 async fn write_in_order(
     mut writer: RawWriter,
-    mut queued: mpsc::Receiver<Transaction>,
+    mut queued: mpsc::Receiver<Write>,
     written: mpsc::Sender<(usize, oneshot::Sender<Answer>)>,
 ) {
-    while let Some(transaction) = queued.recv().await {
-        if let Err(error) = writer.send(&transaction.packed).await {
-            let _ = transaction.answer.send(Err(lost(&error)));
+    while let Some(write) = queued.recv().await {
+        if let Err(error) = writer.send(&write.packed).await {
+            let _ = write.answer.send(Err(lost(&error)));
             return;
         }
-        if written
-            .send((transaction.replies, transaction.answer))
-            .await
-            .is_err()
-        {
+        if written.send((write.replies, write.answer)).await.is_err() {
             // The reading side gave up: so does this one (dropping `queued` fails the rest).
             return;
         }
@@ -143,7 +139,7 @@ async fn answer_in_order(
             Err(error) => {
                 let reason = lost(&error);
                 let _ = answer.send(Err(reason.clone()));
-                // Every transaction written after it shares its fate; dropping `unanswered`
+                // Every write after it shares its fate; dropping `unanswered`
                 // stops the writing side, whose queue then fails the rest.
                 unanswered.close();
                 while let Some((_, answer)) = unanswered.recv().await {

@@ -4,7 +4,7 @@
 //!
 //! Each call takes a turn on each of its streams when it is made, before its future first
 //! runs ([`RedisEngine::take_turns`]). A turn waits until the turn before it has written
-//! everything (handed its last transaction to the stream's publish connection), writes on
+//! everything (handed its last write to the stream's publish connection), writes on
 //! that same connection, and lets the next turn write at once, before its own replies are
 //! back: one connection runs what was written to it in order, so the order holds while Redis
 //! never waits for Herald between two calls. A call that goes away lets the next turn go:

@@ -1,6 +1,6 @@
 //! A plain RESP2 connection of a group task's own, for the reads that carry events
 //! (`XREADGROUP`), or of the publish path's (`publish.rs`): replies come back as their bytes,
-//! not as redis-rs `Value` trees, and a publish writes each transaction as soon as it is
+//! not as redis-rs `Value` trees, and a publish writes each batch of commands as soon as it is
 //! encoded ([`RawWriter::send`]) rather than handing it to redis-rs's connection task.
 //!
 //! Why: on the consume path redis-rs's parser (built on `combine`) and the tree it builds — a
@@ -152,7 +152,7 @@ impl RawConnection {
     }
 
     /// The connection as a side that writes and a side that reads, for a task of each
-    /// (`publish_connection.rs`): one writes the next transaction while the other waits for
+    /// (`publish_connection.rs`): one writes the next batch of commands while the other waits for
     /// the replies to those before.
     pub fn into_split(self) -> (RawWriter, RawReader) {
         let (read, write) = tokio::io::split(self.io);
