@@ -1,9 +1,10 @@
-//! How a stream's events without chosen ids (the publish path's common case, `publish.rs`) go
-//! to Redis on a publish connection: a pipeline, not a transaction. Per chunk of up to
+//! How a stream's events go to Redis on a publish connection (`publish.rs` chooses): events
+//! without chosen ids (the common case) as a pipeline, not a transaction — per chunk of up to
 //! [`STAMPED_CHUNK_EVENTS`] events, an `XADD … 0-*` each, the dedupe bucket's expiry and
-//! `STAMP` — encoded as RESP straight into buffers handed to the connection a slice at a
-//! time, their replies walked as bytes for the events' seqs. On the shared connection (a
-//! Cluster) `publish.rs` sends the same commands through redis-rs, in `MULTI`/`EXEC`.
+//! `STAMP`, encoded as RESP straight into buffers handed to the connection a slice at a time,
+//! their replies walked as bytes for the events' seqs; events of which some ids were chosen as
+//! `PUBLISH` calls, pipelined the same way. On the shared connection (a Cluster) `publish.rs`
+//! sends the same commands through redis-rs, the `XADD`s in `MULTI`/`EXEC`.
 //!
 //! Why no `MULTI`: Redis queues a transaction's commands and frees them after `EXEC`, which
 //! with `STAMP` once per 256 events cost Redis's thread a sixth more per event than plain
@@ -19,7 +20,7 @@
 //!   the same connection, and records every entry past `meta`'s `seq`, so a pipeline cut short
 //!   after its `XADD`s is recorded by the next stamp of any publish.
 
-use herald_core::Event;
+use herald_core::{Event, IdOrigin};
 
 use super::chunk_ids::ChunkIds;
 use super::keys::{StreamKeys, seq_of};
@@ -149,6 +150,123 @@ pub(super) async fn answered_chunks(
         }),
         None => Ok(answered),
     }
+}
+
+/// Events per `PUBLISH` call on a publish connection: Redis runs one while the next is encoded,
+/// and none holds Redis's thread for long (the script costs it a few µs per event).
+const SCRIPT_EVENTS: usize = 256;
+
+/// Hands events of which some carry an id their publisher chose to a publish connection, as
+/// `PUBLISH` calls of [`SCRIPT_EVENTS`] events (`EVAL` with the script's text: a few KiB a
+/// call, and a Redis that restarted has it all the same). Each call's reply is, per event, its
+/// seq or minus the seq of the event it duplicates ([`answered_scripts`]).
+pub(super) async fn hand_over_deduped(
+    connection: &PublishConnection,
+    keys: &StreamKeys,
+    events: &[(usize, Event)],
+    window_ms: u64,
+    cap: u64,
+) -> Result<Vec<(Pending, usize)>, EngineError> {
+    let source = scripts::PUBLISH_SOURCE.as_bytes();
+    let mut calls = Vec::new();
+    let mut size_hint = 0;
+    let mut json = Vec::new();
+    for call in events.chunks(SCRIPT_EVENTS) {
+        let mut packed = Vec::with_capacity(size_hint);
+        let publish_keys = publish_keys(keys, window_ms);
+        let arguments = 3 + publish_keys.len() + 3 + 2 * call.len();
+        packed.push(b'*');
+        packed.extend_from_slice(itoa::Buffer::new().format(arguments).as_bytes());
+        packed.extend_from_slice(b"\r\n");
+        write_bulk(&mut packed, b"EVAL");
+        write_bulk(&mut packed, source);
+        write_bulk(
+            &mut packed,
+            itoa::Buffer::new().format(publish_keys.len()).as_bytes(),
+        );
+        for key in &publish_keys {
+            write_bulk(&mut packed, key.as_bytes());
+        }
+        write_bulk(
+            &mut packed,
+            itoa::Buffer::new().format(window_ms).as_bytes(),
+        );
+        write_bulk(&mut packed, itoa::Buffer::new().format(cap).as_bytes());
+        write_bulk(&mut packed, origins(call).as_bytes());
+        for (_, event) in call {
+            write_bulk(&mut packed, event.id.as_str().as_bytes());
+            json.clear();
+            event.write_json(&mut json);
+            write_bulk(&mut packed, &json);
+        }
+        size_hint = packed.len();
+        let answer =
+            connection
+                .hand_over(packed, 1)
+                .await
+                .map_err(|reason| EngineError::Backend {
+                    operation: "publishing",
+                    reason,
+                })?;
+        calls.push((answer, call.len()));
+    }
+    Ok(calls)
+}
+
+/// The outcomes of `PUBLISH` calls handed over ([`hand_over_deduped`]), in order, once all
+/// are answered: per event its seq, or minus the seq of the event it duplicates.
+pub(super) async fn answered_scripts(
+    calls: Vec<(Pending, usize)>,
+) -> Result<Vec<i64>, EngineError> {
+    let mut seqs = Vec::with_capacity(calls.iter().map(|(_, count)| count).sum());
+    let mut refused = None;
+    for (answer, count) in calls {
+        let outcome = answer
+            .answer()
+            .await
+            .and_then(|mut replies| match replies.pop() {
+                Some(reply) => reply.and_then(|frame| script_seqs(&frame, count)),
+                None => Err("no reply to PUBLISH".to_owned()),
+            });
+        match outcome {
+            Ok(call_seqs) => seqs.extend(call_seqs),
+            Err(error) => {
+                refused.get_or_insert(error);
+            }
+        }
+    }
+    match refused {
+        Some(reason) => Err(EngineError::Backend {
+            operation: "publishing",
+            reason,
+        }),
+        None => Ok(seqs),
+    }
+}
+
+/// `PUBLISH`'s keys for a call made now: meta, events, the time index, then the dedupe
+/// buckets of the previous, current and next window.
+pub(super) fn publish_keys(keys: &StreamKeys, window_ms: u64) -> [String; 6] {
+    let bucket = unix_ms_now() / window_ms;
+    [
+        keys.meta.clone(),
+        keys.events.clone(),
+        keys.times.clone(),
+        keys.dedupe_bucket(bucket.saturating_sub(1)),
+        keys.dedupe_bucket(bucket),
+        keys.dedupe_bucket(bucket + 1),
+    ]
+}
+
+/// `PUBLISH`'s ARGV[3]: a letter per event, whether its publisher chose its id.
+pub(super) fn origins(events: &[(usize, Event)]) -> String {
+    events
+        .iter()
+        .map(|(_, event)| match event.id_origin {
+            IdOrigin::Publisher => scripts::PUBLISH_DEDUPED,
+            IdOrigin::Generated => scripts::PUBLISH_GENERATED,
+        })
+        .collect()
 }
 
 /// A new chunk's ids, made now, and now in milliseconds (the dedupe bucket's clock).
@@ -281,6 +399,36 @@ fn entry_seq(frame: &[u8]) -> Result<i64, String> {
         .ok_or_else(not_an_entry_id)
 }
 
+/// `PUBLISH`'s reply for a call of `count` events: an array of as many integers.
+fn script_seqs(frame: &[u8], count: usize) -> Result<Vec<i64>, String> {
+    let protocol = |error: RawError| error.to_string();
+    let unexpected = || {
+        format!(
+            "PUBLISH gave {:?} for a call of {count} events",
+            String::from_utf8_lossy(&frame[..frame.len().min(64)])
+        )
+    };
+    let top = header(frame, 0).map_err(protocol)?.ok_or_else(unexpected)?;
+    if top.kind != b'*' || length(top.line).map_err(protocol)? != count as i64 {
+        return Err(unexpected());
+    }
+    let mut seqs = Vec::with_capacity(count);
+    let mut at = top.next;
+    for _ in 0..count {
+        let item = header(frame, at)
+            .map_err(protocol)?
+            .ok_or_else(unexpected)?;
+        let seq = std::str::from_utf8(item.line)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .filter(|_| item.kind == b':')
+            .ok_or_else(unexpected)?;
+        seqs.push(seq);
+        at = item.next;
+    }
+    Ok(seqs)
+}
+
 /// An integer reply's value; otherwise the reply as text.
 fn integer(frame: &[u8]) -> Result<i64, String> {
     let text = String::from_utf8_lossy(frame);
@@ -374,5 +522,27 @@ mod tests {
             1,
             Err("STAMP gave"),
         );
+    }
+
+    #[test]
+    fn a_publish_call_gives_a_seq_or_a_duplicate_per_event() {
+        let check = |frame: &str, count: usize, expect: Result<Vec<i64>, &str>| {
+            let got = script_seqs(frame.as_bytes(), count);
+            match expect {
+                Ok(seqs) => assert_eq!(got, Ok(seqs), "{frame:?}"),
+                Err(part) => {
+                    let error = got.expect_err(frame);
+                    assert!(error.contains(part), "{frame:?}: {error}");
+                }
+            }
+        };
+        check("*3\r\n:7\r\n:-2\r\n:8\r\n", 3, Ok(vec![7, -2, 8]));
+        check("*0\r\n", 0, Ok(vec![]));
+        check("*2\r\n:7\r\n", 2, Err("for a call of 2 events"));
+        check("*1\r\n:7\r\n", 2, Err("for a call of 2 events"));
+        check("*1\r\n$1\r\n7\r\n", 1, Err("PUBLISH gave"));
+        check("*1\r\n:x\r\n", 1, Err("PUBLISH gave"));
+        check(":1\r\n", 1, Err("PUBLISH gave"));
+        check("*-1\r\n", 1, Err("PUBLISH gave"));
     }
 }

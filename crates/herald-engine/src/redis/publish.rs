@@ -17,7 +17,8 @@
 //!   one instead, before the publish is answered.
 //! - **Some id chosen by a publisher**: the `PUBLISH` script, which looks those ids up in the
 //!   dedupe buckets, `XADD`s the new events and records every id, atomically (a dedupe record
-//!   never exists without its event, and a concurrent publish of the same id is stored once).
+//!   never exists without its event, and a concurrent publish of the same id is stored once);
+//!   calls of 256 events pipelined on the same publish connection (`chunk_pipeline.rs`).
 //!   The events' JSON passes through Lua, which costs Redis's thread about three times a plain
 //!   `XADD` per event (docs/PERFORMANCE.md): the price of dedupe.
 //!
@@ -32,11 +33,12 @@ use redis::Value;
 
 use super::chunk_ids;
 use super::chunk_pipeline::{
-    AnsweredChunk, HandedChunk, answered_chunks, chunk_commands, chunk_ids_now, hand_over,
-    with_ids_as_json,
+    AnsweredChunk, HandedChunk, answered_chunks, answered_scripts, chunk_commands, chunk_ids_now,
+    hand_over, hand_over_deduped, origins, publish_keys, with_ids_as_json,
 };
 use super::connection::backend;
 use super::keys::{StreamKeys, seq_of};
+use super::publish_connection::Pending;
 use super::publish_lanes::Turn;
 use super::{RedisEngine, scripts};
 use crate::api::{EngineError, PublishOutcome};
@@ -164,22 +166,24 @@ impl RedisEngine {
         turn.wait().await;
         let mut pieces = Vec::new();
         for piece in events.chunks_mut(piece_events.max(1)) {
-            let seqs = if !piece.iter().all(is_generated) {
-                turn.wait_for_replies()
-                    .await
-                    .map_err(|reason| EngineError::Backend {
-                        operation: "publishing",
-                        reason,
-                    })?;
-                Seqs::Stored(self.append_deduped(&keys, piece, window_ms, cap).await?)
-            } else if let Some(connection) = turn.connection().await {
-                Seqs::Pending(hand_over(&connection, &keys, piece, window_ms, cap).await?)
-            } else {
-                let mut seqs = Vec::with_capacity(piece.len());
-                for chunk in piece.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
-                    seqs.extend(self.append_shared(&keys, chunk, window_ms, cap).await?);
+            let connection = turn.connection().await;
+            let seqs = match (piece.iter().all(is_generated), connection) {
+                (true, Some(connection)) => {
+                    Seqs::Pending(hand_over(&connection, &keys, piece, window_ms, cap).await?)
                 }
-                Seqs::Stored(seqs)
+                (false, Some(connection)) => Seqs::Scripted(
+                    hand_over_deduped(&connection, &keys, piece, window_ms, cap).await?,
+                ),
+                (true, None) => {
+                    let mut seqs = Vec::with_capacity(piece.len());
+                    for chunk in piece.chunks_mut(PUBLISH_CHUNK_EVENTS_MAX) {
+                        seqs.extend(self.append_shared(&keys, chunk, window_ms, cap).await?);
+                    }
+                    Seqs::Stored(seqs)
+                }
+                (false, None) => {
+                    Seqs::Stored(self.append_deduped(&keys, piece, window_ms, cap).await?)
+                }
             };
             pieces.push((piece.len(), seqs));
         }
@@ -192,6 +196,7 @@ impl RedisEngine {
             let seqs = match seqs {
                 Seqs::Stored(seqs) => seqs,
                 Seqs::Pending(chunks) => self.seqs_recorded(chunks, window_ms).await?,
+                Seqs::Scripted(calls) => answered_scripts(calls).await?,
             };
             let mut stored = 0;
             for ((index, event), seq) in events.by_ref().take(count).zip(seqs) {
@@ -320,23 +325,11 @@ impl RedisEngine {
         window_ms: u64,
         cap: u64,
     ) -> Result<Vec<i64>, EngineError> {
-        let bucket = unix_ms_now() / window_ms;
         let mut invocation = scripts::PUBLISH.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.events)
-            .key(&keys.times);
-        for bucket in [bucket.saturating_sub(1), bucket, bucket + 1] {
-            invocation.key(keys.dedupe_bucket(bucket));
+        for key in publish_keys(keys, window_ms) {
+            invocation.key(key);
         }
-        let origins: String = chunk
-            .iter()
-            .map(|(_, event)| match event.id_origin {
-                IdOrigin::Publisher => scripts::PUBLISH_DEDUPED,
-                IdOrigin::Generated => scripts::PUBLISH_GENERATED,
-            })
-            .collect();
-        invocation.arg(window_ms).arg(cap).arg(origins);
+        invocation.arg(window_ms).arg(cap).arg(origins(chunk));
         for (_, event) in chunk {
             invocation.arg(event.id.as_str()).arg(event.to_json());
         }
@@ -382,10 +375,12 @@ struct StreamPart {
     turn: Turn,
 }
 
-/// A piece's seqs: known, or in the replies to chunks handed to a publish connection.
+/// A piece's seqs: known, or in the replies to what was handed to a publish connection (chunks
+/// without chosen ids, or `PUBLISH` calls with each one's number of events).
 enum Seqs {
     Stored(Vec<i64>),
     Pending(Vec<HandedChunk>),
+    Scripted(Vec<(Pending, usize)>),
 }
 
 fn is_generated((_, event): &(usize, Event)) -> bool {

@@ -11,9 +11,8 @@
 //! what it handed over is whole (`publish_connection.rs`), and one that goes away before its
 //! turn came passes its wait on to the next.
 //!
-//! A part that goes over the shared connection instead (ids chosen by publishers, a Cluster)
-//! first waits for every reply of the publish connection, and holds its turn until it is
-//! stored.
+//! Where no publish connection can be had (a Cluster, Redis refusing one), parts go on the
+//! shared connection and a turn holds until its part is stored.
 //!
 //! Locks: `publish_lanes` is never held while `publish_connections` is taken, nor across an
 //! await.
@@ -95,15 +94,6 @@ impl Turn {
             lane.connection = Some(lent.clone());
         }
         Some(lent)
-    }
-
-    /// Waits until everything written on the stream's publish connection is answered, before
-    /// a part goes on the shared connection.
-    pub async fn wait_for_replies(&self) -> Result<(), String> {
-        match self.current_connection() {
-            Some(connection) => connection.barrier().await,
-            None => Ok(()),
-        }
     }
 
     /// Lets the next call's part of the stream be written.

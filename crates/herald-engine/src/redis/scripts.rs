@@ -170,8 +170,12 @@ pub(crate) const PUBLISH_GENERATED: char = 'g';
 /// else that Redis would not do for a plain `XADD`, because Redis's one thread running this
 /// loop is what bounds publishing: the store time is written once per call into the time
 /// index (every event of a call shares it), not into each entry.
-pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(&PUBLISH_SOURCE));
+
+/// [`PUBLISH`]'s text, which a publish connection sends with each call (`EVAL`, never missing
+/// from a restarted Redis; `chunk_pipeline.rs`).
+pub(crate) static PUBLISH_SOURCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
         r#"
 {prelude}
 local meta, events, times = KEYS[1], KEYS[2], KEYS[3]
@@ -273,7 +277,7 @@ return out
         prelude = stamp_prelude!(),
         kept = DEDUPE_BUCKET_WINDOWS_KEPT,
         mark = super::chunk_ids::MARK
-    ))
+    )
 });
 
 /// Hands entries held by a process to one of its members. ARGV: group, holder, member, seqs.

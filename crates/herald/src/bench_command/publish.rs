@@ -31,7 +31,9 @@ pub struct PublishArgs {
     /// Each event carries an id of its own, as the clients send them so that a resend is
     /// recognised: publish dedupe applies to every event. Without it the events carry no id,
     /// Herald generates them, and dedupe does not apply (as with `curl` or `herald pub`).
-    /// Against a peer (redis://, nats://, amqp://) it changes nothing.
+    /// Against Redis Streams (redis://) each event is published idempotently, as a Redis user
+    /// would (a script per event: the id looked up, or the event added and its id kept for
+    /// the window); against NATS or RabbitMQ it changes nothing.
     #[arg(long)]
     pub ids: bool,
 }
