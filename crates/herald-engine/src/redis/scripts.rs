@@ -367,8 +367,9 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
     group_script(
         r#"
 local group, member, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids = {}
-for i = 1, n do ids[i] = ARGV[3 + i] end
+-- The i-th entry id is ARGV[3 + i], passed on as a range rather than copied into a table
+-- first (the copy was a sixth of the script's cost for a batch of 800).
+local function id(i) return ARGV[3 + i] end
 local attempts = {}
 for i = 4 + n, #ARGV, 2 do attempts[tonumber(ARGV[i])] = tonumber(ARGV[i + 1]) end
 local out = {}
@@ -376,7 +377,7 @@ local out = {}
 local all = nil
 local acked = 0
 if redis.call('HEXISTS', info, 'fenced:' .. member) == 0 then
-  acked = redis.call('XACK', events, group, unpack(ids))
+  acked = redis.call('XACK', events, group, unpack(ARGV, 4, 3 + n))
   -- Short only when the group itself is gone: then nothing was recorded.
   all = acked > 0 and 1 or 0
 else
@@ -384,7 +385,7 @@ else
   -- entry: a range of n seqs holds at most n of them.
   local low, high = math.huge, 0
   for i = 1, n do
-    local seq = tonumber(string.sub(ids[i], 3))
+    local seq = tonumber(string.sub(id(i), 3))
     if seq < low then low = seq end
     if seq > high then high = seq end
   end
@@ -396,8 +397,8 @@ else
   end
   local mine = {}
   for i = 1, n do
-    if owned[ids[i]] ~= nil and owned[ids[i]] == (attempts[i] or 1) then
-      mine[#mine + 1] = ids[i]
+    if owned[id(i)] ~= nil and owned[id(i)] == (attempts[i] or 1) then
+      mine[#mine + 1] = id(i)
       out[i] = 1
     else
       out[i] = 0
@@ -408,7 +409,7 @@ end
 -- Only an entry that failed before has notes (a first attempt's delivery time, an error).
 for i, _ in pairs(attempts) do
   if (all or out[i]) == 1 then
-    local seq = string.sub(ids[i], 3)
+    local seq = string.sub(id(i), 3)
     redis.call('HDEL', info, 'f:' .. seq, 'e:' .. seq)
   end
 end
