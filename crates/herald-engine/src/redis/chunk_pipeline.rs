@@ -167,38 +167,13 @@ pub(super) async fn hand_over_deduped(
     window_ms: u64,
     cap: u64,
 ) -> Result<Vec<(Pending, usize)>, EngineError> {
-    let source = scripts::PUBLISH_SOURCE.as_bytes();
     let mut calls = Vec::new();
     let mut size_hint = 0;
     let mut json = Vec::new();
     for call in events.chunks(SCRIPT_EVENTS) {
         let mut packed = Vec::with_capacity(size_hint);
         let publish_keys = publish_keys(keys, window_ms);
-        let arguments = 3 + publish_keys.len() + 3 + 2 * call.len();
-        packed.push(b'*');
-        packed.extend_from_slice(itoa::Buffer::new().format(arguments).as_bytes());
-        packed.extend_from_slice(b"\r\n");
-        write_bulk(&mut packed, b"EVAL");
-        write_bulk(&mut packed, source);
-        write_bulk(
-            &mut packed,
-            itoa::Buffer::new().format(publish_keys.len()).as_bytes(),
-        );
-        for key in &publish_keys {
-            write_bulk(&mut packed, key.as_bytes());
-        }
-        write_bulk(
-            &mut packed,
-            itoa::Buffer::new().format(window_ms).as_bytes(),
-        );
-        write_bulk(&mut packed, itoa::Buffer::new().format(cap).as_bytes());
-        write_bulk(&mut packed, origins(call).as_bytes());
-        for (_, event) in call {
-            write_bulk(&mut packed, event.id.as_str().as_bytes());
-            json.clear();
-            event.write_json(&mut json);
-            write_bulk(&mut packed, &json);
-        }
+        write_publish_call(&mut packed, &publish_keys, window_ms, cap, call, &mut json);
         size_hint = packed.len();
         let answer =
             connection
@@ -241,6 +216,40 @@ pub(super) async fn answered_scripts(
             reason,
         }),
         None => Ok(seqs),
+    }
+}
+
+/// `EVAL <PUBLISH's text> 6 <keys> <window> <cap> <origins>` and each event's id and JSON, in
+/// RESP (`json`: a buffer to reuse).
+fn write_publish_call(
+    packed: &mut Vec<u8>,
+    publish_keys: &[String; 6],
+    window_ms: u64,
+    cap: u64,
+    call: &[(usize, Event)],
+    json: &mut Vec<u8>,
+) {
+    let arguments = 3 + publish_keys.len() + 3 + 2 * call.len();
+    packed.push(b'*');
+    packed.extend_from_slice(itoa::Buffer::new().format(arguments).as_bytes());
+    packed.extend_from_slice(b"\r\n");
+    write_bulk(packed, b"EVAL");
+    write_bulk(packed, scripts::PUBLISH_SOURCE.as_bytes());
+    write_bulk(
+        packed,
+        itoa::Buffer::new().format(publish_keys.len()).as_bytes(),
+    );
+    for key in publish_keys {
+        write_bulk(packed, key.as_bytes());
+    }
+    write_bulk(packed, itoa::Buffer::new().format(window_ms).as_bytes());
+    write_bulk(packed, itoa::Buffer::new().format(cap).as_bytes());
+    write_bulk(packed, origins(call).as_bytes());
+    for (_, event) in call {
+        write_bulk(packed, event.id.as_str().as_bytes());
+        json.clear();
+        event.write_json(json);
+        write_bulk(packed, json);
     }
 }
 
@@ -459,6 +468,39 @@ mod tests {
                 String::from_utf8_lossy(&theirs.get_packed_command())
             );
         }
+    }
+
+    #[test]
+    fn a_publish_call_is_written_as_redis_rs_packs_it() {
+        use crate::conformance::{event, event_with_chosen_id};
+        let keys = crate::redis::keys::Keys::new("P").stream("orders");
+        let publish_keys = publish_keys(&keys, 120_000);
+        let call = [
+            (0, event_with_chosen_id("orders.placed", r#"{"n":1}"#)),
+            (1, event("orders.placed", r#"{"n":2}"#)),
+        ];
+        let mut ours = Vec::new();
+        write_publish_call(
+            &mut ours,
+            &publish_keys,
+            120_000,
+            50,
+            &call,
+            &mut Vec::new(),
+        );
+        let mut theirs = redis::cmd("EVAL");
+        theirs.arg(scripts::PUBLISH_SOURCE.as_str()).arg(6);
+        for key in &publish_keys {
+            theirs.arg(key);
+        }
+        theirs.arg(120_000).arg(50).arg("dg");
+        for (_, event) in &call {
+            theirs.arg(event.id.as_str()).arg(event.to_json());
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs.get_packed_command())
+        );
     }
 
     #[test]
