@@ -293,35 +293,38 @@ async fn generated_ids_are_deduped_when_two_processes_interleave_on_a_stream() {
     let (prefix, _cleanup) = isolated_prefix(&url);
     let one = engine_on(&url, &prefix).await;
     let other = engine_on(&url, &prefix).await;
-    let batch = |process: usize, call: usize| -> Vec<herald_core::Event> {
-        (0..3_000)
-            .map(|i| {
-                event(
-                    "audit.login",
-                    &format!(r#"{{"p":{process},"c":{call},"i":{i}}}"#),
-                )
-            })
-            .collect()
-    };
+    // One process publishes large batches while the other trickles single events into the
+    // same stream, each on a task of its own, until the trickle landed inside a batch.
     let mut outcomes = Vec::new();
+    let started = std::time::Instant::now();
     let mut interleaved = false;
-    for round in 0..20 {
-        let (mine, theirs) =
-            tokio::join!(one.publish(batch(0, round)), other.publish(batch(1, round)));
-        for call in [mine.unwrap(), theirs.unwrap()] {
-            interleaved |= call
-                .windows(2)
-                .any(|pair| pair[1].seq.unwrap() != pair[0].seq.unwrap() + 1);
-            outcomes.extend(call);
-        }
-        if interleaved && round >= 2 {
-            break;
-        }
+    while !interleaved {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the two processes' publishes never interleaved"
+        );
+        let bulk: Vec<herald_core::Event> = (0..10_000)
+            .map(|i| event("audit.login", &format!(r#"{{"bulk":{i}}}"#)))
+            .collect();
+        let bulk = tokio::spawn(one.publish(bulk));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (trickler, stopped) = (other.clone(), stop.clone());
+        let trickle = tokio::spawn(async move {
+            let mut trickled = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let single = vec![event("audit.login", r#"{"trickle":true}"#)];
+                trickled.extend(trickler.publish(single).await.unwrap());
+            }
+            trickled
+        });
+        let bulk = bulk.await.unwrap().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        interleaved = bulk
+            .windows(2)
+            .any(|pair| pair[1].seq.unwrap() != pair[0].seq.unwrap() + 1);
+        outcomes.extend(bulk);
+        outcomes.extend(trickle.await.unwrap());
     }
-    assert!(
-        interleaved,
-        "the two processes' publishes never interleaved"
-    );
     let mut seqs: Vec<u64> = outcomes
         .iter()
         .map(|outcome| outcome.seq.unwrap())
@@ -359,4 +362,26 @@ async fn generated_ids_are_deduped_when_two_processes_interleave_on_a_stream() {
         count,
         "nothing stored twice"
     );
+    // The chunks the other's `XADD`s fell into had their ids recorded one by one (a field per
+    // id in a dedupe bucket: only that mending writes one for a generated id).
+    assert!(ids_recorded_one_by_one(&url, &prefix, "audit"));
+}
+
+/// Whether a dedupe bucket of `stream` holds a record of a single id (a chunk's record's field
+/// starts with a control character, `chunk_ids.rs`).
+fn ids_recorded_one_by_one(url: &str, prefix: &str, stream: &str) -> bool {
+    let mut connection = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .expect("a connection to Redis");
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{{{stream}}}:dd:*"))
+        .query(&mut connection)
+        .expect("KEYS");
+    buckets.iter().any(|bucket| {
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(bucket)
+            .query(&mut connection)
+            .expect("HKEYS");
+        fields.iter().any(|field| !field.starts_with('\u{1}'))
+    })
 }
