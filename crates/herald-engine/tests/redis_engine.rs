@@ -385,3 +385,33 @@ fn ids_recorded_one_by_one(url: &str, prefix: &str, stream: &str) -> bool {
         fields.iter().any(|field| !field.starts_with('\u{1}'))
     })
 }
+
+/// A dedupe bucket expires however it was created: by a chunk's record (events without chosen
+/// ids) or by the `PUBLISH` script (chosen ids). A bucket written once and left without an
+/// expiry would stay in Redis for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dedupe_bucket_expires() {
+    let Some(url) = reachable_redis() else { return };
+    for chosen in [false, true] {
+        let (prefix, _cleanup) = isolated_prefix(&url);
+        let engine = engine_on(&url, &prefix).await;
+        let single = match chosen {
+            false => event("audit.login", "{}"),
+            true => event_with_chosen_id("audit.login", "{}"),
+        };
+        engine.publish(vec![single]).await.unwrap();
+        let mut connection = redis::Client::open(url.as_str())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let buckets: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:{{audit}}:dd:*"))
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(buckets.len(), 1, "chosen={chosen}: one bucket");
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(&buckets[0])
+            .query(&mut connection)
+            .unwrap();
+        assert!(ttl_ms > 0, "chosen={chosen}: the bucket's PTTL is {ttl_ms}");
+    }
+}

@@ -1,7 +1,7 @@
 //! How a stream's events go to Redis on a publish connection (`publish.rs` chooses): events
 //! without chosen ids (the common case) as a pipeline, not a transaction — per chunk of up to
-//! [`STAMPED_CHUNK_EVENTS`] events, an `XADD … 0-*` each, the dedupe bucket's expiry and
-//! `STAMP`, encoded as RESP straight into buffers handed to the connection a slice at a time,
+//! [`STAMPED_CHUNK_EVENTS`] events, an `XADD … 0-*` each, `STAMP` and the dedupe bucket's
+//! expiry, encoded as RESP straight into buffers handed to the connection a slice at a time,
 //! their replies walked as bytes for the events' seqs; events of which some ids were chosen as
 //! `PUBLISH` calls, pipelined the same way. On the shared connection (a Cluster) `publish.rs`
 //! sends the same commands through redis-rs, the `XADD`s in `MULTI`/`EXEC`.
@@ -41,7 +41,7 @@ const _: () = assert!(STAMPED_CHUNK_EVENTS <= super::chunk_ids::CHUNK_EVENTS_MAX
 const WRITE_EVENTS: usize = 256;
 
 /// A chunk handed to a publish connection: its writes (each with its number of `XADD`s; the
-/// last also carries the expiry and `STAMP`), its ids and the bucket its record went to.
+/// last also carries `STAMP` and the expiry), its ids and the bucket its record went to.
 pub(super) struct HandedChunk {
     writes: Vec<(Pending, usize)>,
     ids: ChunkIds,
@@ -71,14 +71,11 @@ pub(super) async fn hand_over(
     // Written here rather than through redis-rs's `Cmd`, which copied each event's JSON
     // once more and cost a tenth of the server's instructions (docs/PERFORMANCE.md).
     let head = xadd_head(&keys.events, cap);
-    let lost = |reason| EngineError::Backend {
-        operation: "publishing",
-        reason,
-    };
     let mut chunks = Vec::new();
     let mut size_hint = 0;
     for chunk in events.chunks_mut(STAMPED_CHUNK_EVENTS) {
         let (now_ms, ids) = chunk_ids_now();
+        let bucket = keys.dedupe_bucket(now_ms / window_ms);
         let count = chunk.len();
         let mut writes = Vec::new();
         let mut position = 0;
@@ -91,19 +88,22 @@ pub(super) async fn hand_over(
             position += slice.len();
             let mut replies = slice.len();
             if position == count {
-                for command in chunk_commands(keys, &ids, count, now_ms, window_ms, cap) {
+                for command in chunk_commands(keys, &ids, count, &bucket, window_ms, cap) {
                     command.write_packed_command(&mut packed);
                 }
                 replies += 2;
             }
             size_hint = packed.len();
-            let answer = connection.hand_over(packed, replies).await.map_err(lost)?;
+            let answer = connection
+                .hand_over(packed, replies)
+                .await
+                .map_err(publishing_failed)?;
             writes.push((answer, slice.len()));
         }
         chunks.push(HandedChunk {
             writes,
             ids,
-            bucket: keys.dedupe_bucket(now_ms / window_ms),
+            bucket,
         });
     }
     Ok(chunks)
@@ -143,13 +143,7 @@ pub(super) async fn answered_chunks(
             recorded_whole,
         });
     }
-    match refused {
-        Some(reason) => Err(EngineError::Backend {
-            operation: "publishing",
-            reason,
-        }),
-        None => Ok(answered),
-    }
+    refused.map_or(Ok(answered), |reason| Err(publishing_failed(reason)))
 }
 
 /// Events per `PUBLISH` call on a publish connection: Redis runs one while the next is encoded,
@@ -175,14 +169,10 @@ pub(super) async fn hand_over_deduped(
         let publish_keys = publish_keys(keys, window_ms);
         write_publish_call(&mut packed, &publish_keys, window_ms, cap, call, &mut json);
         size_hint = packed.len();
-        let answer =
-            connection
-                .hand_over(packed, 1)
-                .await
-                .map_err(|reason| EngineError::Backend {
-                    operation: "publishing",
-                    reason,
-                })?;
+        let answer = connection
+            .hand_over(packed, 1)
+            .await
+            .map_err(publishing_failed)?;
         calls.push((answer, call.len()));
     }
     Ok(calls)
@@ -210,12 +200,14 @@ pub(super) async fn answered_scripts(
             }
         }
     }
-    match refused {
-        Some(reason) => Err(EngineError::Backend {
-            operation: "publishing",
-            reason,
-        }),
-        None => Ok(seqs),
+    refused.map_or(Ok(seqs), |reason| Err(publishing_failed(reason)))
+}
+
+/// A publish that Redis refused, or whose connection was lost, with why.
+fn publishing_failed(reason: String) -> EngineError {
+    EngineError::Backend {
+        operation: "publishing",
+        reason,
     }
 }
 
@@ -301,20 +293,20 @@ pub(super) fn with_ids_as_json(
     }
 }
 
-/// What follows a chunk's `XADD`s: the dedupe bucket's expiry, and
-/// `STAMP`, which records the chunk.
+/// What follows a chunk's `XADD`s: `STAMP`, which records the chunk in `bucket`, then the
+/// bucket's expiry — in that order, since `STAMP` may be what creates the bucket, and an
+/// expiry set before that is lost (the bucket would stay for good).
 pub(super) fn chunk_commands(
     keys: &StreamKeys,
     ids: &ChunkIds,
     count: usize,
-    now_ms: u64,
+    bucket: &str,
     window_ms: u64,
     cap: u64,
 ) -> [redis::Cmd; 2] {
-    let bucket = keys.dedupe_bucket(now_ms / window_ms);
     let mut expire = redis::cmd("PEXPIRE");
     expire
-        .arg(&bucket)
+        .arg(bucket)
         .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms);
     // EVAL with the script's text rather than EVALSHA: a script that Redis does not have (a
     // restarted or failed-over node) would fail alone, after the `XADD`s were applied.
@@ -325,11 +317,11 @@ pub(super) fn chunk_commands(
         .arg(&keys.meta)
         .arg(&keys.events)
         .arg(&keys.times)
-        .arg(&bucket)
+        .arg(bucket)
         .arg(cap)
         .arg(ids.record_field())
         .arg(count);
-    [expire, stamp]
+    [stamp, expire]
 }
 
 /// `XADD <events> [MAXLEN ~ <cap>] 0-* e` in RESP, with the array header counting the JSON
@@ -358,7 +350,7 @@ fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// The seqs of a write's `count` `XADD`s from their replies, and `STAMP`'s first seq when the
-/// write ended its chunk (two replies more: the expiry's, then `STAMP`'s). An error in any
+/// write ended its chunk (two replies more: `STAMP`'s, then the expiry's). An error in any
 /// reply is the write's.
 fn write_seqs(replies: &[RawReply], count: usize) -> Result<(Vec<i64>, Option<i64>), String> {
     let stamped = match replies.len() {
@@ -375,7 +367,7 @@ fn write_seqs(replies: &[RawReply], count: usize) -> Result<(Vec<i64>, Option<i6
         .collect::<Result<Vec<_>, _>>()?;
     let first = match stamped {
         true => Some(
-            integer(frame(count + 1))
+            integer(frame(count))
                 .map_err(|reply| format!("STAMP gave {reply:?}, not the first seq it recorded"))?,
         ),
         false => None,
@@ -529,11 +521,11 @@ mod tests {
             Ok((vec![7, 8], None)),
         );
         check(
-            &["$3\r\n0-7\r\n", ":1\r\n", ":7\r\n"],
+            &["$3\r\n0-7\r\n", ":7\r\n", ":1\r\n"],
             1,
             Ok((vec![7], Some(7))),
         );
-        check(&[":1\r\n", ":12\r\n"], 0, Ok((vec![], Some(12))));
+        check(&[":12\r\n", ":1\r\n"], 0, Ok((vec![], Some(12))));
         // An error in place of an entry id, or of `STAMP`'s answer.
         check(
             &["-WRONGTYPE Operation against a key\r\n", ":1\r\n", ":1\r\n"],
@@ -543,8 +535,8 @@ mod tests {
         check(
             &[
                 "$3\r\n0-1\r\n",
-                ":1\r\n",
                 "-ERR entry id is not 0-<seq>\r\n",
+                ":1\r\n",
             ],
             1,
             Err("not 0-<seq>"),
@@ -560,7 +552,7 @@ mod tests {
         check(&[":5\r\n"], 1, Err("not an entry id"));
         check(&["$30\r\n0-1\r\n"], 1, Err("not an entry id"));
         check(
-            &["$3\r\n0-1\r\n", ":1\r\n", "$2\r\nok\r\n"],
+            &["$3\r\n0-1\r\n", "$2\r\nok\r\n", ":1\r\n"],
             1,
             Err("STAMP gave"),
         );

@@ -195,7 +195,7 @@ impl RedisEngine {
         for (count, seqs) in pieces {
             let seqs = match seqs {
                 Seqs::Stored(seqs) => seqs,
-                Seqs::Pending(chunks) => self.seqs_recorded(chunks, window_ms).await?,
+                Seqs::Pending(chunks) => self.seqs_recorded(chunks).await?,
                 Seqs::Scripted(calls) => answered_scripts(calls).await?,
             };
             let mut stored = 0;
@@ -223,11 +223,7 @@ impl RedisEngine {
     /// for dedupe: where another connection's `XADD`s fell between a chunk's, `STAMP`'s record
     /// of it is wrong, and its ids are recorded one by one here, before anyone learns them
     /// (`chunk_pipeline.rs`).
-    async fn seqs_recorded(
-        &self,
-        chunks: Vec<HandedChunk>,
-        window_ms: u64,
-    ) -> Result<Vec<i64>, EngineError> {
+    async fn seqs_recorded(&self, chunks: Vec<HandedChunk>) -> Result<Vec<i64>, EngineError> {
         let mut seqs = Vec::new();
         for chunk in answered_chunks(chunks).await? {
             let AnsweredChunk {
@@ -237,19 +233,14 @@ impl RedisEngine {
                 recorded_whole,
             } = chunk;
             if !recorded_whole {
-                let mut record = redis::pipe();
-                let set = record.cmd("HSET").arg(&bucket);
+                // The bucket exists and expires: the chunk's pipeline wrote it.
+                let mut record = redis::cmd("HSET");
+                record.arg(&bucket);
                 for (position, seq) in chunk_seqs.iter().enumerate() {
-                    set.arg(ids.id(position).as_str()).arg(seq);
+                    record.arg(ids.id(position).as_str()).arg(seq);
                 }
-                record
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&bucket)
-                    .arg(scripts::DEDUPE_BUCKET_WINDOWS_KEPT * window_ms)
-                    .ignore();
                 let mut connection = self.inner.connection.clone();
-                let () = record
+                let _: i64 = record
                     .query_async(&mut connection)
                     .await
                     .map_err(|error| backend("recording published ids", &error))?;
@@ -281,8 +272,9 @@ impl RedisEngine {
             add.arg("0-*").arg("e").arg(json);
             transaction.add_command(add);
         });
-        for command in chunk_commands(keys, &ids, chunk.len(), now_ms, window_ms, cap) {
-            // `PEXPIRE` and `STAMP` answer nothing the caller needs.
+        let bucket = keys.dedupe_bucket(now_ms / window_ms);
+        for command in chunk_commands(keys, &ids, chunk.len(), &bucket, window_ms, cap) {
+            // `STAMP` and `PEXPIRE` answer nothing the caller needs.
             transaction.add_command(command).ignore();
         }
         let mut connection = self.inner.connection.clone();
