@@ -82,8 +82,12 @@ async fn fill(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(u64, f64)> {
     let event = envelope("bench.published", args.data_bytes);
+    let mut links = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        links.push(connect(url).await?);
+    }
     if args.ids {
-        return fill_idempotent(url, key, args, bar, event).await;
+        return fill_idempotent(links, key, args, bar, event).await;
     }
     let mut pipeline = redis::pipe();
     for _ in 0..args.batch.max(1) {
@@ -93,10 +97,6 @@ async fn fill(
             .arg("*")
             .arg("event")
             .arg(&event);
-    }
-    let mut links = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        links.push(connect(url).await?);
     }
     drive_windowed(links, args, bar, move |mut connection| {
         let pipeline = pipeline.clone();
@@ -125,16 +125,12 @@ return entry
 const DEDUPE_WINDOW_MS: u64 = 120_000;
 
 async fn fill_idempotent(
-    url: &str,
+    mut links: Vec<MultiplexedConnection>,
     key: &str,
     args: &PublishArgs,
     bar: &indicatif::ProgressBar,
     event: String,
 ) -> anyhow::Result<(u64, f64)> {
-    let mut links = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        links.push(connect(url).await?);
-    }
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(IDEMPOTENT_XADD)
