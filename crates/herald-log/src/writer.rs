@@ -20,6 +20,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,6 +160,9 @@ pub(crate) struct Writer {
     /// Bytes of the active segment on disk (written, maybe not synced).
     position: u64,
     base_seq: u64,
+    /// The active segment's file, named in errors; kept rather than formatted per write (that
+    /// was a fifth of a small append's cost).
+    active_log_path: PathBuf,
     next_seq: u64,
     first_timestamp_us: Option<u64>,
     last_timestamp_us: u64,
@@ -208,6 +212,7 @@ impl Writer {
         Ok(Writer {
             position: active.bytes,
             base_seq: active.base_seq,
+            active_log_path: SegmentPaths::new(&shared.dir, active.base_seq).log,
             next_seq: active.next_seq,
             first_timestamp_us: active.first_timestamp_us,
             last_timestamp_us: recovered
@@ -415,12 +420,11 @@ impl Writer {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let path = self.active_paths().log;
         let syncing = self.syncer.as_ref().is_some_and(Syncer::is_busy);
         let started = Instant::now();
         self.file
             .write_all_at(&self.buffer, self.position)
-            .at(&path)?;
+            .at(&self.active_log_path)?;
         self.shared
             .io_times
             .record_write(started.elapsed(), syncing);
@@ -478,7 +482,7 @@ impl Writer {
         if !self.unsynced {
             return Ok(());
         }
-        let path = self.active_paths().log;
+        let path = self.active_log_path.clone();
         let started = self
             .syncer
             .as_ref()
@@ -534,9 +538,8 @@ impl Writer {
         self.wait_for_syncer();
         self.absorb_sync_progress()?;
         if self.unsynced {
-            let path = self.active_paths().log;
             let started = Instant::now();
-            self.file.sync_data().at(&path)?;
+            self.file.sync_data().at(&self.active_log_path)?;
             self.shared.io_times.fsyncs.record(started.elapsed());
             self.unsynced = false;
             self.synced_position = self.position;
@@ -582,6 +585,7 @@ impl Writer {
         )?);
         debug!(sealed = %sealed_paths.log.display(), next_seq = self.next_seq, "rolled segment");
         self.base_seq = self.next_seq;
+        self.active_log_path = self.active_paths().log;
         self.position = SEGMENT_HEADER_BYTES;
         self.synced_position = SEGMENT_HEADER_BYTES;
         self.uncached_position = SEGMENT_HEADER_BYTES;
