@@ -7,7 +7,9 @@
 //! Only a frame the general path would accept as it is gets through here: anything else (another
 //! op, a field too many or missing, bad JSON, an invalid event, more events than a frame may
 //! carry) makes [`decode`] answer `None`, and the general path decodes the frame again to say
-//! precisely what is wrong. Valid frames take this path; only refused ones pay twice.
+//! precisely what is wrong. Valid frames take this path (unless their op is spelt with escapes);
+//! only refused ones pay twice. A frame without the string `"pub"` (an ack, say) is not decoded
+//! here at all.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -33,7 +35,9 @@ pub struct PubFrame {
 /// Takes text (which the socket has checked is UTF-8) rather than bytes: read from bytes, every
 /// string would be checked again (~380 instructions an event, docs/PERFORMANCE.md).
 pub fn decode(text: &str, context: &ParseContext) -> Option<PubFrame> {
-    if text.len() > context.limits.event_bytes_max {
+    // A pub frame names its op with the string "pub" (spelt with escapes, it is the general
+    // path's): other frames, acks mostly, are not decoded twice nor build an error to drop.
+    if text.len() > context.limits.event_bytes_max || !text.contains(r#""pub""#) {
         return None;
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -278,5 +282,15 @@ mod tests {
         assert!(decode(&frame, &context).is_none());
         let small = r#"{"op":"pub","rid":1,"events":[{"type":"a"}]}"#;
         assert!(decode(small, &context).is_some());
+    }
+
+    #[test]
+    fn a_frame_without_the_string_pub_is_left_to_the_general_path() {
+        let context = context();
+        let escaped = r#"{"op":"\u0070ub","rid":1,"events":[{"type":"a"}]}"#;
+        assert!(decode(escaped, &context).is_none());
+        assert!(general(escaped.as_bytes(), &context).is_some());
+        let ack = r#"{"op":"ack","sid":1,"deliveryId":7}"#;
+        assert!(decode(ack, &context).is_none());
     }
 }
