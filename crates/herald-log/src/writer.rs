@@ -160,8 +160,8 @@ pub(crate) struct Writer {
     /// Bytes of the active segment on disk (written, maybe not synced).
     position: u64,
     base_seq: u64,
-    /// The active segment's file, named in errors; kept rather than formatted per write (that
-    /// was a fifth of a small append's cost).
+    /// The active segment's file, named in errors; kept rather than built before every write
+    /// (an eighth of a small append's cost, docs/PERFORMANCE.md).
     active_log_path: PathBuf,
     next_seq: u64,
     first_timestamp_us: Option<u64>,
