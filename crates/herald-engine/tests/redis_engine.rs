@@ -370,13 +370,7 @@ async fn generated_ids_are_deduped_when_two_processes_interleave_on_a_stream() {
 /// Whether a dedupe bucket of `stream` holds a record of a single id (a chunk's record's field
 /// starts with a control character, `chunk_ids.rs`).
 fn ids_recorded_one_by_one(url: &str, prefix: &str, stream: &str) -> bool {
-    let mut connection = redis::Client::open(url)
-        .and_then(|client| client.get_connection())
-        .expect("a connection to Redis");
-    let buckets: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:{{{stream}}}:dd:*"))
-        .query(&mut connection)
-        .expect("KEYS");
+    let (mut connection, buckets) = dedupe_buckets(url, prefix, stream);
     buckets.iter().any(|bucket| {
         let fields: Vec<String> = redis::cmd("HKEYS")
             .arg(bucket)
@@ -384,6 +378,18 @@ fn ids_recorded_one_by_one(url: &str, prefix: &str, stream: &str) -> bool {
             .expect("HKEYS");
         fields.iter().any(|field| !field.starts_with('\u{1}'))
     })
+}
+
+/// A connection to Redis, and the dedupe buckets of `stream` under `prefix`.
+fn dedupe_buckets(url: &str, prefix: &str, stream: &str) -> (redis::Connection, Vec<String>) {
+    let mut connection = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .expect("a connection to Redis");
+    let buckets = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{{{stream}}}:dd:*"))
+        .query(&mut connection)
+        .expect("KEYS");
+    (connection, buckets)
 }
 
 /// A dedupe bucket expires however it was created: by a chunk's record (events without chosen
@@ -400,13 +406,7 @@ async fn every_dedupe_bucket_expires() {
             true => event_with_chosen_id("audit.login", "{}"),
         };
         engine.publish(vec![single]).await.unwrap();
-        let mut connection = redis::Client::open(url.as_str())
-            .and_then(|client| client.get_connection())
-            .unwrap();
-        let buckets: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:{{audit}}:dd:*"))
-            .query(&mut connection)
-            .unwrap();
+        let (mut connection, buckets) = dedupe_buckets(&url, &prefix, "audit");
         assert_eq!(buckets.len(), 1, "chosen={chosen}: one bucket");
         let ttl_ms: i64 = redis::cmd("PTTL")
             .arg(&buckets[0])

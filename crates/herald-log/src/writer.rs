@@ -585,7 +585,8 @@ impl Writer {
         )?);
         debug!(sealed = %sealed_paths.log.display(), next_seq = self.next_seq, "rolled segment");
         self.base_seq = self.next_seq;
-        self.active_log_path = self.active_paths().log;
+        let fresh_paths = self.active_paths();
+        self.active_log_path = fresh_paths.log.clone();
         self.position = SEGMENT_HEADER_BYTES;
         self.synced_position = SEGMENT_HEADER_BYTES;
         self.uncached_position = SEGMENT_HEADER_BYTES;
@@ -593,7 +594,7 @@ impl Writer {
         self.last_indexed_position = None;
         self.unsynced = false;
         let mut set = self.shared.segments.write();
-        let fresh = SegmentInfo::empty(self.base_seq, self.active_paths());
+        let fresh = SegmentInfo::empty(self.base_seq, fresh_paths);
         let sealed = std::mem::replace(&mut set.active, fresh);
         debug_assert_eq!(sealed.next_seq, self.base_seq, "segments are contiguous");
         set.sealed.push_back(sealed);

@@ -6,8 +6,9 @@
 //! Each is the way an experienced Redis user would write it: publish is `XADD` pipelined,
 //! `batch` commands per pipeline and `window` pipelines in flight per connection (Herald's `pub`
 //! frames and window), or with `--ids` one idempotent-publish script call per event, pipelined
-//! the same way (Herald's dedupe of ids publishers chose); consume is one connection per member sending, in one round trip, the
-//! `XACK` of what it read and the next `XREADGROUP … COUNT maxInFlight` (Herald's credit).
+//! the same way (Herald's dedupe of ids publishers chose); consume is one connection per member
+//! sending, in one round trip, the `XACK` of what it read and the next
+//! `XREADGROUP … COUNT maxInFlight` (Herald's credit).
 //! Events are the JSON envelope Herald stores for the same event (about 250 bytes), in one field.
 //! Latency (`paced.rs`): `XADD`s at a fixed rate, each burst of due events one pipeline sent
 //! without waiting for the previous reply, and a consumer on its own connection looping on
