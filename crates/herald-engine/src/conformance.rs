@@ -964,12 +964,13 @@ pub async fn group_members_share_the_work_and_every_event_is_acked_once<E: Engin
         .expect("billing stats");
     assert_eq!(
         (
+            billing.delivered,
             billing.acked,
             billing.in_flight,
             billing.redelivered,
             billing.lag
         ),
-        (300, 0, 0, 0)
+        (300, 300, 0, 0, 0)
     );
 }
 

@@ -553,9 +553,8 @@ impl GroupTask {
                 // A read of its own for each member, not one pipeline for every member with
                 // room: members then go round independently, as separate consumers of a Redis
                 // user do, rather than in step (Redis reading for all while the task and the
-                // clients wait, then the other way round).
-                // Its whole room is spoken for until the read is back: nothing else is handed
-                // to a member meanwhile (`reserve`).
+                // clients wait, then the other way round). Its whole room is spoken for until
+                // the read is back: nothing else is handed to a member meanwhile (`reserve`).
                 let count = std::mem::take(room).min(DIRECT_READ_EVENTS_MAX);
                 let command = attached.read_command(&self.name, &member.consumer, count);
                 let lent = self.lend().await;
