@@ -176,8 +176,8 @@ struct ReadPlan {
     stream: usize,
     /// The tail's last seq when it was sent: a short read means the group has read that far.
     target: u64,
-    /// `(member id, count)`, in the order of the pipeline's reads.
-    wanted: Vec<(u64, usize)>,
+    member_id: u64,
+    count: usize,
 }
 
 /// An entry read with this process's holder consumer, not yet handed out.
@@ -569,7 +569,8 @@ impl GroupTask {
                 self.read_plans.push_back(ReadPlan {
                     stream,
                     target,
-                    wanted: vec![(*member_id, count)],
+                    member_id: *member_id,
+                    count,
                 });
             }
         }
@@ -581,45 +582,43 @@ impl GroupTask {
             return;
         };
         self.raw.lent = self.raw.lent.saturating_sub(1);
-        let results = match outcome {
-            Ok((connection, results)) => {
-                self.raw.idle.extend(connection);
-                results
-            }
-            Err(error) => {
-                let error = error.to_string();
-                plan.wanted.iter().map(|_| Err(error.clone())).collect()
-            }
-        };
         let ReadPlan {
             stream,
             target,
-            wanted,
+            member_id,
+            count,
         } = plan;
+        let entries = match outcome {
+            Ok((connection, results)) => {
+                self.raw.idle.extend(connection);
+                results
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Err("no reply".to_owned()))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(error) => {
+                // What the lost reply read stays pending in the member's consumer, as after any
+                // lost reply.
+                warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
+                self.streams[stream].behind = false;
+                return;
+            }
+        };
         let mut unmatched = Vec::new();
-        let mut full = false;
-        for ((member_id, count), entries) in wanted.into_iter().zip(results) {
-            let entries = match entries {
-                Ok(entries) => entries,
-                Err(error) => {
-                    // What the lost reply read stays pending in the member's consumer, as after
-                    // any lost reply.
-                    warn!(group = %self.name, stream = %self.streams[stream].name, %error, "reading the stream failed");
-                    continue;
-                }
-            };
-            let read = self.absorb(stream, entries, count, target, &mut unmatched);
-            full |= read.count == count;
-            let matched = read.matched.len();
-            self.streams[stream].unrecorded_deliveries += matched as u64;
-            for event in read.matched {
-                self.deliver(member_id, stream, event, 1);
-            }
-            if read.count > 0 && matched == 0 {
-                self.streams[stream].sparse = true;
-            }
+        let read = self.absorb(stream, entries, count, target, &mut unmatched);
+        let matched = read.matched.len();
+        self.streams[stream].unrecorded_deliveries += matched as u64;
+        for event in read.matched {
+            self.deliver(member_id, stream, event, 1);
         }
-        self.streams[stream].behind = full;
+        if read.count > 0 && matched == 0 {
+            self.streams[stream].sparse = true;
+        }
+        self.streams[stream].behind = read.count == count;
         self.ack_unmatched(stream, unmatched).await;
     }
 
@@ -627,7 +626,7 @@ impl GroupTask {
     fn is_reading(&self, member_id: u64) -> bool {
         self.read_plans
             .iter()
-            .any(|plan| plan.wanted.iter().any(|&(member, _)| member == member_id))
+            .any(|plan| plan.member_id == member_id)
     }
 
     /// Entries asked of `stream` by the reads in flight.
@@ -635,7 +634,7 @@ impl GroupTask {
         self.read_plans
             .iter()
             .filter(|plan| plan.stream == stream)
-            .flat_map(|plan| plan.wanted.iter().map(|&(_, count)| count))
+            .map(|plan| plan.count)
             .sum()
     }
 
