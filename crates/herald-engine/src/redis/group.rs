@@ -403,9 +403,7 @@ impl GroupTask {
     /// Hands out what it can, then has Redis count what it handed out, beside the task.
     async fn pump(&mut self) {
         self.hand_out().await;
-        if let Some(bumps) = self.count_deliveries() {
-            self.counting.push(tokio::spawn(bumps));
-        }
+        self.send_delivery_counts();
     }
 
     /// Hands out what it can: retries that are due first, then new entries, round robin over
@@ -749,20 +747,18 @@ impl GroupTask {
     /// anything that looks at the counters through this process (`groups()` flushes the task
     /// first) sees them.
     async fn record_deliveries(&mut self) {
-        if let Some(bumps) = self.count_deliveries() {
-            self.counting.push(tokio::spawn(bumps));
-        }
+        self.send_delivery_counts();
         while let Some(counted) = self.counting.next().await {
             self.settle_counted(counted);
         }
     }
 
-    /// The `HINCRBY`s of the deliveries not counted yet, as a future that borrows nothing.
-    /// Counted after each turn of handing out rather than after each read, and never awaited
-    /// in the task's turn: the task waiting for the round trip (behind the ack scripts on the
+    /// Sends the `HINCRBY`s of the deliveries not counted yet, on a task of their own, settled
+    /// in `counting`. Counted after each turn of handing out rather than after each read, and
+    /// never awaited in the task's turn: the task waiting for the round trip (behind the ack scripts on the
     /// shared connection) held up the next reads and acks, a fifth of four members' consume
     /// (docs/PERFORMANCE.md).
-    fn count_deliveries(&mut self) -> Option<impl Future<Output = DeliveriesCounted> + use<>> {
+    fn send_delivery_counts(&mut self) {
         let counts: Vec<(usize, u64)> = self
             .streams
             .iter_mut()
@@ -771,7 +767,7 @@ impl GroupTask {
             .map(|(stream, attached)| (stream, std::mem::take(&mut attached.unrecorded_deliveries)))
             .collect();
         if counts.is_empty() {
-            return None;
+            return;
         }
         let bumps: Vec<_> = counts
             .into_iter()
@@ -791,7 +787,7 @@ impl GroupTask {
                 }
             })
             .collect();
-        Some(join_all(bumps))
+        self.counting.push(tokio::spawn(join_all(bumps)));
     }
 
     /// A count Redis failed to add is sent again with the next.
