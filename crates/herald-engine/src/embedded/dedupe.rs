@@ -5,7 +5,7 @@
 //! the log's tail when the stream opens, so dedupe survives a restart. It is bounded by the
 //! window and by `DEDUPE_IDS_MAX`.
 
-use std::collections::{BTreeMap, VecDeque, btree_map};
+use std::collections::{BTreeMap, btree_map};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use herald_core::IdOrigin;
 
+use super::block_queue::BlockQueue;
 use crate::config::DEDUPE_IDS_MAX;
 
 /// Ascending runs of UUIDs a stream keeps at most: as many as publishers whose batches
@@ -50,7 +51,7 @@ pub struct Dedupe {
     /// (docs/PERFORMANCE.md). Several runs, because concurrent publishers interleave their
     /// batches, each ascending on its own. Each run is in seq order too, so an expiring record
     /// is at the front of a run or in `uuids`. No run is empty.
-    runs: Vec<VecDeque<(u128, u64)>>,
+    runs: Vec<BlockQueue<(u128, u64)>>,
     runs_max: usize,
     /// The other UUIDs: claims in flight, those that fit no run, and those stored again. A
     /// record here is newer than one for the same id in a run. UUIDv7s grow with time, so
@@ -60,7 +61,7 @@ pub struct Dedupe {
     uuids: BTreeMap<u128, Option<u64>>,
     texts: HashTable<Slot>,
     /// Stored ids in the order they were stored, with their timestamps and seqs, for expiry.
-    stored: VecDeque<Expiry>,
+    stored: BlockQueue<Expiry>,
 }
 
 #[derive(Debug)]
@@ -96,7 +97,7 @@ impl Dedupe {
             runs_max: ASCENDING_RUNS_MAX,
             uuids: BTreeMap::new(),
             texts: HashTable::new(),
-            stored: VecDeque::new(),
+            stored: BlockQueue::default(),
         }
     }
 
@@ -194,7 +195,7 @@ impl Dedupe {
         }
         // The run that ends just below `uuid` (patience sorting's best fit keeps runs fewest).
         let room = self.runs.len() < self.runs_max;
-        let mut fit: Option<&mut VecDeque<(u128, u64)>> = None;
+        let mut fit: Option<&mut BlockQueue<(u128, u64)>> = None;
         let mut stored_before = false;
         for run in &mut self.runs {
             let (Some((first, _)), Some((last, _))) = (run.front(), run.back()) else {
@@ -217,7 +218,7 @@ impl Dedupe {
         match fit {
             Some(run) if !stored_before => run.push_back((uuid, seq)),
             None if !stored_before && room => {
-                self.runs.push(VecDeque::from([(uuid, seq)]));
+                self.runs.push(BlockQueue::from((uuid, seq)));
             }
             _ => {
                 self.uuids.insert(uuid, Some(seq));
@@ -305,11 +306,11 @@ impl Dedupe {
 }
 
 /// The seq `uuid` was stored with, if a run holds it.
-fn find_in_runs(runs: &[VecDeque<(u128, u64)>], uuid: u128) -> Option<u64> {
+fn find_in_runs(runs: &[BlockQueue<(u128, u64)>], uuid: u128) -> Option<u64> {
     runs.iter().find_map(|run| find_in_run(run, uuid))
 }
 
-fn find_in_run(run: &VecDeque<(u128, u64)>, uuid: u128) -> Option<u64> {
+fn find_in_run(run: &BlockQueue<(u128, u64)>, uuid: u128) -> Option<u64> {
     run.binary_search_by(|(stored, _)| stored.cmp(&uuid))
         .ok()
         .and_then(|index| run.get(index))
@@ -332,7 +333,7 @@ fn canonical_uuid(id: &str) -> Option<u128> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, VecDeque};
 
     use proptest::prelude::*;
 

@@ -5,6 +5,7 @@
 //! log callback takes it, then the fan-out's, under the log's writer lock). No lock is held
 //! across an `.await`.
 
+mod block_queue;
 mod dedupe;
 mod group;
 mod in_flight;
