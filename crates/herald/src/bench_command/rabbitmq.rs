@@ -74,6 +74,12 @@ async fn connect(url: &str) -> anyhow::Result<Connection> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// Closes `connection`, waiting `CLOSE_SECONDS_MAX` at most for the server's answer.
+async fn close(connection: &Connection) {
+    let closing = connection.close(REPLY_SUCCESS, "done".into());
+    let _ = tokio::time::timeout(Duration::from_secs(CLOSE_SECONDS_MAX), closing).await;
+}
+
 /// A channel whose publishes are confirmed.
 async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let channel = connection
@@ -88,8 +94,16 @@ async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> 
 }
 
 /// Declares `name` as a durable quorum queue, or a classic durable one if the server refuses
-/// the quorum type (the refusal closes the channel, hence a fresh one for the retry).
-async fn declare(connection: &Connection, name: &str) -> anyhow::Result<QueueKind> {
+/// the quorum type (the refusal closes the channel, hence a fresh one for the retry), on a
+/// connection of its own, closed after.
+async fn declare(url: &str, name: &str) -> anyhow::Result<QueueKind> {
+    let connection = connect(url).await?;
+    let declared = declare_on(&connection, name).await;
+    close(&connection).await;
+    declared
+}
+
+async fn declare_on(connection: &Connection, name: &str) -> anyhow::Result<QueueKind> {
     let mut quorum = FieldTable::default();
     quorum.insert(
         "x-queue-type".into(),
@@ -103,7 +117,6 @@ async fn declare(connection: &Connection, name: &str) -> anyhow::Result<QueueKin
         .queue_declare(name.into(), QueueDeclareOptions::durable(), quorum)
         .await;
     if declared.is_ok() {
-        let _ = channel.close(REPLY_SUCCESS, "declared".into()).await;
         return Ok(QueueKind::Quorum);
     }
     let channel = connection
@@ -118,22 +131,36 @@ async fn declare(connection: &Connection, name: &str) -> anyhow::Result<QueueKin
         )
         .await
         .with_context(|| format!("declaring queue {name}"))?;
-    let _ = channel.close(REPLY_SUCCESS, "declared".into()).await;
     Ok(QueueKind::ClassicDurable)
 }
 
-/// Deletes the run's queue; a failure is reported but does not hide the run's own error.
-async fn delete(connection: &Connection, name: &str) {
+/// How long deleting a run's queue may take before the run goes on without it.
+const DELETE_SECONDS_MAX: u64 = 30;
+
+/// How long closing a connection may take before it is dropped unanswered.
+const CLOSE_SECONDS_MAX: u64 = 5;
+
+/// Deletes the run's queue; a failure is reported but does not hide the run's own error. On a
+/// connection of its own and within `DELETE_SECONDS_MAX`: lapin once left the run's first
+/// connection unable to open a channel ("invalid channel state: Closing"), and the delete
+/// waited forever for it.
+async fn delete(url: &str, name: &str) {
     let deleted = async {
+        let connection = connect(url).await?;
         let channel = connection.create_channel().await?;
         channel
             .queue_delete(name.into(), QueueDeleteOptions::default())
             .await?;
-        channel.close(REPLY_SUCCESS, "deleted".into()).await
-    }
-    .await;
-    if let Err(error) = deleted {
-        eprintln!("warning: RabbitMQ queue {name} was not deleted: {error}");
+        close(&connection).await;
+        anyhow::Ok(())
+    };
+    let deadline = Duration::from_secs(DELETE_SECONDS_MAX);
+    match tokio::time::timeout(deadline, deleted).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => eprintln!("warning: RabbitMQ queue {name} was not deleted: {error:#}"),
+        Err(_) => eprintln!(
+            "warning: RabbitMQ queue {name} was not deleted: no answer in {DELETE_SECONDS_MAX} s"
+        ),
     }
 }
 
@@ -148,13 +175,11 @@ fn persistent() -> BasicProperties {
 
 pub async fn publish(url: &str, args: &PublishArgs, progress: bool) -> anyhow::Result<Report> {
     let queue = queue_name("publish");
-    let admin = connect(url).await?;
-    let kind = declare(&admin, &queue).await?;
+    let kind = declare(url, &queue).await?;
     let bar = progress_bar(progress, args.events);
     let outcome = fill(url, &queue, args, &bar).await;
     bar.finish_and_clear();
-    delete(&admin, &queue).await;
-    let _ = admin.close(REPLY_SUCCESS, "done".into()).await;
+    delete(url, &queue).await;
     let (acked, seconds) = outcome?;
     Ok(Report::new(
         "publish",
@@ -215,18 +240,16 @@ async fn fill(
     })
     .await;
     for connection in connections {
-        let _ = connection.close(REPLY_SUCCESS, "done".into()).await;
+        close(&connection).await;
     }
     outcome
 }
 
 pub async fn consume(url: &str, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
     let queue = queue_name("consume");
-    let admin = connect(url).await?;
-    let kind = declare(&admin, &queue).await?;
+    let kind = declare(url, &queue).await?;
     let outcome = drain(url, &queue, args, progress).await;
-    delete(&admin, &queue).await;
-    let _ = admin.close(REPLY_SUCCESS, "done".into()).await;
+    delete(url, &queue).await;
     let (acked, seconds) = outcome?;
     Ok(Report::new(
         "consume",
@@ -328,7 +351,7 @@ async fn drain(
                 acked.fetch_add(read as u64, Ordering::Relaxed);
                 bar.inc(read as u64);
             }
-            let _ = connection.close(REPLY_SUCCESS, "done".into()).await;
+            close(&connection).await;
             anyhow::Ok(())
         }));
     }
@@ -342,11 +365,9 @@ async fn drain(
 
 pub async fn latency(url: &str, args: &LatencyArgs, progress: bool) -> anyhow::Result<Report> {
     let queue = queue_name("latency");
-    let admin = connect(url).await?;
-    let kind = declare(&admin, &queue).await?;
+    let kind = declare(url, &queue).await?;
     let outcome = measure_latency(url, &queue, args, progress).await;
-    delete(&admin, &queue).await;
-    let _ = admin.close(REPLY_SUCCESS, "done".into()).await;
+    delete(url, &queue).await;
     let recorder = outcome?;
     Ok(recorder.report(
         args,
@@ -411,8 +432,8 @@ async fn measure_latency(
     bar.finish_and_clear();
     writer.await??;
     let _ = pacer.join();
-    let _ = pub_connection.close(REPLY_SUCCESS, "done".into()).await;
-    let _ = sub_connection.close(REPLY_SUCCESS, "done".into()).await;
+    close(&pub_connection).await;
+    close(&sub_connection).await;
     Ok(recorder)
 }
 
