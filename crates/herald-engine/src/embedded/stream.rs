@@ -135,6 +135,20 @@ impl Stream {
         events: Vec<(usize, Event)>,
         now_us: u64,
     ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
+        // Ids Herald generated only (the usual batch): nothing to look up, every event is
+        // stored, and the batch is handed on as it is rather than moved event by event.
+        if !events.is_empty() && !events.iter().any(|(_, event)| looked_up(event)) {
+            let claimed = Claimed {
+                stream: self.clone(),
+                events,
+            };
+            return Ok(self
+                .store(claimed)
+                .await?
+                .into_iter()
+                .map(|(index, event)| (index, self.outcome(&event.event, event.seq, false)))
+                .collect());
+        }
         // A repeat inside the batch is a duplicate of its first occurrence. Only ids the
         // publisher chose are looked up (`IdOrigin`): a generated id is new by construction.
         // Every stored id is remembered (`on_stored`), so that one sent again is a duplicate.
@@ -158,7 +172,7 @@ impl Stream {
         drop(first_of);
         // Every distinct chosen id claimed under one lock; an id another publish is storing
         // right now is waited for on its own.
-        let seen: Vec<Option<Seen>> = if events.iter().any(|(_, event)| looked_up(event)) {
+        let seen: Vec<Option<Seen>> = {
             let mut dedupe = self.dedupe.lock();
             events
                 .iter()
@@ -168,8 +182,6 @@ impl Stream {
                         .then(|| dedupe.check_and_claim(event.id.as_str(), now_us))
                 })
                 .collect()
-        } else {
-            vec![None; events.len()]
         };
         let mut claimed = Claimed {
             stream: self.clone(),
