@@ -142,12 +142,7 @@ impl Stream {
                 stream: self.clone(),
                 events,
             };
-            return Ok(self
-                .store(claimed)
-                .await?
-                .into_iter()
-                .map(|(index, event)| (index, self.outcome(&event.event, event.seq, false)))
-                .collect());
+            return self.store_new(claimed).await;
         }
         // A repeat inside the batch is a duplicate of its first occurrence. Only ids the
         // publisher chose are looked up (`IdOrigin`): a generated id is new by construction.
@@ -217,9 +212,7 @@ impl Stream {
             claimed.events.sort_by_key(|(index, _)| *index);
         }
         if !claimed.events.is_empty() {
-            for (index, event) in self.store(claimed).await? {
-                outcomes.push((index, self.outcome(&event.event, event.seq, false)));
-            }
+            outcomes.extend(self.store_new(claimed).await?);
         }
         if !repeats.is_empty() {
             let seq_of: hashbrown::HashMap<&str, u64> = outcomes
@@ -255,6 +248,19 @@ impl Stream {
             }
             settled.await;
         }
+    }
+
+    /// Stores the claimed events, each answered as new.
+    async fn store_new(
+        &self,
+        claimed: Claimed,
+    ) -> Result<Vec<(usize, PublishOutcome)>, EngineError> {
+        Ok(self
+            .store(claimed)
+            .await?
+            .into_iter()
+            .map(|(index, event)| (index, self.outcome(&event.event, event.seq, false)))
+            .collect())
     }
 
     /// Appends the claimed events; the writer thread finishes the publish and answers.
