@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -63,9 +63,6 @@ struct ItemHead {
     delivery_id: Option<u64>,
 }
 
-/// Deliveries acked in one frame at most.
-const ACK_BATCH_MAX: usize = 1000;
-
 pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow::Result<Report> {
     let id = run_id();
     // A stream of its own, so that the group reads only its backlog and not earlier runs'.
@@ -95,7 +92,7 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
             let sid = wire::subscribe(&mut sink, &mut source, sub).await?;
-            let mut ids = Vec::with_capacity(ACK_BATCH_MAX);
+            let mut ids = Vec::with_capacity(wire::ACK_BATCH_MAX);
             while acked.load(Ordering::Relaxed) < stored {
                 let first = tokio::time::timeout(Duration::from_millis(200), source.next()).await;
                 let Ok(first) = first else { continue };
@@ -118,18 +115,13 @@ pub async fn run(target: &Target, args: &ConsumeArgs, progress: bool) -> anyhow:
                             _ => {}
                         }
                     }
-                    if ids.len() < ACK_BATCH_MAX {
+                    if ids.len() < wire::ACK_BATCH_MAX {
                         message = source.next().now_or_never().flatten().transpose()?;
                     }
                 }
-                if !ids.is_empty() {
-                    let count = ids.len() as u64;
-                    let ack = json!({"op": "ack", "sid": sid, "deliveryIds": ids});
-                    sink.send(wire::text(ack.to_string())).await?;
-                    ids = Vec::with_capacity(ACK_BATCH_MAX);
-                    acked.fetch_add(count, Ordering::Relaxed);
-                    bar.inc(count);
-                }
+                let count = wire::send_acks(&mut sink, sid, &mut ids).await?;
+                acked.fetch_add(count, Ordering::Relaxed);
+                bar.inc(count);
             }
             anyhow::Ok(())
         }));

@@ -38,9 +38,6 @@ impl Default for LatencyArgs {
     }
 }
 
-/// Deliveries acked in one frame at most.
-const ACKS_PER_FRAME_MAX: usize = 1000;
-
 pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow::Result<Report> {
     let kind = format!("bench.latency.{}", run_id());
     let (mut sub_sink, mut sub_source) = wire::connect(target).await?;
@@ -81,12 +78,12 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
     // Acks of the deliveries read in one burst go out in one frame once no further frame is
     // waiting, as `@herald/client` sends those of one event-loop turn and as the Redis
     // baseline's consumer sends its `XACK` of what it read with its next read.
-    let mut unacked: Vec<serde_json::Value> = Vec::new();
+    let mut unacked: Vec<u64> = Vec::new();
     while !recorder.done() {
         let frame = match next_frame(&mut sub_source).now_or_never() {
             Some(frame) => frame?,
             None => {
-                send_acks(&mut sub_sink, sid, &mut unacked).await?;
+                wire::send_acks(&mut sub_sink, sid, &mut unacked).await?;
                 let next = tokio::time::timeout_at(
                     schedule.deadline().into(),
                     next_frame(&mut sub_source),
@@ -106,14 +103,17 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
             .ok_or_else(|| anyhow::anyhow!("a delivery that is not a bench event: {frame}"))?;
         recorder.record_index(i);
         if let Some(delivery_id) = frame.get("deliveryId") {
-            unacked.push(delivery_id.clone());
-            if unacked.len() >= ACKS_PER_FRAME_MAX {
-                send_acks(&mut sub_sink, sid, &mut unacked).await?;
+            let delivery_id = delivery_id
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("a delivery id that is not a number: {frame}"))?;
+            unacked.push(delivery_id);
+            if unacked.len() >= wire::ACK_BATCH_MAX {
+                wire::send_acks(&mut sub_sink, sid, &mut unacked).await?;
             }
         }
         bar.inc(1);
     }
-    send_acks(&mut sub_sink, sid, &mut unacked).await?;
+    wire::send_acks(&mut sub_sink, sid, &mut unacked).await?;
     bar.finish_and_clear();
     writer.await??;
     acks.await??;
@@ -124,18 +124,4 @@ pub async fn run(target: &Target, args: &LatencyArgs, progress: bool) -> anyhow:
         "one event per frame, live"
     };
     Ok(recorder.report(args, how))
-}
-
-async fn send_acks(
-    sink: &mut wire::Sink,
-    sid: u64,
-    unacked: &mut Vec<serde_json::Value>,
-) -> anyhow::Result<()> {
-    if unacked.is_empty() {
-        return Ok(());
-    }
-    let ack = json!({"op": "ack", "sid": sid, "deliveryIds": unacked});
-    unacked.clear();
-    sink.send(wire::text(ack.to_string())).await?;
-    Ok(())
 }

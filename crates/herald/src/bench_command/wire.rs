@@ -77,6 +77,22 @@ pub async fn next_puback(source: &mut Source) -> anyhow::Result<u64> {
     }
 }
 
+/// Deliveries acked in one `ack` frame at most.
+pub const ACK_BATCH_MAX: usize = 1000;
+
+/// Acks `ids` of subscription `sid` in one frame, if there are any, and empties `ids`
+/// (keeping its memory); returns how many were acked.
+pub async fn send_acks(sink: &mut Sink, sid: u64, ids: &mut Vec<u64>) -> anyhow::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ack = serde_json::json!({"op": "ack", "sid": sid, "deliveryIds": ids});
+    let count = ids.len() as u64;
+    ids.clear();
+    sink.send(text(ack.to_string())).await?;
+    Ok(count)
+}
+
 pub fn text(frame: String) -> Message {
     Message::Text(frame.into())
 }
