@@ -147,12 +147,16 @@ const CLOSE_SECONDS_MAX: u64 = 5;
 async fn delete(url: &str, name: &str) {
     let deleted = async {
         let connection = connect(url).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .queue_delete(name.into(), QueueDeleteOptions::default())
-            .await?;
+        let deleted = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
         close(&connection).await;
-        anyhow::Ok(())
+        deleted
     };
     let deadline = Duration::from_secs(DELETE_SECONDS_MAX);
     match tokio::time::timeout(deadline, deleted).await {
