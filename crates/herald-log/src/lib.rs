@@ -199,6 +199,8 @@ impl Log {
 
     /// Drops the head of the log up to `seq`, by whole sealed segments (a memory log, by
     /// record): what a caller that snapshots its own state uses instead of retention limits.
+    /// Everything written is fsynced first, whatever the policy, so that the records which
+    /// replace the dropped ones are durable before those are deleted.
     pub async fn drop_before(&self, seq: u64) -> Result<(), LogError> {
         match &self.backend {
             Backend::File(log) => log.drop_before(seq).await,

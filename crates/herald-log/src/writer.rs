@@ -636,6 +636,19 @@ impl Writer {
 
     /// Drops every sealed segment whose records all precede `seq`.
     fn drop_before(&mut self, seq: u64) -> Result<(), LogError> {
+        let drops_any = self
+            .shared
+            .segments
+            .read()
+            .sealed
+            .front()
+            .is_some_and(|oldest| oldest.next_seq <= seq);
+        if !drops_any {
+            return Ok(());
+        }
+        // The records that supersede the dropped ones (a group journal's snapshot) may still be
+        // unsynced under `interval` or `never`: a power loss must not find neither.
+        self.sync()?;
         let mut dropped = Vec::new();
         {
             let mut set = self.shared.segments.write();

@@ -399,6 +399,39 @@ async fn drop_before_removes_whole_segments_below_a_seq_and_nothing_after_it() {
     }
 }
 
+/// A caller drops the head once a later record replaces it (a group journal's snapshot): that
+/// record is fsynced before the segments it replaces are deleted, under a policy that would
+/// not have synced it for an hour.
+#[tokio::test]
+async fn drop_before_syncs_what_replaces_the_dropped_records_before_deleting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        small_segments(FsyncPolicy::Interval(Duration::from_secs(3600))),
+    )
+    .unwrap();
+    log.append_blocking(payloads(1..=300)).unwrap();
+    let before = log.fsync_times();
+    log.drop_before(150).await.unwrap();
+    assert!(log.stats().first_seq > 100, "the drop dropped segments");
+    assert_eq!(
+        log.fsync_times().since(&before).count(),
+        1,
+        "the active segment's unsynced records were synced before the delete"
+    );
+    let before = log.fsync_times();
+    log.drop_before(150).await.unwrap();
+    assert_eq!(
+        log.fsync_times().since(&before).count(),
+        0,
+        "a drop that deletes nothing syncs nothing"
+    );
+    drop(log);
+    let log = Log::open(dir.path(), small_segments(FsyncPolicy::Never)).unwrap();
+    let first = log.stats().first_seq;
+    assert_records(&read_all(&log, 1), first..=300);
+}
+
 /// `append_then` callbacks come exactly once each, in seq order, and only for records readers
 /// can see — whether the appender committed inline or the writer thread did — under every
 /// policy, with many appenders and segment rolls (which never commit inline) in the mix.
