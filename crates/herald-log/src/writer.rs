@@ -647,7 +647,7 @@ impl Writer {
             return Ok(());
         }
         // The records that supersede the dropped ones (a group journal's snapshot) may still be
-        // unsynced under `interval` or `never`: a power loss must not find neither.
+        // unsynced under `interval` or `never`: a power loss must leave one or the other.
         self.sync()?;
         let mut dropped = Vec::new();
         {
