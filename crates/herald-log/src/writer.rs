@@ -35,7 +35,7 @@ use crate::index::{self, IndexEntry};
 use crate::record::{self, RECORD_HEADER_BYTES};
 use crate::recovery::{self, Recovered};
 use crate::segment::{SEGMENT_HEADER_BYTES, SegmentPaths};
-use crate::state::SegmentInfo;
+use crate::state::{SegmentInfo, SegmentSet};
 use crate::syncer::Syncer;
 
 /// What an acknowledged append got.
@@ -636,14 +636,12 @@ impl Writer {
 
     /// Drops every sealed segment whose records all precede `seq`.
     fn drop_before(&mut self, seq: u64) -> Result<(), LogError> {
-        let drops_any = self
-            .shared
-            .segments
-            .read()
-            .sealed
-            .front()
-            .is_some_and(|oldest| oldest.next_seq <= seq);
-        if !drops_any {
+        let oldest_precedes = |set: &SegmentSet| {
+            set.sealed
+                .front()
+                .is_some_and(|oldest| oldest.next_seq <= seq)
+        };
+        if !oldest_precedes(&self.shared.segments.read()) {
             return Ok(());
         }
         // The records that supersede the dropped ones (a group journal's snapshot) may still be
@@ -652,20 +650,14 @@ impl Writer {
         let mut dropped = Vec::new();
         {
             let mut set = self.shared.segments.write();
-            while set
-                .sealed
-                .front()
-                .is_some_and(|oldest| oldest.next_seq <= seq)
-            {
+            while oldest_precedes(&set) {
                 if let Some(segment) = set.sealed.pop_front() {
                     dropped.push(segment.base_seq);
                 }
             }
         }
-        if !dropped.is_empty() {
-            recovery::delete_segments(&self.shared.dir, &dropped)?;
-        }
-        Ok(())
+        // Only this thread changes the set: what was droppable before the sync still is.
+        recovery::delete_segments(&self.shared.dir, &dropped)
     }
 
     /// Seals an old active segment when age retention needs it, then drops sealed segments from
