@@ -11,6 +11,7 @@ mod paced;
 mod publish;
 mod rabbitmq;
 mod redis_streams;
+mod relay;
 mod report;
 mod socketio;
 mod wire;
@@ -24,7 +25,8 @@ pub use report::Report;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Server URL [env: HERALD_URL]; a redis://, nats:// or amqp:// URL runs publish, consume
-    /// and latency against Redis Streams, NATS JetStream or RabbitMQ directly, as baselines.
+    /// and latency against Redis Streams, NATS JetStream or RabbitMQ directly, as baselines;
+    /// `relay:` runs latency through a loopback relay that does nothing (the machine's floor).
     #[arg(
         long,
         env = "HERALD_URL",
@@ -72,6 +74,8 @@ enum Peer {
     Redis(String),
     Nats(String),
     Rabbit(String),
+    /// No broker: `relay.rs`, the floor of publish-to-delivery latency on this machine.
+    Relay,
 }
 
 impl Peer {
@@ -82,6 +86,8 @@ impl Peer {
             Some(Peer::Nats(url.to_owned()))
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             Some(Peer::Rabbit(url.to_owned()))
+        } else if url.starts_with("relay:") {
+            Some(Peer::Relay)
         } else {
             None
         }
@@ -169,6 +175,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                     (Workload::Latency(args), Some(Peer::Rabbit(url))) => {
                         vec![rabbitmq::latency(url, args, !args_quiet()).await?]
+                    }
+                    (Workload::Latency(args), Some(Peer::Relay)) => {
+                        vec![relay::latency(args, !args_quiet()).await?]
+                    }
+                    (_, Some(Peer::Relay)) => {
+                        anyhow::bail!("against the relay only `latency` runs")
                     }
                     (_, Some(_)) => anyhow::bail!(
                         "against a peer only `publish`, `consume` and `latency` run; the other \
