@@ -1,9 +1,10 @@
 //! The floor under every latency figure: publish-to-delivery through a relay that stores
 //! nothing and only copies bytes, over the same two loopback connections a broker has (one from
 //! the publisher, which gets an ack per event as every measured publisher does, one to the
-//! subscriber), with the same client, pacer and recorder as every system measured (`paced.rs`). Whatever a broker measures above this is its own; whatever
-//! this measures is the machine's (scheduler wake-ups, loopback, the client), which no broker
-//! can go under. On a noisy host its p99 alone can exceed a latency target.
+//! subscriber), with the same client, pacer and recorder as every system measured
+//! (`paced.rs`). Whatever a broker measures above this is its own; whatever this measures is
+//! the machine's (scheduler wake-ups, loopback, the client), which no broker can go under. On a
+//! noisy host its p99 alone can exceed a latency target.
 //!
 //! The relay is one thread of blocking reads and writes, woken by the kernel per arrival: the
 //! least a server can add. Chosen with `--url relay:`; only `latency` runs against it.
