@@ -69,7 +69,7 @@ pub async fn latency(args: &LatencyArgs, progress: bool) -> anyhow::Result<Repor
         }
         anyhow::Ok(())
     });
-    let bar = progress_bar(progress, schedule.total);
+    let bar = progress_bar(progress, total);
     bar.set_message("latency");
     let mut recorder = Recorder::new(schedule)?;
     let mut lines = BufReader::new(subscriber);
@@ -88,7 +88,7 @@ pub async fn latency(args: &LatencyArgs, progress: bool) -> anyhow::Result<Repor
             read.context("reading from the relay")? > 0,
             "the relay closed after {} of {} events",
             recorder.received,
-            schedule.total
+            total
         );
         recorder.record(&line)?;
         bar.inc(1);
