@@ -1,9 +1,16 @@
 //! A consumer group of the embedded engine: one task that owns all of the group's state, so
 //! that no lock guards it and every transition happens in one place.
 //!
-//! Each turn of the loop: fetch new events for members with room, journal what changed (one
-//! append), then hand out the deliveries and answer the verbs, then wait for a member's verb, a control message, a stream
-//! wake-up or the next timer (ack timeouts and retry times, on tokio's clock).
+//! Each turn of the loop: fetch new events for members with room, hand out the deliveries,
+//! journal what changed (one append), answer the verbs, then wait for a member's verb, a
+//! control message, a stream wake-up or the next timer (ack timeouts and retry times, on
+//! tokio's clock).
+//!
+//! Deliveries go out before their journal write, verb answers after it. A crash between the
+//! two delivers the event again after the restart, uncounted (it was never acked, so
+//! at-least-once holds); waiting for the write put the journal's fsync under `always` into
+//! every delivery's latency (docs/PERFORMANCE.md). An ack is journaled after the delivery it
+//! settles, since the task applies it at a later turn.
 //!
 //! Invariants: an event is in flight to at most one member; `member.in_flight` equals the
 //! number of `in_flight` entries naming that member; every fetched, unfinished event is in
@@ -130,7 +137,7 @@ pub(crate) struct GroupActor {
     next_delivery_id: u64,
     next_schedule_id: u64,
     counters: Counters,
-    /// Deliveries made this turn, by member, sent after the journal write.
+    /// Deliveries made this turn, by member, sent before the journal write.
     outbox: Vec<(u64, Delivery)>,
     /// Answers to member verbs, sent once their journal records are written: an acked event
     /// is never delivered again, even after a crash.
@@ -275,6 +282,7 @@ impl GroupActor {
         loop {
             self.pump();
             self.stage_positions();
+            self.send_outbox();
             let mut written = self.journal.flush().await;
             if written.is_ok() && self.journal.needs_snapshot() {
                 written = self.snapshot().await;
@@ -284,7 +292,6 @@ impl GroupActor {
                 self.stop(Closed::ReadFailed(error.to_string()));
                 return;
             }
-            self.send_outbox();
             for (reply, result) in self.replies.drain(..) {
                 let _ = reply.send(result);
             }
