@@ -13,6 +13,12 @@
 //! and the delivery of its events — waited for the disk, and publish-to-delivery latency under
 //! `interval` followed the disk's fsync latency; docs/PERFORMANCE.md, 2026-12-01 04:10 UTC.)
 //! Under `always` the writer syncs inline, since the acknowledgement waits for the fsync anyway.
+//!
+//! Between syncs, the writer hands the syncer (when idle) each run of whole pages written since
+//! the last one, and the syncer starts their writeback (`writer::WRITEBACK_BYTES_MIN`). Linux
+//! offers that as `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which neither rustix nor nix wraps;
+//! `posix_fadvise(DONTNEED)` does the same for dirty pages (writeback is started, without waiting)
+//! and drops only clean ones, which a range written after the last sync has none of.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -21,6 +27,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+use rustix::fs::Advice;
 
 use crate::error::{IoContext, LogError};
 use crate::fsync_times::FsyncTimes;
@@ -31,6 +38,16 @@ struct SyncJob {
     path: PathBuf,
     base_seq: u64,
     position: u64,
+}
+
+enum Job {
+    Sync(SyncJob),
+    /// Start writing out the pages of `file` in `from..until`, without waiting.
+    Writeback {
+        file: Arc<File>,
+        from: u64,
+        until: u64,
+    },
 }
 
 /// What the syncer has done, read by the writer.
@@ -52,7 +69,7 @@ struct State {
 }
 
 pub(crate) struct Syncer {
-    jobs: Option<SyncSender<SyncJob>>,
+    jobs: Option<SyncSender<Job>>,
     state: Arc<State>,
     thread: Option<JoinHandle<()>>,
 }
@@ -96,10 +113,37 @@ impl Syncer {
             }
             progress.in_flight = true;
         }
-        match jobs.try_send(job) {
+        match jobs.try_send(Job::Sync(job)) {
             Ok(()) => true,
             // The thread is gone (it only stops when the syncer is dropped) or, impossibly,
             // busy: the writer syncs inline at its next chance instead.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.state.progress.lock().in_flight = false;
+                false
+            }
+        }
+    }
+
+    /// Starts the writeback of `from..until` of `file` if the thread is idle; returns whether it
+    /// was handed over. Only advice: it succeeds or fails unseen, and syncs decide durability.
+    pub fn start_writeback(&self, file: &Arc<File>, from: u64, until: u64) -> bool {
+        let Some(jobs) = &self.jobs else {
+            return false;
+        };
+        {
+            let mut progress = self.state.progress.lock();
+            if progress.in_flight {
+                return false;
+            }
+            progress.in_flight = true;
+        }
+        let job = Job::Writeback {
+            file: file.clone(),
+            from,
+            until,
+        };
+        match jobs.try_send(job) {
+            Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.state.progress.lock().in_flight = false;
                 false
@@ -139,9 +183,25 @@ impl Drop for Syncer {
     }
 }
 
-fn run(inbox: Receiver<SyncJob>, state: &State, times: &FsyncTimes) {
+fn run(inbox: Receiver<Job>, state: &State, times: &FsyncTimes) {
     while let Ok(first) = inbox.recv() {
-        let mut job = first;
+        let mut job = match first {
+            Job::Sync(job) => job,
+            Job::Writeback { file, from, until } => {
+                if let Some(length) = std::num::NonZeroU64::new(until.saturating_sub(from)) {
+                    let _ = rustix::fs::fadvise(&*file, from, Some(length), Advice::DontNeed);
+                }
+                let mut progress = state.progress.lock();
+                match progress.next.take() {
+                    Some(next) => next,
+                    None => {
+                        progress.in_flight = false;
+                        state.idle.notify_all();
+                        continue;
+                    }
+                }
+            }
+        };
         loop {
             let started = std::time::Instant::now();
             let result = job.file.sync_data().at(&job.path);
@@ -231,5 +291,32 @@ mod tests {
         assert!(!syncer.is_busy());
         assert_eq!(syncer.take_progress().unwrap(), Some((1, 50)));
         assert!((1..=50).contains(&times.snapshot().count()));
+    }
+
+    #[test]
+    fn a_writeback_keeps_the_data_and_a_sync_asked_for_meanwhile_still_runs() {
+        use std::os::unix::fs::FileExt;
+
+        let (_dir, path, file, times, syncer) = started();
+        let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&data, 0).unwrap();
+        assert!(syncer.start_writeback(&file, 0, data.len() as u64));
+        // Handed over at once, running or queued behind the writeback.
+        assert!(syncer.request(&file, path.clone(), 1, data.len() as u64));
+        syncer.wait_idle();
+        assert_eq!(
+            syncer.take_progress().unwrap(),
+            Some((1, data.len() as u64))
+        );
+        assert_eq!(times.snapshot().count(), 1, "a writeback is not an fsync");
+        let mut read = vec![0; data.len()];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut read, 0)
+            .unwrap();
+        assert!(
+            read == data,
+            "the pages written back still hold what was written"
+        );
     }
 }
