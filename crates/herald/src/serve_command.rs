@@ -54,7 +54,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.redis.url = url;
     }
     config.insecure |= args.insecure;
+    // Before the runtime, which is sized by it.
+    config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
         .enable_all()
         .build()
         .context("starting the runtime")?;
