@@ -28,15 +28,14 @@ pub const DATA_DIR_DEFAULT: &str = "./herald-data";
 /// 1 s, NATS JetStream's sync interval 2 min.
 pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
 
-/// The runtime's worker threads when `workers` is unset: one fewer than the cores, at least one.
-/// The log's writer thread, the kernel's network and disk work and the clients on the machine
-/// need a core too; workers that outnumber the cores left to them park and wake each other
-/// around every event. On the 2-core test VM at 20 k events/s, one worker instead of two cut
-/// the server's context switches per event from 1.75 to 0.69, its CPU per event from 47 to
-/// 30 µs, and a consumer group's p99 publish-to-delivery from 0.70 to 0.53 ms, with throughput
-/// within ±10% (docs/PERFORMANCE.md, session 24).
+/// The runtime's worker threads when `workers` is unset: one per core. Fewer is a trade an
+/// operator may choose: on the 2-core test VM at 20 k events/s, one worker instead of two cut
+/// the server's context switches per event from 1.75 to 0.69 and its CPU per event from 47 to
+/// 30 µs (two workers on two busy cores park and wake each other around every event), but
+/// under `interval` one worker also does every publish's write, and a full comparison's publish
+/// fell below twice Redis's in two runs of three (docs/PERFORMANCE.md, session 24).
 pub fn workers_default(cores: usize) -> usize {
-    cores.saturating_sub(1).max(1)
+    cores.max(1)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -879,8 +878,8 @@ mod tests {
     }
 
     #[test]
-    fn workers_leave_a_core_to_the_rest_but_never_go_below_one() {
-        for (cores, expect) in [(0, 1), (1, 1), (2, 1), (4, 3), (16, 15)] {
+    fn workers_are_one_per_core_and_never_below_one() {
+        for (cores, expect) in [(0, 1), (1, 1), (2, 2), (16, 16)] {
             assert_eq!(workers_default(cores), expect, "{cores} cores");
         }
     }
