@@ -63,6 +63,11 @@ pub const PAGE_CACHE_KEEP_BYTES: u64 = 16 * 1024 * 1024;
 /// docs/PERFORMANCE.md, session 24).
 pub const WRITEBACK_BYTES_MIN: u64 = 256 * 1024;
 
+/// Pages written longer ago than this may have been written back by the kernel's flusher
+/// (`dirty_expire_centisecs`, 30 s by default); a writeback hint would drop them from the page
+/// cache that tail readers use, so a run this old is passed over.
+const WRITEBACK_AGE_MAX: Duration = Duration::from_secs(20);
+
 const PAGE_BYTES: u64 = 4096;
 
 /// How long the writer spins for the next request before it parks.
@@ -182,8 +187,10 @@ pub(crate) struct Writer {
     synced_position: u64,
     /// Position of the active segment below which the page cache was already dropped.
     uncached_position: u64,
-    /// Position of the active segment below which writeback was started (by a sync or a hint).
+    /// Position of the active segment below which writeback was started (by a sync or a hint),
+    /// and when it last moved.
     writeback_position: u64,
+    writeback_moved_at: Instant,
     last_sync: Instant,
     next_retention_check: Instant,
     poisoned: Option<String>,
@@ -242,7 +249,8 @@ impl Writer {
             unsynced: false,
             synced_position: active.bytes,
             uncached_position: SEGMENT_HEADER_BYTES,
-            writeback_position: SEGMENT_HEADER_BYTES,
+            writeback_position: active.bytes / PAGE_BYTES * PAGE_BYTES,
+            writeback_moved_at: Instant::now(),
             last_sync: Instant::now(),
             next_retention_check: Instant::now() + retention_check_interval,
             poisoned: None,
@@ -482,9 +490,16 @@ impl Writer {
         let Some(syncer) = &self.syncer else {
             return;
         };
-        if syncer.start_writeback(&self.file, self.writeback_position, until) {
-            self.writeback_position = until;
+        if self.writeback_moved_at.elapsed() > WRITEBACK_AGE_MAX
+            || syncer.start_writeback(&self.file, self.writeback_position, until)
+        {
+            self.writeback_moved(until);
         }
+    }
+
+    fn writeback_moved(&mut self, position: u64) {
+        self.writeback_position = position / PAGE_BYTES * PAGE_BYTES;
+        self.writeback_moved_at = Instant::now();
     }
 
     /// Hands a sync of everything written to the syncer, which starts it now or, when a sync
@@ -519,7 +534,7 @@ impl Writer {
             .is_some_and(|syncer| syncer.request(&self.file, path, self.base_seq, self.position));
         if started {
             self.unsynced = false;
-            self.writeback_position = self.position / PAGE_BYTES * PAGE_BYTES;
+            self.writeback_moved(self.position);
             Ok(())
         } else {
             self.sync()
@@ -574,7 +589,7 @@ impl Writer {
             self.shared.io_times.fsyncs.record(started.elapsed());
             self.unsynced = false;
             self.synced_position = self.position;
-            self.writeback_position = self.position / PAGE_BYTES * PAGE_BYTES;
+            self.writeback_moved(self.position);
             self.drop_cache_behind();
         }
         self.last_sync = Instant::now();
@@ -621,7 +636,7 @@ impl Writer {
         self.position = SEGMENT_HEADER_BYTES;
         self.synced_position = SEGMENT_HEADER_BYTES;
         self.uncached_position = SEGMENT_HEADER_BYTES;
-        self.writeback_position = SEGMENT_HEADER_BYTES;
+        self.writeback_moved(SEGMENT_HEADER_BYTES);
         self.first_timestamp_us = None;
         self.last_indexed_position = None;
         self.unsynced = false;
