@@ -96,54 +96,48 @@ impl Syncer {
     /// in position order, and syncs a segment inline before it rolls to the next); returns
     /// false when the thread is gone, and the caller must sync inline.
     pub fn request(&self, file: &Arc<File>, path: PathBuf, base_seq: u64, position: u64) -> bool {
-        let Some(jobs) = &self.jobs else {
-            return false;
-        };
         let job = SyncJob {
             file: file.clone(),
             path,
             base_seq,
             position,
         };
-        {
-            let mut progress = self.state.progress.lock();
-            if progress.in_flight {
-                progress.next = Some(job);
-                return true;
-            }
-            progress.in_flight = true;
-        }
-        match jobs.try_send(Job::Sync(job)) {
-            Ok(()) => true,
-            // The thread is gone (it only stops when the syncer is dropped) or, impossibly,
-            // busy: the writer syncs inline at its next chance instead.
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.state.progress.lock().in_flight = false;
-                false
-            }
-        }
+        self.hand_over(Job::Sync(job))
     }
 
     /// Starts the writeback of `from..until` of `file` if the thread is idle; returns whether it
     /// was handed over. Only advice: it succeeds or fails unseen, and syncs decide durability.
     pub fn start_writeback(&self, file: &Arc<File>, from: u64, until: u64) -> bool {
+        self.hand_over(Job::Writeback {
+            file: file.clone(),
+            from,
+            until,
+        })
+    }
+
+    /// Sends `job` to the idle thread; while it is busy, a sync is queued behind the running
+    /// job and a writeback is refused.
+    fn hand_over(&self, job: Job) -> bool {
         let Some(jobs) = &self.jobs else {
             return false;
         };
         {
             let mut progress = self.state.progress.lock();
             if progress.in_flight {
-                return false;
+                return match job {
+                    Job::Sync(sync) => {
+                        progress.next = Some(sync);
+                        true
+                    }
+                    Job::Writeback { .. } => false,
+                };
             }
             progress.in_flight = true;
         }
-        let job = Job::Writeback {
-            file: file.clone(),
-            from,
-            until,
-        };
         match jobs.try_send(job) {
             Ok(()) => true,
+            // The thread is gone (it only stops when the syncer is dropped) or, impossibly,
+            // busy: the writer syncs inline at its next chance instead.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.state.progress.lock().in_flight = false;
                 false
@@ -185,53 +179,49 @@ impl Drop for Syncer {
 
 fn run(inbox: Receiver<Job>, state: &State, times: &FsyncTimes) {
     while let Ok(first) = inbox.recv() {
-        let mut job = match first {
-            Job::Sync(job) => job,
-            Job::Writeback { file, from, until } => {
-                if let Some(length) = std::num::NonZeroU64::new(until.saturating_sub(from)) {
-                    let _ = rustix::fs::fadvise(&*file, from, Some(length), Advice::DontNeed);
-                }
-                let mut progress = state.progress.lock();
-                match progress.next.take() {
-                    Some(next) => next,
-                    None => {
-                        progress.in_flight = false;
-                        state.idle.notify_all();
-                        continue;
-                    }
-                }
-            }
-        };
+        let mut job = first;
         loop {
-            let started = std::time::Instant::now();
-            let result = job.file.sync_data().at(&job.path);
-            times.record(started.elapsed());
-            let mut progress = state.progress.lock();
-            match result {
-                Ok(()) => {
-                    let newer = progress.synced.is_none_or(|(base_seq, position)| {
-                        job.base_seq > base_seq
-                            || (job.base_seq == base_seq && job.position > position)
-                    });
-                    if newer {
-                        progress.synced = Some((job.base_seq, job.position));
+            match job {
+                Job::Writeback { file, from, until } => {
+                    if let Some(length) = std::num::NonZeroU64::new(until.saturating_sub(from)) {
+                        let _ = rustix::fs::fadvise(&*file, from, Some(length), Advice::DontNeed);
                     }
                 }
-                Err(failure) => {
-                    tracing::error!(error = %failure, "background fsync failed; the log refuses writes");
-                    progress.failure = Some(failure);
-                    // The log is poisoned: a sync queued behind this one is moot.
-                    progress.next = None;
-                }
+                Job::Sync(job) => sync(&job, state, times),
             }
+            let mut progress = state.progress.lock();
             match progress.next.take() {
-                Some(next) => job = next,
+                Some(next) => job = Job::Sync(next),
                 None => {
                     progress.in_flight = false;
                     state.idle.notify_all();
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Runs one sync and records its outcome.
+fn sync(job: &SyncJob, state: &State, times: &FsyncTimes) {
+    let started = std::time::Instant::now();
+    let result = job.file.sync_data().at(&job.path);
+    times.record(started.elapsed());
+    let mut progress = state.progress.lock();
+    match result {
+        Ok(()) => {
+            let newer = progress.synced.is_none_or(|(base_seq, position)| {
+                job.base_seq > base_seq || (job.base_seq == base_seq && job.position > position)
+            });
+            if newer {
+                progress.synced = Some((job.base_seq, job.position));
+            }
+        }
+        Err(failure) => {
+            tracing::error!(error = %failure, "background fsync failed; the log refuses writes");
+            progress.failure = Some(failure);
+            // The log is poisoned: a sync queued behind this one is moot.
+            progress.next = None;
         }
     }
 }
