@@ -28,16 +28,6 @@ pub const DATA_DIR_DEFAULT: &str = "./herald-data";
 /// 1 s, NATS JetStream's sync interval 2 min.
 pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
 
-/// The runtime's worker threads when `workers` is unset: one per core. Fewer is a trade an
-/// operator may choose: on the 2-core test VM at 20 k events/s, one worker instead of two cut
-/// the server's context switches per event from 1.75 to 0.69 and its CPU per event from 47 to
-/// 30 µs (two workers on two busy cores park and wake each other around every event), but
-/// under `interval` one worker also does every publish's write, and a full comparison's publish
-/// fell below twice Redis's in two runs of three (docs/PERFORMANCE.md, session 24).
-pub fn workers_default(cores: usize) -> usize {
-    cores.max(1)
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -65,7 +55,13 @@ pub struct ServerConfig {
     /// (Redis Streams, `[redis]`; several processes on one Redis are one bus).
     pub engine: EngineKind,
     pub redis: RedisSetting,
-    /// Threads that run connections and the engine; unset: `workers_default` of the cores.
+    /// Threads that run connections and the engine; unset: one per core (tokio's default).
+    /// Fewer is a trade an operator may choose: on the 2-core test VM at 20 k events/s, one
+    /// worker instead of two cut the server's context switches per event from 1.75 to 0.69 and
+    /// its CPU per event from 47 to 30 µs (two workers on two busy cores park and wake each
+    /// other around every event), but under `interval` one worker also does every publish's
+    /// write, and a full comparison's publish fell below twice Redis's in two runs of three
+    /// (docs/PERFORMANCE.md, session 24).
     pub workers: Option<usize>,
 }
 
@@ -725,13 +721,6 @@ impl ServerConfig {
         }
     }
 
-    /// The runtime's worker threads: `workers`, or `workers_default` of this machine's cores.
-    pub fn worker_threads(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            workers_default(std::thread::available_parallelism().map_or(1, usize::from))
-        })
-    }
-
     pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
         let mut config = EngineConfig::new(&self.data_dir);
         config.fsync = self.fsync_policy();
@@ -875,13 +864,6 @@ mod tests {
             .map_err(|error| ConfigError::Load(Box::new(error)))?;
         config.validate()?;
         Ok(config)
-    }
-
-    #[test]
-    fn workers_are_one_per_core_and_never_below_one() {
-        for (cores, expect) in [(0, 1), (1, 1), (2, 2), (16, 16)] {
-            assert_eq!(workers_default(cores), expect, "{cores} cores");
-        }
     }
 
     fn check_config(text: &str, expect: Result<(), &str>) {

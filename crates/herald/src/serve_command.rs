@@ -56,8 +56,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.insecure |= args.insecure;
     // Before the runtime, which is sized by it.
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads())
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the runtime")?;
