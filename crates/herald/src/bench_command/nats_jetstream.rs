@@ -32,6 +32,22 @@ const LATENCY_MAX_ACK_PENDING: i64 = 10_000;
 /// Messages per pull request of the latency workload's consumer.
 const LATENCY_PULL_BATCH: usize = 1000;
 
+/// A pull stream's item as a NATS consumer takes it: a missed idle heartbeat (none for twice
+/// the heartbeat, as when the host stalls) is `None` and the stream goes on, since async-nats
+/// pulls again by itself; any other error ends the run. Time lost to a stall still counts.
+fn delivered(
+    item: Result<jetstream::Message, consumer::pull::MessagesError>,
+) -> anyhow::Result<Option<jetstream::Message>> {
+    match item {
+        Ok(message) => Ok(Some(message)),
+        Err(error) if error.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+            tracing::warn!("NATS: {error}; the consumer goes on");
+            Ok(None)
+        }
+        Err(error) => Err(anyhow::anyhow!("{error}")),
+    }
+}
+
 async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
     let client = async_nats::connect(url)
         .await
@@ -183,8 +199,10 @@ async fn drain(
             while acked.load(Ordering::Relaxed) < stored {
                 let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
                 let Ok(next) = next else { continue };
-                let message = next.context("the consumer's message stream ended")?;
-                let message = message.map_err(|error| anyhow::anyhow!("{error}"))?;
+                let next = next.context("the consumer's message stream ended")?;
+                let Some(message) = delivered(next)? else {
+                    continue;
+                };
                 message
                     .ack()
                     .await
@@ -279,8 +297,10 @@ async fn measure_latency(
         recorder.check_deadline()?;
         let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
         let Ok(next) = next else { continue };
-        let message = next.context("the consumer's message stream ended")?;
-        let message = message.map_err(|error| anyhow::anyhow!("{error}"))?;
+        let next = next.context("the consumer's message stream ended")?;
+        let Some(message) = delivered(next)? else {
+            continue;
+        };
         recorder.record(&message.payload)?;
         message
             .ack()
