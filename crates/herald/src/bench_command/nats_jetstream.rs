@@ -313,3 +313,27 @@ async fn measure_latency(
     let _ = pacer.join();
     Ok(recorder)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consumer::pull::{MessagesError, MessagesErrorKind};
+
+    /// A missed heartbeat lets the run go on; every other pull error ends it.
+    #[test]
+    fn only_a_missed_heartbeat_is_passed_over() {
+        let check = |kind: MessagesErrorKind, goes_on: bool| {
+            let outcome = delivered(Err(MessagesError::new(kind)));
+            match outcome {
+                Ok(None) => assert!(goes_on, "{kind:?} was passed over"),
+                Err(_) => assert!(!goes_on, "{kind:?} ended the run"),
+                Ok(Some(_)) => panic!("{kind:?} gave a message"),
+            }
+        };
+        check(MessagesErrorKind::MissingHeartbeat, true);
+        check(MessagesErrorKind::ConsumerDeleted, false);
+        check(MessagesErrorKind::Pull, false);
+        check(MessagesErrorKind::NoResponders, false);
+        check(MessagesErrorKind::Other, false);
+    }
+}
