@@ -48,6 +48,20 @@ fn delivered(
     }
 }
 
+/// How long a consumer waits for its next message before it looks again whether it is done.
+const CONSUMER_POLL: Duration = Duration::from_millis(200);
+
+/// The consumer's next message, or `None` when none came within [`CONSUMER_POLL`] or the
+/// heartbeat was missed ([`delivered`]): the caller checks whether it is done and asks again.
+async fn next_delivered(
+    messages: &mut consumer::pull::Stream,
+) -> anyhow::Result<Option<jetstream::Message>> {
+    let Ok(next) = tokio::time::timeout(CONSUMER_POLL, messages.next()).await else {
+        return Ok(None);
+    };
+    delivered(next.context("the consumer's message stream ended")?)
+}
+
 async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
     let client = async_nats::connect(url)
         .await
@@ -197,10 +211,7 @@ async fn drain(
                 .messages()
                 .await?;
             while acked.load(Ordering::Relaxed) < stored {
-                let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
-                let Ok(next) = next else { continue };
-                let next = next.context("the consumer's message stream ended")?;
-                let Some(message) = delivered(next)? else {
+                let Some(message) = next_delivered(&mut messages).await? else {
                     continue;
                 };
                 message
@@ -295,10 +306,7 @@ async fn measure_latency(
     let mut recorder = Recorder::new(schedule)?;
     while !recorder.done() {
         recorder.check_deadline()?;
-        let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
-        let Ok(next) = next else { continue };
-        let next = next.context("the consumer's message stream ended")?;
-        let Some(message) = delivered(next)? else {
+        let Some(message) = next_delivered(&mut messages).await? else {
             continue;
         };
         recorder.record(&message.payload)?;
