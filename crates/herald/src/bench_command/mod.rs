@@ -14,6 +14,7 @@ mod redis_streams;
 mod relay;
 mod report;
 mod socketio;
+mod steal;
 mod wire;
 
 use std::time::Duration;
@@ -43,6 +44,11 @@ pub struct BenchArgs {
     /// Runs of each workload; the table shows the median and the range.
     #[arg(long, default_value_t = 1, global = true)]
     runs: usize,
+    /// Measure a run again when the hypervisor took more than this share of the machine's CPU
+    /// time during it (percent; steal in /proc/stat), at most as many times as there are runs.
+    /// Every run reports its steal either way.
+    #[arg(long, global = true, value_name = "PERCENT")]
+    steal_max: Option<f64>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -128,6 +134,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     .enable_all()
     .build()?;
     let runs = args.runs.max(1);
+    if let Some(max) = args.steal_max {
+        anyhow::ensure!(
+            (0.0..=100.0).contains(&max),
+            "--steal-max is a percentage of the CPU time, 0 to 100: got {max}"
+        );
+    }
     let reports = runtime.block_on(async {
         let mut reports = Vec::new();
         let workloads = match args.workload {
@@ -142,75 +154,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for workload in workloads {
             // One list per run; a workload may report several figures.
             let mut samples: Vec<Vec<Report>> = Vec::new();
-            for _ in 0..runs {
-                let produced = match (&workload, &peer) {
-                    (Workload::Limits(args), _) => vec![
-                        limits::disk_write(args)?,
-                        limits::fsync(args)?,
-                        limits::loopback()?,
-                    ],
-                    (Workload::Publish(args), Some(Peer::Redis(url))) => {
-                        vec![redis_streams::publish(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Consume(args), Some(Peer::Redis(url))) => {
-                        vec![redis_streams::consume(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Publish(args), Some(Peer::Nats(url))) => {
-                        vec![nats_jetstream::publish(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Consume(args), Some(Peer::Nats(url))) => {
-                        vec![nats_jetstream::consume(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Latency(args), Some(Peer::Redis(url))) => {
-                        vec![redis_streams::latency(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Latency(args), Some(Peer::Nats(url))) => {
-                        vec![nats_jetstream::latency(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Publish(args), Some(Peer::Rabbit(url))) => {
-                        vec![rabbitmq::publish(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Consume(args), Some(Peer::Rabbit(url))) => {
-                        vec![rabbitmq::consume(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Latency(args), Some(Peer::Rabbit(url))) => {
-                        vec![rabbitmq::latency(url, args, !args_quiet()).await?]
-                    }
-                    (Workload::Latency(args), Some(Peer::Relay)) => {
-                        vec![relay::latency(args, !args_quiet()).await?]
-                    }
-                    (_, Some(Peer::Relay)) => {
-                        anyhow::bail!("against the relay only `latency` runs")
-                    }
-                    (_, Some(_)) => anyhow::bail!(
-                        "against a peer only `publish`, `consume` and `latency` run; the other \
-                         workloads need a Herald server"
-                    ),
-                    (workload, None) => match workload {
-                        Workload::Publish(args) => {
-                            vec![publish::run(&target, args, !args_quiet()).await?]
-                        }
-                        Workload::Consume(args) => {
-                            vec![consume::run(&target, args, !args_quiet()).await?]
-                        }
-                        Workload::Latency(args) => {
-                            vec![latency::run(&target, args, !args_quiet()).await?]
-                        }
-                        Workload::Http(args) => {
-                            vec![http_publish::run(&target, args, !args_quiet()).await?]
-                        }
-                        Workload::SocketIo(args) => {
-                            socketio::run(&target, args, !args_quiet()).await?
-                        }
-                        Workload::All | Workload::Limits(_) => unreachable_all()?,
-                    },
-                };
+            let mut discarded = 0;
+            while samples.len() < runs {
+                let before = steal::CpuTicks::now();
+                let mut produced = run_once(&workload, peer.as_ref(), &target).await?;
+                let steal = before
+                    .zip(steal::CpuTicks::now())
+                    .map(|(before, after)| before.steal_percent_until(after));
+                if measure_again(steal, args.steal_max, discarded, runs) {
+                    discarded += 1;
+                    eprintln!(
+                        "run discarded: the host took {:.1}% of the CPU time (--steal-max {}); \
+                         measuring it again",
+                        steal.unwrap_or_default(),
+                        args.steal_max.unwrap_or_default()
+                    );
+                    continue;
+                }
+                for report in &mut produced {
+                    report.host_steal_percent = steal;
+                }
                 samples.push(produced);
             }
             let figures = samples.first().map_or(0, Vec::len);
             for figure in 0..figures {
                 let runs = samples.iter().filter_map(|run| run.get(figure).cloned());
-                reports.push(Report::median(runs.collect()));
+                let mut report = Report::median(runs.collect());
+                report.runs_discarded = discarded;
+                reports.push(report);
             }
         }
         anyhow::Ok(reports)
@@ -221,6 +192,89 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report::print_table(&reports);
     }
     Ok(())
+}
+
+/// Whether a run the host took `steal` percent of the CPU time from is measured again: over
+/// `steal_max`, and at most as many times as there are `runs`, so that a host busy for good
+/// still ends the invocation (its runs then say how much was stolen).
+fn measure_again(
+    steal: Option<f64>,
+    steal_max: Option<f64>,
+    discarded: usize,
+    runs: usize,
+) -> bool {
+    match (steal, steal_max) {
+        (Some(steal), Some(max)) => steal > max && discarded < runs,
+        _ => false,
+    }
+}
+
+/// One run of one workload against the server or the peer the URL named.
+async fn run_once(
+    workload: &Workload,
+    peer: Option<&Peer>,
+    target: &Target,
+) -> anyhow::Result<Vec<Report>> {
+    Ok(match (workload, peer) {
+        (Workload::Limits(args), _) => vec![
+            limits::disk_write(args)?,
+            limits::fsync(args)?,
+            limits::loopback()?,
+        ],
+        (Workload::Publish(args), Some(Peer::Redis(url))) => {
+            vec![redis_streams::publish(url, args, !args_quiet()).await?]
+        }
+        (Workload::Consume(args), Some(Peer::Redis(url))) => {
+            vec![redis_streams::consume(url, args, !args_quiet()).await?]
+        }
+        (Workload::Publish(args), Some(Peer::Nats(url))) => {
+            vec![nats_jetstream::publish(url, args, !args_quiet()).await?]
+        }
+        (Workload::Consume(args), Some(Peer::Nats(url))) => {
+            vec![nats_jetstream::consume(url, args, !args_quiet()).await?]
+        }
+        (Workload::Latency(args), Some(Peer::Redis(url))) => {
+            vec![redis_streams::latency(url, args, !args_quiet()).await?]
+        }
+        (Workload::Latency(args), Some(Peer::Nats(url))) => {
+            vec![nats_jetstream::latency(url, args, !args_quiet()).await?]
+        }
+        (Workload::Publish(args), Some(Peer::Rabbit(url))) => {
+            vec![rabbitmq::publish(url, args, !args_quiet()).await?]
+        }
+        (Workload::Consume(args), Some(Peer::Rabbit(url))) => {
+            vec![rabbitmq::consume(url, args, !args_quiet()).await?]
+        }
+        (Workload::Latency(args), Some(Peer::Rabbit(url))) => {
+            vec![rabbitmq::latency(url, args, !args_quiet()).await?]
+        }
+        (Workload::Latency(args), Some(Peer::Relay)) => {
+            vec![relay::latency(args, !args_quiet()).await?]
+        }
+        (_, Some(Peer::Relay)) => {
+            anyhow::bail!("against the relay only `latency` runs")
+        }
+        (_, Some(_)) => anyhow::bail!(
+            "against a peer only `publish`, `consume` and `latency` run; the other \
+             workloads need a Herald server"
+        ),
+        (workload, None) => match workload {
+            Workload::Publish(args) => {
+                vec![publish::run(target, args, !args_quiet()).await?]
+            }
+            Workload::Consume(args) => {
+                vec![consume::run(target, args, !args_quiet()).await?]
+            }
+            Workload::Latency(args) => {
+                vec![latency::run(target, args, !args_quiet()).await?]
+            }
+            Workload::Http(args) => {
+                vec![http_publish::run(target, args, !args_quiet()).await?]
+            }
+            Workload::SocketIo(args) => socketio::run(target, args, !args_quiet()).await?,
+            Workload::All | Workload::Limits(_) => unreachable_all()?,
+        },
+    })
 }
 
 fn unreachable_all() -> anyhow::Result<Vec<Report>> {
@@ -249,4 +303,28 @@ fn envelope(kind: &str, data_bytes: usize) -> String {
     format!(
         r#"{{"id":"0196b1f0-7c3a-7e2b-9d4e-5f6a7b8c9d0e","type":"{kind}","source":"bench","timestamp":"2026-11-23T12:00:00.000000Z","specversion":"1.0","data":{{"pad":"{padding}"}}}}"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stolen_run_is_measured_again_within_the_budget() {
+        // (steal, --steal-max, discarded so far, runs) → measured again
+        let check = |steal, max, discarded, runs, expect| {
+            assert_eq!(
+                measure_again(steal, max, discarded, runs),
+                expect,
+                "steal {steal:?}, max {max:?}, discarded {discarded} of {runs}"
+            );
+        };
+        check(Some(2.0), Some(1.0), 0, 3, true);
+        check(Some(2.0), Some(1.0), 2, 3, true);
+        check(Some(2.0), Some(1.0), 3, 3, false);
+        check(Some(1.0), Some(1.0), 0, 3, false);
+        check(Some(0.2), Some(1.0), 0, 3, false);
+        check(Some(50.0), None, 0, 3, false);
+        check(None, Some(1.0), 0, 3, false);
+    }
 }

@@ -21,6 +21,11 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_range_us: Option<(f64, f64)>,
     pub runs: usize,
+    /// The share of the machine's CPU time the hypervisor took during the run, in percent; the
+    /// most of any run kept. `None` where /proc/stat cannot be read.
+    pub host_steal_percent: Option<f64>,
+    /// Runs measured and set aside because the host took more than `--steal-max`.
+    pub runs_discarded: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -57,6 +62,8 @@ impl Report {
             latency_us: None,
             p99_range_us: None,
             runs: 1,
+            host_steal_percent: None,
+            runs_discarded: 0,
         }
     }
 
@@ -81,11 +88,16 @@ impl Report {
             .filter_map(|r| r.latency_us.map(|l| l.p99))
             .collect();
         let p99_range = p99s.first().zip(p99s.last()).map(|(l, h)| (*l, *h));
+        let steal_most = samples
+            .iter()
+            .filter_map(|r| r.host_steal_percent)
+            .reduce(f64::max);
         let runs = samples.len();
         let mut median = samples.swap_remove(runs / 2);
         median.range = (low, high);
         median.p99_range_us = p99_range;
         median.runs = runs;
+        median.host_steal_percent = steal_most;
         median
     }
 }
@@ -104,8 +116,16 @@ pub fn print_table(reports: &[Report]) {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
+        let steal = match report.host_steal_percent {
+            Some(steal) => format!(", host steal ≤ {steal:.1}%"),
+            None => String::new(),
+        };
+        let discarded = match report.runs_discarded {
+            0 => String::new(),
+            n => format!(", {n} discarded"),
+        };
         println!(
-            "{:<10} {:>12} {:>22} {:>9} {:>9} {:>9}  {} ({} runs)",
+            "{:<10} {:>12} {:>22} {:>9} {:>9} {:>9}  {} ({} runs{steal}{discarded})",
             report.workload,
             format!("{:.0} {}", report.events_per_second, report.unit),
             format!("{:.0}–{:.0}", report.range.0, report.range.1),
@@ -113,7 +133,7 @@ pub fn print_table(reports: &[Report]) {
             p99,
             p999,
             report.conditions,
-            report.runs
+            report.runs,
         );
     }
 }
@@ -130,4 +150,37 @@ pub fn progress_bar(visible: bool, total: u64) -> indicatif::ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p99: f64, steal: Option<f64>) -> Report {
+        let mut report = Report::new("latency", String::new(), 1000, 1.0);
+        report.latency_us = Some(Percentiles {
+            p50: p99 / 2.0,
+            p99,
+            p999: p99 * 2.0,
+            max: p99 * 3.0,
+        });
+        report.host_steal_percent = steal;
+        report
+    }
+
+    #[test]
+    fn the_median_run_carries_the_most_steal_of_the_runs() {
+        let median = Report::median(vec![
+            run(900.0, Some(0.2)),
+            run(300.0, Some(0.8)),
+            run(500.0, Some(0.1)),
+        ]);
+        assert_eq!(median.latency_us.map(|l| l.p99), Some(500.0));
+        assert_eq!(median.p99_range_us, Some((300.0, 900.0)));
+        assert_eq!(median.host_steal_percent, Some(0.8));
+        assert_eq!(median.runs, 3);
+
+        let unread = Report::median(vec![run(1.0, None), run(2.0, None)]);
+        assert_eq!(unread.host_steal_percent, None);
+    }
 }
