@@ -215,6 +215,7 @@ async fn run_once(
     peer: Option<&Peer>,
     target: &Target,
 ) -> anyhow::Result<Vec<Report>> {
+    let progress = !args_quiet();
     Ok(match (workload, peer) {
         (Workload::Limits(args), _) => vec![
             limits::disk_write(args)?,
@@ -222,34 +223,34 @@ async fn run_once(
             limits::loopback()?,
         ],
         (Workload::Publish(args), Some(Peer::Redis(url))) => {
-            vec![redis_streams::publish(url, args, !args_quiet()).await?]
+            vec![redis_streams::publish(url, args, progress).await?]
         }
         (Workload::Consume(args), Some(Peer::Redis(url))) => {
-            vec![redis_streams::consume(url, args, !args_quiet()).await?]
+            vec![redis_streams::consume(url, args, progress).await?]
         }
         (Workload::Publish(args), Some(Peer::Nats(url))) => {
-            vec![nats_jetstream::publish(url, args, !args_quiet()).await?]
+            vec![nats_jetstream::publish(url, args, progress).await?]
         }
         (Workload::Consume(args), Some(Peer::Nats(url))) => {
-            vec![nats_jetstream::consume(url, args, !args_quiet()).await?]
+            vec![nats_jetstream::consume(url, args, progress).await?]
         }
         (Workload::Latency(args), Some(Peer::Redis(url))) => {
-            vec![redis_streams::latency(url, args, !args_quiet()).await?]
+            vec![redis_streams::latency(url, args, progress).await?]
         }
         (Workload::Latency(args), Some(Peer::Nats(url))) => {
-            vec![nats_jetstream::latency(url, args, !args_quiet()).await?]
+            vec![nats_jetstream::latency(url, args, progress).await?]
         }
         (Workload::Publish(args), Some(Peer::Rabbit(url))) => {
-            vec![rabbitmq::publish(url, args, !args_quiet()).await?]
+            vec![rabbitmq::publish(url, args, progress).await?]
         }
         (Workload::Consume(args), Some(Peer::Rabbit(url))) => {
-            vec![rabbitmq::consume(url, args, !args_quiet()).await?]
+            vec![rabbitmq::consume(url, args, progress).await?]
         }
         (Workload::Latency(args), Some(Peer::Rabbit(url))) => {
-            vec![rabbitmq::latency(url, args, !args_quiet()).await?]
+            vec![rabbitmq::latency(url, args, progress).await?]
         }
         (Workload::Latency(args), Some(Peer::Relay)) => {
-            vec![relay::latency(args, !args_quiet()).await?]
+            vec![relay::latency(args, progress).await?]
         }
         (_, Some(Peer::Relay)) => {
             anyhow::bail!("against the relay only `latency` runs")
@@ -260,18 +261,18 @@ async fn run_once(
         ),
         (workload, None) => match workload {
             Workload::Publish(args) => {
-                vec![publish::run(target, args, !args_quiet()).await?]
+                vec![publish::run(target, args, progress).await?]
             }
             Workload::Consume(args) => {
-                vec![consume::run(target, args, !args_quiet()).await?]
+                vec![consume::run(target, args, progress).await?]
             }
             Workload::Latency(args) => {
-                vec![latency::run(target, args, !args_quiet()).await?]
+                vec![latency::run(target, args, progress).await?]
             }
             Workload::Http(args) => {
-                vec![http_publish::run(target, args, !args_quiet()).await?]
+                vec![http_publish::run(target, args, progress).await?]
             }
-            Workload::SocketIo(args) => socketio::run(target, args, !args_quiet()).await?,
+            Workload::SocketIo(args) => socketio::run(target, args, progress).await?,
             Workload::All | Workload::Limits(_) => unreachable_all()?,
         },
     })
